@@ -5,7 +5,8 @@
 //!   random starting values for the outputs an op adds into;
 //! - both heads: forward loss and every parameter gradient of a small model;
 //! - 50 training steps tracking the CPU loss curve;
-//! - the harmonic head with h exactly on a class centre.
+//! - the harmonic head with h exactly on a class centre;
+//! - the SGLD step, its noise included (within 1e-5).
 //!
 //! Errors are relative, by norm, per tensor: below 1e-4 in fp32 mode and 2e-2 in bf16
 //! mode (the training curve: 1e-3 and 5e-2 per step).
@@ -15,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 
 use hgpt::backend::cpu::CpuBackend;
 use hgpt::backend::cuda::{self, CudaBackend, GpuPrecision};
-use hgpt::backend::{AdamW, Backend, Span, TokenSpan};
+use hgpt::backend::{AdamW, Backend, SgldStep, Span, TokenSpan};
 use hgpt::config::Config;
 use hgpt::data;
 use hgpt::head::HeadKind;
@@ -584,6 +585,25 @@ fn fifty_training_steps_track_the_cpu_loss_curve() {
             "{mode:?}: 50 steps, GPU loss {first:.4} -> {last:.4}, worst step error {worst:.2e}"
         );
         assert!(last < first, "the GPU loss did not fall");
+    }
+}
+
+/// The SGLD step draws its noise from a counter-based generator both backends
+/// implement, so the GPU's step equals the CPU's up to float rounding (1e-5), noise
+/// included; over sizes past the launch cap (grid-stride indices) and an odd length.
+#[test]
+fn sgld_update_matches_the_cpu() {
+    let Some(gpu) = open_gpu(GpuPrecision::Fp32) else {
+        return;
+    };
+    let mut x = Both::new(gpu, 1e-5, 9);
+    let n = 3_000_001;
+    let (w, g, anchor) = (x.input(n), x.input(n), x.input(n));
+    for (i, epsilon) in [1e-4, 1e-2].into_iter().enumerate() {
+        let step = SgldStep::new(epsilon, 148.0, 2.0, 5, 3, i as u64);
+        x.cpu.sgld_update(w.c, g.c, anchor.c, step);
+        x.gpu.sgld_update(w.g, g.g, anchor.g, step);
+        x.check(&format!("sgld_update, epsilon {epsilon}"), w);
     }
 }
 

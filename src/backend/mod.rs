@@ -127,6 +127,41 @@ pub struct AdamW {
     pub grad_scale: f32,
 }
 
+/// One SGLD step localised at w* (src/llc/sampler.rs):
+/// w <- w - (eps/2) (nbeta g + gamma (w - w*)) + sqrt(eps) xi, where xi_i is the
+/// standard normal number i of the stream `noise_key` (cpu::sgld::gaussian), drawn
+/// the same way by every backend.
+#[derive(Clone, Copy, Debug)]
+pub struct SgldStep {
+    pub epsilon: f32,
+    pub nbeta: f32,
+    pub gamma: f32,
+    pub noise_key: u64,
+}
+
+impl SgldStep {
+    /// Step `step` of chain `chain` in a sampler seeded with `seed`: the noise stream
+    /// is a function of the three alone.
+    pub fn new(epsilon: f64, nbeta: f64, gamma: f64, seed: u64, chain: u64, step: u64) -> SgldStep {
+        SgldStep {
+            epsilon: epsilon as f32,
+            nbeta: nbeta as f32,
+            gamma: gamma as f32,
+            noise_key: cpu::sgld::noise_key(seed, chain, step),
+        }
+    }
+
+    /// eps/2, the drift's factor (in f32, as every backend uses it).
+    pub fn half_eps(&self) -> f32 {
+        self.epsilon / 2.0
+    }
+
+    /// sqrt(eps), the noise's standard deviation.
+    pub fn noise_std(&self) -> f32 {
+        self.epsilon.sqrt()
+    }
+}
+
 /// Shapes: `n` rows (B*T positions), `c` channels, `oc` output channels, `v` vocabulary,
 /// `nh` attention heads. Matrices are row-major; weights are `[out, in]`.
 pub trait Backend {
@@ -307,4 +342,8 @@ pub trait Backend {
     /// One AdamW update of `params` from `grads`, with moments `m` and `v`.
     /// Weight decay is decoupled: params -= lr * weight_decay * params.
     fn adamw_update(&self, params: Span, grads: Span, m: Span, v: Span, hp: AdamW);
+
+    /// One SGLD step of `params` from `grads`, pulled toward `anchor` (w*); see
+    /// [`SgldStep`]. The three spans have the same length.
+    fn sgld_update(&self, params: Span, grads: Span, anchor: Span, step: SgldStep);
 }

@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 
 use super::dln::DeepLinearNetwork;
 use super::gpt::{self, DeviceGpt};
+use super::host_target::HostTarget;
 use super::layernorm_mlp::{self, LayerNormMlp, Schedule};
 use super::over_training::{LlcLog, StepLlc};
 use super::sampler::{NBeta, SgldSettings};
@@ -96,16 +97,19 @@ struct LayerNormArgs {
 /// Sampler settings shared by every `hgpt llc` form.
 #[derive(Args)]
 struct SgldArgs {
-    /// Independent SGLD chains
-    #[arg(long, default_value_t = 10)]
-    chains: usize,
+    /// Independent SGLD chains [default: 10; for `dln` 10, then more (up to 100)
+    /// until the standard error is at most 3% of the estimate]
+    #[arg(long)]
+    chains: Option<usize>,
     /// Recorded draws per chain
     #[arg(long, default_value_t = 100)]
     draws: usize,
     /// Steps per chain before recording [default: --draws, 3 x --draws for `dln`]
     #[arg(long)]
     burnin: Option<usize>,
-    /// SGLD step size [default: 1e-4; 1e-3 for `layernorm`; 9e-4/sqrt(widest layer) for `dln`]
+    /// SGLD step size, fixed [default: tuned during each chain's burn-in to eps x
+    /// curvature = 0.1, starting from 1e-4; 1e-3 for `layernorm`; 9e-4/sqrt(widest
+    /// layer) for `dln`]
     #[arg(long, allow_negative_numbers = true)]
     epsilon: Option<f64>,
     /// Pull back to the weights under study [default: 1000; 100 for `layernorm`; 2 for `dln`]
@@ -133,12 +137,19 @@ struct SgldArgs {
 
 /// A model family's defaults for what was not given on the command line.
 struct Defaults {
+    /// The step each chain starts from (then tuned, see sampler::StepTuner).
     epsilon: f64,
     gamma: f64,
     batch_size: usize,
     /// Burn-in steps per recorded draw.
     burnin_per_draw: usize,
+    /// Without --chains: up to this many times the default chains, until precise
+    /// (sampler::RELATIVE_STANDARD_ERROR).
+    max_chains_factor: usize,
 }
+
+/// Chains when --chains is not given.
+const DEFAULT_CHAINS: usize = 10;
 
 impl Defaults {
     /// Tuned on configs/tiny.toml: with nbeta = B / ln B (small: B counts
@@ -150,12 +161,17 @@ impl Defaults {
             gamma: 1000.0,
             batch_size,
             burnin_per_draw: 1,
+            max_chains_factor: 1,
         }
     }
 
     /// Chains on a deep linear network start at its most singular point, where the
     /// posterior is stiffest in the widest layers (about sqrt(width)), and take
-    /// longer to spread: a step shrinking with width, and a longer burn-in.
+    /// longer to spread: a starting step shrinking with width (so the first window
+    /// of tuning stays in the basin), and a longer burn-in. Small networks at rank 0
+    /// have chains that disagree by 15-30% each (slow, heavy-tailed spreading from
+    /// w* = 0): more chains make the comparison with theory show the sampler's bias,
+    /// not its noise.
     fn dln(widths: &[usize]) -> Defaults {
         let widest = widths.iter().copied().max().unwrap_or(1).max(1);
         Defaults {
@@ -163,6 +179,7 @@ impl Defaults {
             gamma: 2.0,
             batch_size: 1024,
             burnin_per_draw: 3,
+            max_chains_factor: 10,
         }
     }
 
@@ -171,6 +188,7 @@ impl Defaults {
         gamma: 100.0,
         batch_size: 64,
         burnin_per_draw: 1,
+        max_chains_factor: 1,
     };
 }
 
@@ -181,11 +199,18 @@ impl SgldArgs {
         if batch_size == 0 {
             bail!("--batch-size must be at least 1, got 0");
         }
+        let chains = self.chains.unwrap_or(DEFAULT_CHAINS);
+        let max_chains = match self.chains {
+            Some(c) => c,
+            None => DEFAULT_CHAINS * defaults.max_chains_factor,
+        };
         let settings = SgldSettings {
-            chains: self.chains,
+            chains,
+            max_chains,
             draws: self.draws,
             burnin: self.burnin.unwrap_or(self.draws * defaults.burnin_per_draw),
             epsilon: self.epsilon.unwrap_or(defaults.epsilon),
+            tune_epsilon: self.epsilon.is_none(),
             gamma: self.gamma.unwrap_or(defaults.gamma),
             nbeta: NBeta::parse(&self.nbeta)?.resolve(batch_size),
             seed: self.seed,
@@ -220,7 +245,7 @@ fn run_dln(args: &DlnArgs) -> Result<()> {
         args.sgld.seed,
     )?;
     let progress = progress_bar(&settings);
-    let est = estimate(&mut net, &settings, &progress)?;
+    let est = estimate(&mut HostTarget::new(&mut net), &settings, &progress)?;
     progress.finish_and_clear();
     if let Some(dir) = &args.out {
         let title = format!("DLN {:?}, rank {}", args.widths, args.rank);

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
-use super::sampler::SgldTarget;
+use super::host_target::HostModel;
 use crate::backend::cpu::matmul::{matmul_backward, matmul_forward};
 
 pub struct DeepLinearNetwork {
@@ -144,23 +144,19 @@ pub(crate) fn orthonormal_columns(h: usize, r: usize, rng: &mut ChaCha8Rng) -> V
     (0..h * r).map(|i| cols[i % r][i / r]).collect()
 }
 
-impl SgldTarget for DeepLinearNetwork {
+impl HostModel for DeepLinearNetwork {
     type Batch = DlnBatch;
-
-    fn num_params(&self) -> usize {
-        self.params.len()
-    }
 
     fn batch_size(&self) -> usize {
         self.batch_size
     }
 
-    fn params(&self) -> Vec<f32> {
-        self.params.clone()
+    fn params(&self) -> &[f32] {
+        &self.params
     }
 
-    fn set_params(&mut self, w: &[f32]) {
-        self.params.copy_from_slice(w);
+    fn params_mut(&mut self) -> &mut Vec<f32> {
+        &mut self.params
     }
 
     fn next_batch(&mut self) -> DlnBatch {
@@ -181,12 +177,12 @@ impl SgldTarget for DeepLinearNetwork {
         batch
     }
 
-    fn loss(&mut self, batch: &DlnBatch) -> f64 {
+    fn loss(&self, batch: &DlnBatch) -> f64 {
         let acts = self.activations(&batch.inputs);
         self.loss_of(acts.last().unwrap(), &batch.labels).0
     }
 
-    fn loss_and_grad(&mut self, batch: &DlnBatch, grad: &mut [f32]) -> f64 {
+    fn loss_and_grad(&self, batch: &DlnBatch, grad: &mut [f32]) -> f64 {
         let acts = self.activations(&batch.inputs);
         let (loss, residual) = self.loss_of(acts.last().unwrap(), &batch.labels);
         // d loss / d output = 2 (f(x) - y) / B, then back through each layer.

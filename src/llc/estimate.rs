@@ -26,6 +26,8 @@ pub struct LlcEstimate {
     /// first's (beyond noise).
     pub levelled: bool,
     pub diverged_chains: usize,
+    /// Mean over chains of the draws' step size (tuned during burn-in unless fixed).
+    pub epsilon: f64,
     /// Plain-language reasons not to trust the estimate; empty when healthy.
     pub warnings: Vec<String>,
     pub settings: SgldSettings,
@@ -50,22 +52,17 @@ impl LlcEstimate {
         let per_chain: Vec<(f64, f64)> = traces
             .iter()
             .map(|t| {
-                let excess: Vec<f64> = t
-                    .draws(burnin)
-                    .iter()
-                    .zip(&t.init_losses)
-                    .map(|(l, l0)| nbeta * (l - l0))
-                    .collect();
-                if excess.is_empty() || t.diverged_at.is_some() {
-                    return (f64::NAN, f64::NAN);
-                }
+                let excess = t.excess(nbeta, burnin);
+                let estimate = t.estimate(nbeta, burnin);
                 let half = excess.len() / 2;
-                let rise = if half == 0 {
+                let rise = if !estimate.is_finite() {
+                    f64::NAN
+                } else if half == 0 {
                     0.0
                 } else {
                     mean(&excess[excess.len() - half..]) - mean(&excess[..half])
                 };
-                (mean(&excess), rise)
+                (estimate, rise)
             })
             .collect();
         let chain_estimates: Vec<f64> = per_chain.iter().map(|p| p.0).collect();
@@ -89,6 +86,7 @@ impl LlcEstimate {
             fraction_below_init: below as f64 / init.len().max(1) as f64,
             levelled,
             diverged_chains: traces.iter().filter(|t| t.diverged_at.is_some()).count(),
+            epsilon: mean(&traces.iter().map(|t| t.epsilon).collect::<Vec<_>>()),
             warnings: Vec::new(),
             settings,
             num_params,
@@ -106,7 +104,8 @@ impl LlcEstimate {
         if self.diverged_chains > 0 {
             w.push(format!(
                 "{} of {} chains diverged (a NaN or a loss far above the start): the step is too large, lower --epsilon",
-                self.diverged_chains, s.chains
+                self.diverged_chains,
+                self.traces.len()
             ));
         } else if self.estimate < 0.0 {
             w.push(
@@ -153,15 +152,25 @@ impl LlcEstimate {
         let s = &self.settings;
         let mut out = format!(
             "LLC estimate {:.4} ± {:.4} (std over {} chains)\n",
-            self.estimate, self.std, s.chains
+            self.estimate,
+            self.std,
+            self.chain_estimates.len()
         );
+        let epsilon = if s.tune_epsilon {
+            format!("{:.3e} (tuned from {:.3e})", self.epsilon, s.epsilon)
+        } else {
+            format!("{:.3e}", s.epsilon)
+        };
         out += &format!(
-            "  initial loss {:.6}, {} parameters, batch {}, nbeta {:.4}, epsilon {:e}, gamma {}\n",
-            self.init_loss, self.num_params, self.batch_size, s.nbeta, s.epsilon, s.gamma
+            "  initial loss {:.6}, {} parameters, batch {}, nbeta {:.4}, epsilon {epsilon}, gamma {}\n",
+            self.init_loss, self.num_params, self.batch_size, s.nbeta, s.gamma
         );
         out += &format!(
             "  {} chains x {} draws after {} burn-in steps, {:.1}s\n",
-            s.chains, s.draws, s.burnin, self.seconds
+            self.chain_estimates.len(),
+            s.draws,
+            s.burnin,
+            self.seconds
         );
         out += &format!(
             "  draws below the initial loss {:.1}%, trace levelled off: {}, diverged chains: {}\n",

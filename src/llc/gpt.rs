@@ -8,15 +8,19 @@ use super::estimate::LlcEstimate;
 use super::sampler::{SgldSettings, SgldTarget};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::CudaBackend;
-use crate::backend::{Backend, DeviceChoice, open_gpu};
+use crate::backend::{Backend, DeviceChoice, SgldStep, Span, open_gpu};
 use crate::checkpoint;
 use crate::config::Config;
 use crate::data::{self, Batch, Dataset, Loader};
 use crate::model::Gpt;
 
-/// A model and the training batches to sample it with.
+/// A model and the training batches to sample it with, on the model's backend: w*
+/// is a second parameter buffer there, and the update is the backend's
+/// `sgld_update`, so a GPU model's parameters never leave the GPU.
 pub struct GptTarget<'a, B: Backend> {
     model: &'a mut Gpt<B>,
+    /// w*, the parameters the model had when this was made.
+    anchor: Span,
     loader: Loader,
     batch_size: usize,
     seq_len: usize,
@@ -30,12 +34,21 @@ impl<'a, B: Backend> GptTarget<'a, B> {
         batch_size: usize,
         seq_len: usize,
     ) -> GptTarget<'a, B> {
+        let anchor = model.backend.alloc(model.params.len);
+        model.backend.copy(anchor, model.params);
         GptTarget {
             model,
+            anchor,
             loader,
             batch_size,
             seq_len,
         }
+    }
+}
+
+impl<B: Backend> Drop for GptTarget<'_, B> {
+    fn drop(&mut self) {
+        self.model.backend.free(self.anchor);
     }
 }
 
@@ -52,33 +65,43 @@ impl<B: Backend> SgldTarget for GptTarget<'_, B> {
         self.batch_size
     }
 
-    fn params(&self) -> Vec<f32> {
-        self.model.read_params()
-    }
-
-    fn set_params(&mut self, w: &[f32]) {
-        self.model.write_params(w);
-    }
-
     fn next_batch(&mut self) -> Batch {
         self.loader.next_batch()
     }
 
-    fn loss(&mut self, batch: &Batch) -> f64 {
-        let (b, t) = (self.batch_size, self.seq_len);
-        self.model
-            .forward(&batch.inputs, &batch.targets, b, t, None)
+    fn reset(&mut self) {
+        self.model.backend.copy(self.model.params, self.anchor);
     }
 
-    fn loss_and_grad(&mut self, batch: &Batch, grad: &mut [f32]) -> f64 {
+    fn loss_and_grad(&mut self, batch: &Batch) -> (f64, f64) {
         let (b, t) = (self.batch_size, self.seq_len);
         self.model.zero_grads();
         let loss = self
             .model
             .forward(&batch.inputs, &batch.targets, b, t, Some(1.0));
         self.model.backward();
-        grad.copy_from_slice(&self.model.read_grads());
+        (loss, self.model.grad_norm().powi(2))
+    }
+
+    fn anchor_loss(&mut self, batch: &Batch) -> f64 {
+        // The model reads its weights through `params` on every pass: point it at w*
+        // (no copy), evaluate, point it back.
+        let (b, t) = (self.batch_size, self.seq_len);
+        std::mem::swap(&mut self.model.params, &mut self.anchor);
+        let loss = self
+            .model
+            .forward(&batch.inputs, &batch.targets, b, t, None);
+        std::mem::swap(&mut self.model.params, &mut self.anchor);
         loss
+    }
+
+    fn step(&mut self, step: SgldStep) {
+        let m = &self.model;
+        m.backend.sgld_update(m.params, m.grads, self.anchor, step);
+    }
+
+    fn params(&self) -> Vec<f32> {
+        self.model.read_params()
     }
 }
 

@@ -19,8 +19,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use super::dln::orthonormal_columns;
+use super::host_target::{HostModel, HostTarget};
 use super::over_training::StepLlc;
-use super::sampler::{SgldSettings, SgldTarget};
+use super::sampler::SgldSettings;
 use crate::backend::cpu::layernorm::{layernorm_backward, layernorm_forward};
 use crate::backend::cpu::matmul::{matmul_backward, matmul_forward};
 
@@ -215,23 +216,19 @@ impl LayerNormMlp {
     }
 }
 
-impl SgldTarget for LayerNormMlp {
+impl HostModel for LayerNormMlp {
     type Batch = MlpBatch;
-
-    fn num_params(&self) -> usize {
-        NUM_PARAMS
-    }
 
     fn batch_size(&self) -> usize {
         self.batch_size
     }
 
-    fn params(&self) -> Vec<f32> {
-        self.params.clone()
+    fn params(&self) -> &[f32] {
+        &self.params
     }
 
-    fn set_params(&mut self, w: &[f32]) {
-        self.params.copy_from_slice(w);
+    fn params_mut(&mut self) -> &mut Vec<f32> {
+        &mut self.params
     }
 
     fn next_batch(&mut self) -> MlpBatch {
@@ -249,11 +246,11 @@ impl SgldTarget for LayerNormMlp {
         batch
     }
 
-    fn loss(&mut self, batch: &MlpBatch) -> f64 {
+    fn loss(&self, batch: &MlpBatch) -> f64 {
         self.forward(&batch.inputs, &batch.labels).loss
     }
 
-    fn loss_and_grad(&mut self, batch: &MlpBatch, grad: &mut [f32]) -> f64 {
+    fn loss_and_grad(&self, batch: &MlpBatch, grad: &mut [f32]) -> f64 {
         let n = batch.labels.len();
         let f = self.forward(&batch.inputs, &batch.labels);
         // d loss / d logits = (softmax - one-hot) / B.
@@ -334,7 +331,11 @@ pub fn llc_over_training(
         if step % schedule.every == 0 {
             let mut probe = model.clone();
             probe.batch_size = sgld_batch;
-            let est = super::estimate(&mut probe, settings, &indicatif::ProgressBar::hidden())?;
+            let est = super::estimate(
+                &mut HostTarget::new(&mut probe),
+                settings,
+                &indicatif::ProgressBar::hidden(),
+            )?;
             each(&StepLlc::new(step, &est))?;
         }
         if step < schedule.steps {

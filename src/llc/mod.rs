@@ -3,9 +3,10 @@
 //!
 //! `sampler` is the one SGLD loop, generic over the model through [`SgldTarget`];
 //! `estimate` turns its traces into lambda-hat and diagnostics. The targets: `gpt`
-//! (the model being trained), `dln` (deep linear networks, whose exact value
-//! `aoyagi` gives, validating the sampler) and `layernorm_mlp` (a LayerNorm example
-//! with a sudden loss drop). `over_training` keeps the LLC across checkpoints,
+//! (the model being trained, on its own backend), and through `host_target` two
+//! small host models: `dln` (deep linear networks, whose exact value `aoyagi` gives,
+//! validating the sampler) and `layernorm_mlp` (a LayerNorm example with a sudden
+//! loss drop). `over_training` keeps the LLC across checkpoints,
 //! `plot` draws it and the chains' traces, `command` is `hgpt llc`.
 
 pub mod aoyagi;
@@ -13,6 +14,7 @@ pub mod command;
 pub mod dln;
 pub mod estimate;
 pub mod gpt;
+pub mod host_target;
 pub mod layernorm_mlp;
 pub mod over_training;
 pub mod plot;
@@ -26,6 +28,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 pub use estimate::LlcEstimate;
+pub use host_target::{HostModel, HostTarget};
 pub use sampler::{NBeta, SgldSettings, SgldTarget};
 
 /// Samples `target` at its current parameters and returns the estimate.

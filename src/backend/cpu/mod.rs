@@ -13,6 +13,7 @@ pub mod gelu;
 pub mod head;
 pub mod layernorm;
 pub mod matmul;
+pub mod sgld;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use num_traits::{Float, FromPrimitive};
 use rayon::prelude::*;
 
-use super::{AdamW, Backend, Span, TokenSpan};
+use super::{AdamW, Backend, SgldStep, Span, TokenSpan};
 use crate::head::HeadKind;
 
 /// Float types the CPU ops run in: f32 for training, f64 for gradient checks.
@@ -582,6 +583,21 @@ impl<F: Real> Backend for CpuBackend<F> {
                 self.slice_mut(m),
                 self.slice_mut(v),
                 hp,
+            )
+        })
+    }
+
+    fn sgld_update(&self, params: Span, grads: Span, anchor: Span, step: SgldStep) {
+        assert!(
+            grads.len == params.len && anchor.len == params.len,
+            "sgld_update lengths"
+        );
+        self.timed("sgld", 0.0, || {
+            sgld::sgld_update(
+                self.slice_mut(params),
+                self.slice(grads),
+                self.slice(anchor),
+                step,
             )
         })
     }

@@ -45,6 +45,7 @@ pub const FAMILIES: &[Family] = &[
     family!("adamw"),
     family!("global_norm"),
     family!("convert"),
+    family!("sgld"),
 ];
 
 impl Family {

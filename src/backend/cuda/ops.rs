@@ -10,7 +10,7 @@ use cudarc::driver::sys as cu;
 use super::gemm::{Batch, DType, Operand, Product};
 use super::kernels::Arg::{F32, I32, I64, Ptr};
 use super::{CudaBackend, DeviceMem, GpuPrecision, Slot};
-use crate::backend::{AdamW, Backend, Span, TokenSpan};
+use crate::backend::{AdamW, Backend, SgldStep, Span, TokenSpan};
 use crate::head::HeadKind;
 
 /// A GEMM operand before precision handling: fp32 data of `len` floats.
@@ -980,6 +980,28 @@ impl Backend for CudaBackend {
                 F32(hp.eps),
                 F32(hp.weight_decay),
                 F32(hp.grad_scale),
+            ],
+        );
+    }
+
+    fn sgld_update(&self, params: Span, grads: Span, anchor: Span, step: SgldStep) {
+        assert!(
+            grads.len == params.len && anchor.len == params.len,
+            "sgld_update lengths"
+        );
+        self.launch_elems(
+            "sgld_update",
+            params.len,
+            &[
+                Ptr(self.ptr(params)),
+                Ptr(self.ptr(grads)),
+                Ptr(self.ptr(anchor)),
+                I64(params.len as i64),
+                F32(step.half_eps()),
+                F32(step.nbeta),
+                F32(step.gamma),
+                F32(step.noise_std()),
+                I64(step.noise_key as i64),
             ],
         );
     }
