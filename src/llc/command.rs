@@ -108,7 +108,7 @@ struct SgldArgs {
     #[arg(long)]
     burnin: Option<usize>,
     /// SGLD step size, fixed [default: tuned during each chain's burn-in to eps x
-    /// curvature = 0.1, starting from 1e-4; 1e-3 for `layernorm`; 9e-4/sqrt(widest
+    /// curvature = 0.15, starting from 1e-4; 1e-3 for `layernorm`; 9e-4/sqrt(widest
     /// layer) for `dln`]
     #[arg(long, allow_negative_numbers = true)]
     epsilon: Option<f64>,

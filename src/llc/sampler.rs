@@ -8,6 +8,8 @@
 //! draw the same minibatch is also evaluated at w*, so the estimate
 //! nbeta (mean L_B(w) - mean L_B(w*)) compares losses on identical data: the batch-to-
 //! batch spread of the loss cancels, and with eps = 0 the estimate is exactly zero.
+//! Unless fixed, the step size is tuned during each chain's burn-in ([`StepTuner`]);
+//! chains can be added until the estimate is precise ([`RELATIVE_STANDARD_ERROR`]).
 //!
 //! The update runs where the model keeps its parameters ([`Backend::sgld_update`] on
 //! the model's backend, or its CPU reference for models on the host), so a GPU model's
@@ -176,10 +178,10 @@ pub fn sample<T: SgldTarget>(
     let steps = s.burnin + s.draws;
     let mut traces: Vec<ChainTrace> = Vec::with_capacity(s.chains);
     for chain in 0..s.max_chains.max(s.chains) {
-        if chain >= s.chains && precise_enough(&traces, s) {
-            break;
-        }
         if chain >= s.chains {
+            if precise_enough(&traces, s) {
+                break;
+            }
             progress.inc_length(steps as u64);
         }
         target.reset();
@@ -306,7 +308,7 @@ impl StepTuner {
     fn observe(&mut self, step: usize, excess: f64, grad_sq: f64) {
         self.excess += excess;
         self.grad_sq += grad_sq;
-        if (step + 1) % self.window != 0 {
+        if !(step + 1).is_multiple_of(self.window) {
             return;
         }
         // A chain below w*'s loss on average has no curvature to measure: keep the step.
