@@ -110,6 +110,24 @@ fn dln_estimate_within_15_percent_at_low_rank() {
 }
 
 #[test]
+fn dln_estimate_is_the_same_on_one_thread_and_many() {
+    let run = |threads: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_hgpt"))
+            .args(["llc", "dln", "--widths", "20,30,20", "--rank", "3"])
+            .args(["--chains", "3", "--draws", "30", "--json"])
+            .current_dir(dir.path())
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["chain_estimates"].clone()
+    };
+    assert_eq!(run("1"), run("4"));
+}
+
+#[test]
 fn dln_estimate_within_15_percent_on_four_layers() {
     // The two four-layer networks a fixed step missed most (0.78 and 1.34 x theory):
     // flat to high order at rank 0, stiffening as chains spread at high rank.
@@ -487,15 +505,29 @@ fn llc_of_every_checkpoint_of_a_run_and_of_one() {
         String::from_utf8_lossy(&out.stderr)
     );
     let jsonl = std::fs::read_to_string(dir.path().join("run/llc.jsonl")).unwrap();
-    let steps: Vec<u64> = jsonl
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let records = |jsonl: &str| -> Vec<(u64, f64)> {
+        jsonl
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["step"].as_u64().unwrap(), v["estimate"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let side_by_side = records(&jsonl);
+    let steps: Vec<u64> = side_by_side.iter().map(|r| r.0).collect();
     assert_eq!(steps, [10, 20]);
+    // On one thread the checkpoints are estimated in turn: the same numbers.
+    let one_thread = Command::new(env!("CARGO_BIN_EXE_hgpt"))
+        .args(&args)
+        .current_dir(dir.path())
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        records(&String::from_utf8_lossy(&one_thread.stdout)),
+        side_by_side
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), jsonl);
     assert!(dir.path().join("run/llc_over_training.png").is_file());
 
@@ -512,6 +544,18 @@ fn llc_of_every_checkpoint_of_a_run_and_of_one() {
     assert_eq!(v["settings"]["chains"], 2);
     let step_dir = dir.path().join("run/checkpoints/step_00000010");
     assert!(step_dir.join("llc.json").is_file() && step_dir.join("llc.png").is_file());
+
+    // The same estimate, bit for bit, on one thread: the noise is counter-based and
+    // the CPU ops sum in fixed blocks, whatever the thread count.
+    let one_thread = Command::new(env!("CARGO_BIN_EXE_hgpt"))
+        .args(&args)
+        .current_dir(dir.path())
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    let w: serde_json::Value = serde_json::from_slice(&one_thread.stdout).unwrap();
+    assert_eq!(w["estimate"], v["estimate"]);
+    assert_eq!(w["chain_estimates"], v["chain_estimates"]);
 }
 
 #[test]

@@ -352,8 +352,8 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
     if !run.is_dir() {
         bail!("run directory {} does not exist", run.display());
     }
-    let steps = checkpoint::list(run)?;
-    let Some(first) = steps.values().next() else {
+    let steps: Vec<(usize, PathBuf)> = checkpoint::list(run)?.into_iter().collect();
+    let Some((_, first)) = steps.first() else {
         bail!(
             "{}: no checkpoints in this run (checkpoints/step_*)",
             run.display()
@@ -367,27 +367,46 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| run.to_path_buf());
     create_dir(&out)?;
     let mut log = LlcLog::create(&out.join("llc.jsonl"))?;
-    for (&step, dir) in &steps {
-        let ckpt = Checkpoint::open(dir)?;
-        if ckpt.state.config.model != config.model {
-            bail!(
-                "{}: a different model from the run's first checkpoint {}",
-                dir.display(),
-                first.display()
-            );
+    // On the CPU, checkpoints are estimated side by side (BENCHMARKS.md: two at once
+    // beat one after another by 10-25% on two cores); a GPU takes them in turn.
+    let side_by_side = match model {
+        DeviceGpt::Cpu(_) => rayon::current_num_threads(),
+        DeviceGpt::Cuda(_) => 1,
+    };
+    for group in steps.chunks(side_by_side) {
+        let mut jobs = Vec::with_capacity(group.len());
+        for (_, dir) in group {
+            let ckpt = Checkpoint::open(dir)?;
+            if ckpt.state.config.model != config.model {
+                bail!(
+                    "{}: a different model from the run's first checkpoint {}",
+                    dir.display(),
+                    first.display()
+                );
+            }
+            let params = ckpt.read_params()?;
+            let data =
+                gpt::training_data(&config, batch_size, ckpt.state.tokenizer_hash.as_deref())?;
+            jobs.push((params, data));
         }
-        let params = ckpt.read_params()?;
-        let data = gpt::training_data(&config, batch_size, ckpt.state.tokenizer_hash.as_deref())?;
         let progress = progress_bar(&settings);
-        let est = model.estimate(&params, &config, data, batch_size, &settings, &progress)?;
-        progress.finish_and_clear();
-        let record = StepLlc::new(step, &est);
-        if args.sgld.json {
-            println!("{}", serde_json::to_string(&record)?);
+        progress.set_length(progress.length().unwrap_or(0) * jobs.len() as u64);
+        let estimates = if jobs.len() == 1 {
+            let (params, data) = jobs.pop().expect("one job");
+            vec![model.estimate(&params, &config, data, batch_size, &settings, &progress)]
         } else {
-            println!("{}", record.line());
+            gpt::estimate_side_by_side(jobs, &config, batch_size, &settings, &progress)
+        };
+        progress.finish_and_clear();
+        for ((step, _), est) in group.iter().zip(estimates) {
+            let record = StepLlc::new(*step, &est?);
+            if args.sgld.json {
+                println!("{}", serde_json::to_string(&record)?);
+            } else {
+                println!("{}", record.line());
+            }
+            log.push(record)?;
         }
-        log.push(record)?;
     }
     let losses = train_losses(&run.join("metrics.jsonl"))?;
     let title = format!("{}: training loss and LLC", run_name(run));

@@ -148,6 +148,42 @@ pub fn estimate_on<B: Backend>(
     super::estimate(&mut target, settings, progress)
 }
 
+/// The LLC at each of several parameter vectors, each sampling its own data, side by
+/// side on the CPU: one thread per estimate, each with its own model and a one-thread
+/// pool for the ops (sharing one pool, the ops of both estimates interleave and the
+/// gain is lost). Each estimate equals what `estimate_on` gives alone: the CPU ops
+/// and the SGLD noise do not depend on the thread count.
+pub fn estimate_side_by_side(
+    jobs: Vec<(Vec<f32>, Dataset)>,
+    config: &Config,
+    batch_size: usize,
+    settings: &SgldSettings,
+    progress: &ProgressBar,
+) -> Vec<Result<LlcEstimate>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|(params, data)| {
+                scope.spawn(move || -> Result<LlcEstimate> {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+                    pool.install(|| {
+                        let mut model =
+                            Gpt::with_params(CpuBackend::<f32>::new(), &config.model, &params);
+                        let seq_len = config.train.seq_len;
+                        estimate_on(
+                            &mut model, data.train, batch_size, seq_len, settings, progress,
+                        )
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("an estimate's thread panicked"))
+            .collect()
+    })
+}
+
 /// A GPT on whichever device `--device` chose, for estimating one checkpoint after
 /// another without reopening the device.
 pub enum DeviceGpt {
