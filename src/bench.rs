@@ -74,7 +74,7 @@ pub fn gemm_peak_gflops(n: usize, reps: usize) -> f64 {
 /// `device` picks.
 pub fn run(config: &Config, warmup: usize, device: DeviceChoice) -> Result<BenchReport> {
     let data = data::load(config, 0, 1)?;
-    let (gpu, device_line) = open_gpu(device, config.train.precision)?;
+    let (gpu, device_line) = open_gpu(device, config)?;
     eprintln!("{device_line}");
     match gpu {
         Some(gpu) => run_gpu(config, warmup, gpu, data),

@@ -17,9 +17,9 @@
 pub mod cpu;
 pub mod cuda;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
-use crate::config::Precision;
+use crate::config::{Config, Precision};
 use crate::head::HeadKind;
 use cuda::{CudaBackend, GpuPrecision};
 
@@ -37,11 +37,17 @@ pub enum DeviceChoice {
 /// a device are present), or returns None for the CPU; with it, a line for the user
 /// saying which it is and why (printed by the caller once set-up has succeeded, so a
 /// failed command prints only its error).
-pub fn open_gpu(
-    choice: DeviceChoice,
-    precision: Precision,
-) -> Result<(Option<CudaBackend>, String)> {
+pub fn open_gpu(choice: DeviceChoice, config: &Config) -> Result<(Option<CudaBackend>, String)> {
+    let precision = config.train.precision;
     let open = || -> Result<(Option<CudaBackend>, String)> {
+        let hs = config.model.head_size();
+        if hs > cuda::MAX_HEAD_SIZE {
+            bail!(
+                "model.n_embd / model.n_head = {hs}: the CUDA backend's attention takes head \
+                 sizes up to {}; use --device cpu or more heads",
+                cuda::MAX_HEAD_SIZE
+            );
+        }
         let p = match precision {
             Precision::Fp32 => GpuPrecision::Fp32,
             Precision::Auto | Precision::Bf16 => GpuPrecision::Bf16,

@@ -10,8 +10,10 @@
 //! u32. In bf16 mode every GEMM reads bf16 copies of its operands (made just before
 //! the GEMM) and accumulates in fp32, while parameters, AdamW moments, activations
 //! and the head's math and loss stay fp32: fp32 master weights, bf16 tensor-core
-//! products. Everything runs on one stream; the host waits only when it reads a
-//! result back (the loss, the gradient norm).
+//! products. Attention is flash attention in fp32 (cuda/flash_attention.cu) in both
+//! modes: it saves only each row's log-sum-exp, never a T x T matrix. Everything
+//! runs on one stream; the host waits only when it reads a result back (the loss,
+//! the gradient norm).
 
 pub mod gemm;
 pub mod kernels;
@@ -72,13 +74,8 @@ enum Slot {
     /// bf16 copies of the two operands of a GEMM.
     OperandA,
     OperandB,
-    /// q, k, v (or their gradients) split by head, [3, B, NH, T, HS].
-    AttQkv,
-    AttDqkv,
-    /// y or dy split by head, [B, NH, T, HS].
-    AttY,
-    /// d(attention scores), [B, NH, T, T].
-    AttDatt,
+    /// Flash attention's backward: D = rowsum(dy * y) per row, [B, NH, T].
+    AttRowDots,
     /// The head: a chunk of dot products / G, and its bf16 copy.
     HeadRows,
     HeadG16,
@@ -115,6 +112,10 @@ pub struct CudaBackend {
     // Last, so every allocation above is freed while the context still exists.
     ctx: Arc<CudaContext>,
 }
+
+/// The largest attention head size (n_embd / n_head) the flash attention kernels
+/// take: each thread accumulates 8 of a row's head dims, 16 threads to a row.
+pub const MAX_HEAD_SIZE: usize = 128;
 
 /// GPUs visible to the driver; an error says why there are none (no driver library,
 /// no device).

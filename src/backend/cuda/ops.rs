@@ -7,9 +7,10 @@ use std::time::Instant;
 use cudarc::driver::result as drv;
 use cudarc::driver::sys as cu;
 
-use super::gemm::{Batch, DType, Operand, Product};
+use super::gemm::{DType, Operand, Product};
+use super::kernels::Arg;
 use super::kernels::Arg::{F32, I32, I64, Ptr};
-use super::{CudaBackend, DeviceMem, GpuPrecision, Slot};
+use super::{CudaBackend, DeviceMem, GpuPrecision, MAX_HEAD_SIZE, Slot};
 use crate::backend::{AdamW, Backend, Span, TokenSpan};
 use crate::head::HeadKind;
 
@@ -36,18 +37,10 @@ fn product(m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Product {
     }
 }
 
-/// `p` over `count` independent [T, *] slices (one per batch row and head).
-fn batched(p: Product, count: usize, stride_a: usize, stride_b: usize, stride_c: usize) -> Product {
-    Product {
-        batch: Some(Batch {
-            count,
-            stride_a,
-            stride_b,
-            stride_c,
-        }),
-        ..p
-    }
-}
+/// Rows a flash attention block owns, and columns it streams per step
+/// (FA_ROWS and FA_COLS in cuda/flash_attention.cu).
+const FLASH_ROWS: usize = 64;
+const FLASH_COLS: usize = 32;
 
 /// `p + bytes`, keeping a null pointer null (optional kernel inputs).
 fn offset(p: u64, bytes: usize) -> u64 {
@@ -203,55 +196,28 @@ impl CudaBackend {
         );
     }
 
-    /// Splits the [B, T, stride] rows' columns offset..offset+C into [B, NH, T, HS].
-    #[allow(clippy::too_many_arguments)]
-    fn heads(
+    /// One launch of a tiled kernel of cuda/flash_attention.cu: 256 threads per (batch
+    /// row, head) of the `bh` and tile of 64 rows, with `floats_per_dim` floats of
+    /// shared memory per head dimension (its tiles, [HS][rows + 1] each).
+    fn flash_launch(
         &self,
-        kernel: &str,
-        dst: u64,
-        src: u64,
-        b: usize,
+        name: &str,
+        bh: usize,
         t: usize,
-        nh: usize,
         hs: usize,
-        stride: usize,
-        off: usize,
+        floats_per_dim: usize,
+        args: &[Arg],
     ) {
-        self.launch_elems(
-            kernel,
-            b * t * nh * hs,
-            &[
-                Ptr(dst),
-                Ptr(src),
-                I32(b as i32),
-                I32(t as i32),
-                I32(nh as i32),
-                I32(hs as i32),
-                I32(stride as i32),
-                I32(off as i32),
-            ],
+        assert!(
+            hs <= MAX_HEAD_SIZE,
+            "flash attention supports head sizes up to {MAX_HEAD_SIZE}, not {hs}"
         );
-    }
-
-    /// q, k, v of `qkv` [B, T, 3C] split by head into the AttQkv scratch.
-    fn split_qkv(&self, qkv: Span, b: usize, t: usize, c: usize, nh: usize) -> [u64; 3] {
-        let btc = b * t * c;
-        let base = self.scratch(Slot::AttQkv, 3 * btc * 4);
-        let parts = [base, base + 4 * btc as u64, base + 8 * btc as u64];
-        for (i, &p) in parts.iter().enumerate() {
-            self.heads(
-                "heads_split",
-                p,
-                self.ptr(qkv),
-                b,
-                t,
-                nh,
-                c / nh,
-                3 * c,
-                i * c,
-            );
+        if bh * t * hs == 0 {
+            return;
         }
-        parts
+        let grid = (bh as u32, t.div_ceil(FLASH_ROWS) as u32);
+        let smem = 4 * floats_per_dim * hs;
+        self.launch(name, grid, (256, 1), smem as u32, args)
     }
 
     fn reduce(&self, src: Span, squares: bool) -> f64 {
@@ -666,8 +632,8 @@ impl Backend for CudaBackend {
     }
 
     fn attention_state_len(&self, b: usize, t: usize, nh: usize) -> usize {
-        // The attention probabilities, [B, NH, T, T].
-        b * nh * t * t
+        // Each row's log-sum-exp of scores, [B, NH, T]: flash attention keeps nothing else.
+        b * nh * t
     }
 
     fn attention_forward(
@@ -680,30 +646,25 @@ impl Backend for CudaBackend {
         c: usize,
         nh: usize,
     ) {
-        let (hs, bh, btc) = (c / nh, b * nh, b * t * c);
-        let scale = 1.0 / (hs as f32).sqrt();
-        let [q, k, v] = self.split_qkv(qkv, b, t, c, nh);
-        let att = self.ptr(state);
-        let (tt, ths) = (t * t, t * hs);
-        self.gemm(
-            att,
-            mat(q, btc, false),
-            mat(k, btc, true),
-            batched(product(t, t, hs, scale, 0.0), bh, ths, ths, tt),
+        let hs = c / nh;
+        assert_eq!(state.len, b * nh * t, "attention state size");
+        // Tiles: the block's queries, a tile of keys, and their values.
+        self.flash_launch(
+            "flash_attention_forward",
+            b * nh,
+            t,
+            hs,
+            (FLASH_ROWS + 1) + 2 * (FLASH_COLS + 1),
+            &[
+                Ptr(self.ptr(out)),
+                Ptr(self.ptr(state)),
+                Ptr(self.ptr(qkv)),
+                I32(t as i32),
+                I32(nh as i32),
+                I32(hs as i32),
+                F32(1.0 / (hs as f32).sqrt()),
+            ],
         );
-        self.launch_rows(
-            "attention_softmax_forward",
-            bh * t,
-            &[Ptr(att), I64((bh * t) as i64), I32(t as i32)],
-        );
-        let y = self.scratch(Slot::AttY, 4 * btc);
-        self.gemm(
-            y,
-            mat(att, bh * tt, false),
-            mat(v, btc, false),
-            batched(product(t, hs, t, 1.0, 0.0), bh, tt, ths, ths),
-        );
-        self.heads("heads_merge", self.ptr(out), y, b, t, nh, hs, c, 0);
     }
 
     fn attention_decode(
@@ -751,63 +712,49 @@ impl Backend for CudaBackend {
         dqkv: Span,
         dout: Span,
         qkv: Span,
-        _out: Span,
+        out: Span,
         state: Span,
         b: usize,
         t: usize,
         c: usize,
         nh: usize,
     ) {
-        let (hs, bh, btc) = (c / nh, b * nh, b * t * c);
-        let scale = 1.0 / (hs as f32).sqrt();
-        let (tt, ths) = (t * t, t * hs);
-        let [q, k, v] = self.split_qkv(qkv, b, t, c, nh);
-        let att = self.ptr(state);
-        let dy = self.scratch(Slot::AttY, 4 * btc);
-        self.heads("heads_split", dy, self.ptr(dout), b, t, nh, hs, c, 0);
-        let datt = self.scratch(Slot::AttDatt, 4 * bh * tt);
-        let base = self.scratch(Slot::AttDqkv, 3 * btc * 4);
-        let [dq, dk, dv] = [base, base + 4 * btc as u64, base + 8 * btc as u64];
-        // datt = dy v^T, dv = att^T dy
-        self.gemm(
-            datt,
-            mat(dy, btc, false),
-            mat(v, btc, true),
-            batched(product(t, t, hs, 1.0, 0.0), bh, ths, ths, tt),
-        );
-        self.gemm(
-            dv,
-            mat(att, bh * tt, true),
-            mat(dy, btc, false),
-            batched(product(t, hs, t, 1.0, 0.0), bh, tt, ths, ths),
-        );
-        // datt becomes d(scores) in place
+        let hs = c / nh;
+        let rows = b * t * nh;
+        assert_eq!(state.len, rows, "attention state size");
+        let row_dots = self.scratch(Slot::AttRowDots, 4 * rows);
+        let dy = self.ptr(dout);
         self.launch_rows(
-            "attention_softmax_backward",
-            bh * t,
+            "flash_attention_backward_preprocess",
+            rows,
             &[
-                Ptr(datt),
-                Ptr(att),
-                Ptr(datt),
-                I64((bh * t) as i64),
+                Ptr(row_dots),
+                Ptr(dy),
+                Ptr(self.ptr(out)),
+                I64(rows as i64),
                 I32(t as i32),
+                I32(nh as i32),
+                I32(hs as i32),
             ],
         );
-        // dq = scale dpre k, dk = scale dpre^T q
-        self.gemm(
-            dq,
-            mat(datt, bh * tt, false),
-            mat(k, btc, false),
-            batched(product(t, hs, t, scale, 0.0), bh, tt, ths, ths),
-        );
-        self.gemm(
-            dk,
-            mat(datt, bh * tt, true),
-            mat(q, btc, false),
-            batched(product(t, hs, t, scale, 0.0), bh, tt, ths, ths),
-        );
-        for (i, d) in [dq, dk, dv].into_iter().enumerate() {
-            self.heads("heads_merge", self.ptr(dqkv), d, b, t, nh, hs, 3 * c, i * c);
+        let args = [
+            Ptr(self.ptr(dqkv)),
+            Ptr(dy),
+            Ptr(self.ptr(qkv)),
+            Ptr(self.ptr(state)),
+            Ptr(row_dots),
+            I32(t as i32),
+            I32(nh as i32),
+            I32(hs as i32),
+            F32(1.0 / (hs as f32).sqrt()),
+        ];
+        // Tiles: the block's 64 rows of two tensors, and 32 streamed rows of two more.
+        let floats_per_dim = 2 * (FLASH_ROWS + 1) + 2 * (FLASH_COLS + 1);
+        for kernel in [
+            "flash_attention_backward_dkdv",
+            "flash_attention_backward_dq",
+        ] {
+            self.flash_launch(kernel, b * nh, t, hs, floats_per_dim, &args);
         }
     }
 
