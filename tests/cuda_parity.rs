@@ -3,12 +3,16 @@
 //!
 //! - every op, on fresh random inputs (never zeros) with poisoned (NaN) outputs, or
 //!   random starting values for the outputs an op adds into;
+//! - flash attention at T = 1, around and past its tiles, head sizes 5 to 128, with
+//!   its saved row log-sum-exps (fp32 SIMT kernels in fp32 mode, tensor cores in bf16);
 //! - both heads: forward loss and every parameter gradient of a small model;
 //! - 50 training steps tracking the CPU loss curve;
 //! - the harmonic head with h exactly on a class centre.
 //!
 //! Errors are relative, by norm, per tensor: below 1e-4 in fp32 mode and 2e-2 in bf16
 //! mode (the training curve: 1e-3 and 5e-2 per step).
+
+use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -400,6 +404,52 @@ fn flash_attention_matches_the_cpu() {
         ] {
             check_attention(&mut x, b, t, nh, hs);
         }
+    }
+}
+
+/// Flash attention at GPT-2 124M's attention shape (T 1024, 12 heads of 64; B 8 to
+/// keep the CPU's T x T reference small): parity with the CPU, and each pass's time
+/// against the FLOPs its kernels do (2 causal tile products forward, 7 backward).
+#[test]
+fn flash_attention_at_gpt2_shapes_matches_and_is_timed() {
+    let (b, t, nh, hs) = (8, 1024, 12, 64);
+    for (mode, tol) in MODES {
+        let Some(gpu) = open_gpu(mode) else { return };
+        let mut x = Both::new(gpu, tol, 23);
+        let (qkv, out) = check_attention(&mut x, b, t, nh, hs);
+        let c = nh * hs;
+        let (state, dqkv, dout) = (
+            x.gpu.alloc(b * nh * t),
+            x.gpu.alloc(b * t * 3 * c),
+            x.gpu.alloc(b * t * c),
+        );
+        x.gpu.fill(dout, 0.5);
+        let best_ms = |f: &dyn Fn()| {
+            f(); // warm-up
+            (0..5)
+                .map(|_| {
+                    x.gpu.synchronize();
+                    let t0 = Instant::now();
+                    f();
+                    x.gpu.synchronize();
+                    t0.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let forward = best_ms(&|| x.gpu.attention_forward(out.g, state, qkv.g, b, t, c, nh));
+        let backward = best_ms(&|| {
+            x.gpu
+                .attention_backward(dqkv, dout, qkv.g, out.g, state, b, t, c, nh)
+        });
+        // One causal tile product: 2 HS per (query, key <= query) pair, per (b, head).
+        let product = 2.0 * (hs * b * nh) as f64 * (t * (t + 1) / 2) as f64;
+        let tflops = |products: f64, ms: f64| products * product / ms / 1e9;
+        println!(
+            "{mode:?} flash attention B={b} T={t} NH={nh} HS={hs}: forward {forward:.3} ms \
+             ({:.1} TFLOP/s), backward {backward:.3} ms ({:.1} TFLOP/s)",
+            tflops(2.0, forward),
+            tflops(7.0, backward)
+        );
     }
 }
 

@@ -10,8 +10,9 @@
 //! u32. In bf16 mode every GEMM reads bf16 copies of its operands (made just before
 //! the GEMM) and accumulates in fp32, while parameters, AdamW moments, activations
 //! and the head's math and loss stay fp32: fp32 master weights, bf16 tensor-core
-//! products. Attention is flash attention in fp32 (cuda/flash_attention.cu) in both
-//! modes: it saves only each row's log-sum-exp, never a T x T matrix. Everything
+//! products. Attention is flash attention (cuda/flash_attention.cu), fp32 SIMT in fp32
+//! mode and bf16 tensor cores with fp32 softmax in bf16 mode: it saves only each row's
+//! log-sum-exp, never a T x T matrix. Everything
 //! runs on one stream; the host waits only when it reads a result back (the loss,
 //! the gradient norm).
 

@@ -37,10 +37,19 @@ fn product(m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Product {
     }
 }
 
-/// Rows a flash attention block owns, and columns it streams per step
-/// (FA_ROWS and FA_COLS in cuda/flash_attention.cu).
+/// Rows a flash attention block owns (FA_ROWS and FB_ROWS in cuda/flash_attention.cu).
 const FLASH_ROWS: usize = 64;
-const FLASH_COLS: usize = 32;
+
+/// The flash attention kernels of one precision, with their threads per block and
+/// bytes of shared memory (cuda/flash_attention.cu gives the tiles behind the sizes).
+struct Flash {
+    forward: &'static str,
+    dkdv: &'static str,
+    dq: &'static str,
+    threads: u32,
+    forward_smem: usize,
+    backward_smem: usize,
+}
 
 /// `p + bytes`, keeping a null pointer null (optional kernel inputs).
 fn offset(p: u64, bytes: usize) -> u64 {
@@ -196,28 +205,55 @@ impl CudaBackend {
         );
     }
 
-    /// One launch of a tiled kernel of cuda/flash_attention.cu: 256 threads per (batch
-    /// row, head) of the `bh` and tile of 64 rows, with `floats_per_dim` floats of
-    /// shared memory per head dimension (its tiles, [HS][rows + 1] each).
+    /// The flash attention kernels for head size `hs`: fp32 SIMT math in fp32 mode,
+    /// bf16 tensor cores in bf16 mode.
+    fn flash(&self, hs: usize) -> Flash {
+        assert!(
+            hs <= MAX_HEAD_SIZE,
+            "flash attention supports head sizes up to {MAX_HEAD_SIZE}, not {hs}"
+        );
+        match self.precision {
+            // fp32 tiles [HS][rows + 1]: the block's 64 rows of one tensor (forward) or
+            // two (backward), and 32 streamed rows of two.
+            GpuPrecision::Fp32 => Flash {
+                forward: "flash_attention_forward",
+                dkdv: "flash_attention_backward_dkdv",
+                dq: "flash_attention_backward_dq",
+                threads: 256,
+                forward_smem: 4 * hs * (65 + 2 * 33),
+                backward_smem: 4 * hs * (2 * 65 + 2 * 33),
+            },
+            // bf16 tiles with head dims padded to hp: [rows][hp + 8] or [hp][cols + 8].
+            GpuPrecision::Bf16 => {
+                let hp = hs.next_multiple_of(16);
+                let l = hp + 8;
+                Flash {
+                    forward: "flash_attention_forward_bf16",
+                    dkdv: "flash_attention_backward_dkdv_bf16",
+                    dq: "flash_attention_backward_dq_bf16",
+                    threads: 128,
+                    forward_smem: 2 * (128 * l + 72 * hp),
+                    backward_smem: 2 * (192 * l + 80 * hp) + 256,
+                }
+            }
+        }
+    }
+
+    /// One launch of a tiled flash attention kernel: a block per (batch row, head) of
+    /// the `bh` and tile of 64 rows of the `t`.
     fn flash_launch(
         &self,
         name: &str,
         bh: usize,
         t: usize,
-        hs: usize,
-        floats_per_dim: usize,
+        threads: u32,
+        smem: usize,
         args: &[Arg],
     ) {
-        assert!(
-            hs <= MAX_HEAD_SIZE,
-            "flash attention supports head sizes up to {MAX_HEAD_SIZE}, not {hs}"
-        );
-        if bh * t * hs == 0 {
-            return;
+        if bh * t > 0 {
+            let grid = (bh as u32, t.div_ceil(FLASH_ROWS) as u32);
+            self.launch(name, grid, (threads, 1), smem as u32, args)
         }
-        let grid = (bh as u32, t.div_ceil(FLASH_ROWS) as u32);
-        let smem = 4 * floats_per_dim * hs;
-        self.launch(name, grid, (256, 1), smem as u32, args)
     }
 
     fn reduce(&self, src: Span, squares: bool) -> f64 {
@@ -648,13 +684,13 @@ impl Backend for CudaBackend {
     ) {
         let hs = c / nh;
         assert_eq!(state.len, b * nh * t, "attention state size");
-        // Tiles: the block's queries, a tile of keys, and their values.
+        let flash = self.flash(hs);
         self.flash_launch(
-            "flash_attention_forward",
+            flash.forward,
             b * nh,
             t,
-            hs,
-            (FLASH_ROWS + 1) + 2 * (FLASH_COLS + 1),
+            flash.threads,
+            flash.forward_smem,
             &[
                 Ptr(self.ptr(out)),
                 Ptr(self.ptr(state)),
@@ -722,6 +758,7 @@ impl Backend for CudaBackend {
         let hs = c / nh;
         let rows = b * t * nh;
         assert_eq!(state.len, rows, "attention state size");
+        let flash = self.flash(hs);
         let row_dots = self.scratch(Slot::AttRowDots, 4 * rows);
         let dy = self.ptr(dout);
         self.launch_rows(
@@ -748,13 +785,9 @@ impl Backend for CudaBackend {
             I32(hs as i32),
             F32(1.0 / (hs as f32).sqrt()),
         ];
-        // Tiles: the block's 64 rows of two tensors, and 32 streamed rows of two more.
-        let floats_per_dim = 2 * (FLASH_ROWS + 1) + 2 * (FLASH_COLS + 1);
-        for kernel in [
-            "flash_attention_backward_dkdv",
-            "flash_attention_backward_dq",
-        ] {
-            self.flash_launch(kernel, b * nh, t, hs, floats_per_dim, &args);
+        for kernel in [flash.dkdv, flash.dq] {
+            let smem = flash.backward_smem;
+            self.flash_launch(kernel, b * nh, t, flash.threads, smem, &args);
         }
     }
 
