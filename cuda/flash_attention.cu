@@ -1,6 +1,6 @@
 // Causal flash attention for training (FlashAttention-2, Dao 2023): fp32 SIMT kernels
-// (the fp32 mode) and, at the end of the file, bf16 tensor-core twins of the three tiled
-// kernels (the bf16 mode). src/backend/cpu/attention.rs is the reference; this computes
+// (the fp32 mode) and, at the end of the file, bf16 tensor-core versions of the three
+// tiled kernels (the bf16 mode). src/backend/cpu/attention.rs is the reference; this computes
 // the same thing without a T x T matrix anywhere: scores live in registers, one tile
 // at a time.
 //
@@ -41,7 +41,8 @@
 // SXM (67 TFLOP/s fp32 SIMT, 989 bf16 tensor, 3.35 TB/s HBM3). One causal tile product
 // (e.g. QK^T) is 2 HS B NH T(T+1)/2 = 51.6 GFLOP.
 //   forward: 2 products, 103 GFLOP -> 1.54 ms; reads q, k, v, writes y, lse: 808 MB
-//     -> 0.24 ms. Compute-bound (128 FLOP/byte).
+//     -> 0.24 ms. 128 FLOP/byte: compute-bound in fp32 SIMT (balance at 20), close to
+//     memory-bound on tensor cores (balance at 295).
 //   backward: 7 products, 361 GFLOP -> 5.4 ms; reads y, dy (preprocess), q, k, v, dy,
 //     lse, D, writes dqkv: 1.82 GB -> 0.54 ms.
 // A good fp32 SIMT kernel reaches 30-50% of that peak: ~3-5 ms forward and ~11-18 ms

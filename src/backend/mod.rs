@@ -36,7 +36,9 @@ pub enum DeviceChoice {
 /// Opens the GPU backend when `choice` asks for it (auto: when the driver library and
 /// a device are present), or returns None for the CPU; with it, a line for the user
 /// saying which it is and why (printed by the caller once set-up has succeeded, so a
-/// failed command prints only its error).
+/// failed command prints only its error). The GPU runs in `config`'s precision, and a
+/// model whose head size its attention kernels cannot take is refused before any GPU
+/// work.
 pub fn open_gpu(choice: DeviceChoice, config: &Config) -> Result<(Option<CudaBackend>, String)> {
     let precision = config.train.precision;
     let open = || -> Result<(Option<CudaBackend>, String)> {
