@@ -49,9 +49,11 @@
 // backward per layer, far over issue 7's step budget (109 ms for all 12 layers and the
 // rest at 600K tokens/s): hence the bf16 tensor-core kernels, whose compute floor,
 // 0.10 ms forward and 0.37 ms backward, sits at the fp32 activations' byte floor above.
-// Expected of these simple ones (one mma.sync stream per warp, no ldmatrix, no
-// double-buffered loads): 25-40% of the tensor peak, ~0.3-0.4 ms forward and ~1-1.5 ms
-// backward per layer.
+// What bounds these simple ones (no ldmatrix, no double-buffered loads) is more likely
+// the L2 traffic of streaming fp32 tiles: each (64-row, 64- or 32-column) tile pair reads
+// its column tiles again, 3.4 GB forward and 6.8 GB backward per layer. At ~7 TB/s of
+// L2 that is ~0.5 ms forward and ~1-2 ms backward: the estimate to measure against.
+// bf16 activations (half the bytes) or 128-row tiles would cut it.
 
 #define FA_ROWS 64     // rows a block owns
 #define FA_COLS 32     // columns streamed per step
