@@ -7,9 +7,9 @@
 //
 // c1 and c2 come from the host (computed in f64 there, as the CPU backend does).
 // Launch: 1-D grids of 256 threads, grid-stride over the n parameters. With vec4 = 1
-// (p, grad, m, v 16-byte aligned, p16 8-byte aligned) each thread moves float4s over the
-// first n/4*4 parameters and a scalar loop takes the tail; with vec4 = 0 all of it is
-// scalar.
+// (p, grad, m, v 16-byte aligned) each thread moves float4s over the first n/4*4
+// parameters and a scalar loop takes the tail; with vec4 = 0 all of it is scalar.
+// Consecutive threads take consecutive 16 bytes, so every access is coalesced.
 //
 // Byte floor: reads p, grad, m, v and writes p, m, v: 28 bytes a parameter, 30 with the
 // shadow. GPT-2 124M (124.4M parameters): 3.7 GB, 1.1 ms on an H100 (3.35 TB/s), 0.78 ms

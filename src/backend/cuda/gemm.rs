@@ -249,8 +249,12 @@ impl Gemm {
         let (m, n, k) = (p.m, p.n, p.k);
         let (bias, aux) = p.epilogue.pointers();
         // cuBLASLt's rule for GELU's auxiliary matrix: its leading dimension (here n,
-        // the row length of C) must be a multiple of 8.
-        if aux != 0 && n % 8 != 0 {
+        // the row length of C) must be a multiple of 8. Epilogue vectors and matrices at
+        // addresses not 16-byte aligned have been seen to fault rather than be refused
+        // (Marian NMT's cuBLASLt path checks the bias the same way), so those are sent
+        // to the fallback too.
+        if (aux != 0 && !n.is_multiple_of(8)) || !bias.is_multiple_of(16) || !aux.is_multiple_of(16)
+        {
             return Err(lt::CublasError(
                 sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
             ));

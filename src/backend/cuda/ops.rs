@@ -1142,7 +1142,7 @@ impl Backend for CudaBackend {
         let c2 = (1.0 - (hp.beta2 as f64).powi(hp.step as i32)) as f32;
         let p16 = self.fresh_shadow_of(params);
         let fp32 = [params, grads, m, v].map(|s| self.ptr(s));
-        let vec4 = aligned16(&fp32) && p16.is_multiple_of(8);
+        let vec4 = aligned16(&fp32);
         let [p, g, m, v] = fp32;
         let n = params.len;
         // Threads for the float4 quads and the scalar tail (cuda/adamw.cu).
