@@ -82,7 +82,7 @@ impl Drop for DeviceMem {
 /// Scratch memory the ops keep between calls, grown on demand.
 #[derive(Clone, Copy, Debug)]
 enum Slot {
-    /// bf16 copies of the two operands of a GEMM.
+    /// bf16 copies of a GEMM's activation operands (weights have their shadows).
     OperandA,
     OperandB,
     /// q, k, v (or their gradients) split by head, [3, B, NH, T, HS].
