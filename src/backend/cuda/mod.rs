@@ -3,25 +3,38 @@
 //!
 //! - `libs`: finding libcuda, libnvrtc, libcublasLt and the CUDA headers at run time.
 //! - `kernels`: the cuda/*.cu families, NVRTC compilation to CUBIN, the disk cache.
-//! - `gemm`: row-major GEMMs through cuBLASLt (fp32 or bf16 operands, fp32 output).
+//! - `gemm`: row-major GEMMs through cuBLASLt (fp32 or bf16 operands, fp32 output,
+//!   optionally finished by a bias, GELU or GELU-derivative epilogue).
+//! - `shadow`: persistent bf16 copies of weight buffers, kept in step with every write.
 //! - `ops`: the Backend implementation, one method per op, chaining the above.
 //!
 //! Buffers are fp32 device allocations named by the trait's spans; token buffers are
-//! u32. In bf16 mode every GEMM reads bf16 copies of its operands (made just before
-//! the GEMM) and accumulates in fp32, while parameters, AdamW moments, activations
-//! and the head's math and loss stay fp32: fp32 master weights, bf16 tensor-core
-//! products. Attention is flash attention (cuda/flash_attention.cu), fp32 SIMT in fp32
-//! mode and bf16 tensor cores with fp32 softmax in bf16 mode: it saves only each row's
-//! log-sum-exp, never a T x T matrix. Everything
-//! runs on one stream; the host waits only when it reads a result back (the loss,
-//! the gradient norm).
+//! u32. In bf16 mode GEMMs multiply bf16 operands and accumulate in fp32, while
+//! parameters, AdamW moments, activations and the head's math and loss stay fp32:
+//! fp32 master weights, bf16 tensor-core products. A weight operand comes from its
+//! buffer's bf16 shadow, which AdamW writes in the same pass as the fp32 update, so
+//! weights are not converted per GEMM; activation operands are still converted to
+//! bf16 scratch just before each GEMM (keeping activations in bf16 is the next step).
+//!
+//! The fused ops of the trait run as one kernel or one GEMM each: residual add and
+//! LayerNorm in one pass over the row, bias and GELU in cuBLASLt's epilogues (with the
+//! unfused kernels as the fallback where cuBLASLt has no such kernel).
+//!
+//! Attention is flash attention (cuda/flash_attention.cu), fp32 SIMT in fp32 mode and
+//! bf16 tensor cores with fp32 softmax in bf16 mode: it saves only each row's
+//! log-sum-exp, never a T x T matrix.
+//!
+//! Everything runs on one stream; the host waits only when it reads a result back
+//! (the loss, the gradient norm).
 
 pub mod gemm;
 pub mod kernels;
 pub mod libs;
 mod ops;
+mod shadow;
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
@@ -32,6 +45,7 @@ use crate::backend::{Span, TokenSpan};
 use gemm::Gemm;
 use kernels::{Arg, Kernels};
 use libs::Lib;
+use shadow::Shadow;
 
 /// How the GEMMs run: fp32 operands (parity with the CPU) or bf16 operands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +86,7 @@ impl Drop for DeviceMem {
 /// Scratch memory the ops keep between calls, grown on demand.
 #[derive(Clone, Copy, Debug)]
 enum Slot {
-    /// bf16 copies of the two operands of a GEMM.
+    /// bf16 copies of a GEMM's activation operands (weights have their shadows).
     OperandA,
     OperandB,
     /// Flash attention's backward: D = rowsum(dy * y) per row, [B, NH, T].
@@ -80,9 +94,8 @@ enum Slot {
     /// The head: a chunk of dot products / G, and its bf16 copy.
     HeadRows,
     HeadG16,
-    /// bf16 copies of the head's inputs h [N, C] and w [V, C].
+    /// The bf16 copy of the head's input h [N, C] (w comes from its shadow).
     HeadH16,
-    HeadW16,
     /// |h|^2, |w|^2, rowsum(G), colsum(G).
     HeadHsq,
     HeadWsq,
@@ -104,6 +117,10 @@ pub struct CudaBackend {
     floats: RefCell<Vec<Option<DeviceMem>>>,
     tokens: RefCell<Vec<Option<DeviceMem>>>,
     scratch: RefCell<Vec<Option<DeviceMem>>>,
+    /// bf16 shadows of float buffers (by buffer index) whose spans are GEMM weights.
+    shadows: RefCell<HashMap<usize, Shadow>>,
+    /// GEMMs whose epilogue cuBLASLt had no kernel for, run unfused instead.
+    epilogue_fallbacks: Cell<usize>,
     /// Bytes this backend holds now and at most (buffers, scratch, GEMM workspace).
     held: Cell<usize>,
     peak: Cell<usize>,
@@ -170,6 +187,8 @@ impl CudaBackend {
             floats: RefCell::new(Vec::new()),
             tokens: RefCell::new(Vec::new()),
             scratch: RefCell::new((0..SLOTS).map(|_| None).collect()),
+            shadows: RefCell::new(HashMap::new()),
+            epilogue_fallbacks: Cell::new(0),
             held: Cell::new(held),
             peak: Cell::new(held),
             gemm,
@@ -187,6 +206,12 @@ impl CudaBackend {
     /// chunks on small inputs).
     pub fn set_head_chunk_floats(&self, floats: usize) {
         self.head_chunk_floats.set(floats.max(1));
+    }
+
+    /// How many bias/GELU epilogue GEMMs cuBLASLt had no kernel for (they ran as
+    /// separate kernels instead): 0 when every fusion ran fused.
+    pub fn epilogue_fallbacks(&self) -> usize {
+        self.epilogue_fallbacks.get()
     }
 
     /// The most device memory this backend has held at once, in bytes.
@@ -259,9 +284,14 @@ impl CudaBackend {
         self.scratch.borrow()[i].as_ref().unwrap().ptr
     }
 
+    /// Launches a kernel; whatever it may write is marked written (see `shadow`).
     fn launch(&self, name: &str, grid: (u32, u32), block: (u32, u32), smem: u32, args: &[Arg]) {
-        self.kernels
+        for p in self
+            .kernels
             .launch(&self.stream, name, grid, block, smem, args)
+        {
+            self.written(p);
+        }
     }
 
     /// A 1-D grid-stride launch over `n` elements, 256 threads a block.
