@@ -359,6 +359,8 @@ extern "C" __launch_bounds__(256) __global__ void flash_attention_backward_dq(
 typedef __nv_bfloat16 bf16;
 
 // c += a b: a 16 x 16 bf16 (row-major fragment), b 16 x 8 bf16 (column-major), c fp32.
+// The CPU emulator (tools/cuda_emu) brings its own.
+#ifndef HGPT_EMULATE
 __device__ __forceinline__ void mma_bf16_16x8x16(float c[4], const unsigned a[4],
                                                  const unsigned b[2]) {
     asm volatile(
@@ -367,6 +369,7 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float c[4], const unsigned a[4]
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+#endif
 
 // lo and hi as the two bf16 halves of one fragment register (lo first in memory order).
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
