@@ -50,7 +50,6 @@ fn product(m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Product {
         k,
         alpha,
         beta,
-        batch: None,
         epilogue: Epilogue::None,
     }
 }
