@@ -12,7 +12,8 @@
 // shuffled, so a missing __syncthreads lets one warp read a tile another has not yet
 // written, or overwrite one it is still reading, and the results come out wrong.
 // Dynamic shared memory is filled with NaN before each block, so reading a slot no
-// thread wrote shows up as NaN in the output.
+// thread wrote shows up as NaN in the output, and a write past the size the launch
+// asked for is caught.
 //
 // The tensor-core instruction mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32 is emulated
 // as a warp collective from PTX's documented fragment layouts; flash_attention.cu
@@ -138,7 +139,8 @@ inline jmp_buf scheduler;
 inline const std::function<void()>* body = nullptr;
 
 [[noreturn]] inline void fail(const char* what) {
-    fprintf(stderr, "cuda_emu: %s (block %u,%u thread %d)\n", what, blockIdx.x, blockIdx.y, cur);
+    fprintf(stderr, "cuda_emu: %s (block %u,%u; thread %d ran last)\n", what, blockIdx.x,
+            blockIdx.y, cur);
     exit(2);
 }
 
@@ -251,9 +253,15 @@ inline void launch(dim3 grid, int threads, size_t smem_bytes, emu::Order order,
             for (unsigned x = 0; x < grid.x; x++) {
                 blockIdx = dim3{x, y, z};
                 std::fill(emu_smem, emu_smem + EMU_SMEM_BYTES / 4, NAN);
-                for (int t = 0; t < threads; t++) prio[t] = order == emu::REVERSE ? threads - 1 - t : t;
+                for (int t = 0; t < threads; t++)
+                    prio[t] = order == emu::REVERSE ? threads - 1 - t : t;
                 if (order == emu::SHUFFLED) std::shuffle(prio.begin(), prio.end(), emu::rng);
                 emu::run_block(prio);
+                // Past the bytes the launch asked for, shared memory must still be NaN.
+                const float nan = NAN;
+                for (size_t i = (smem_bytes + 3) / 4; i < EMU_SMEM_BYTES / 4; i++)
+                    if (memcmp(&emu_smem[i], &nan, 4))
+                        emu::fail("a write past the block's shared memory");
             }
 }
 
@@ -297,7 +305,10 @@ inline void mma_bf16_16x8x16(float c[4], const unsigned a[4], const unsigned b[2
     mine[1] = a[2] | (uint64_t)a[3] << 32;
     mine[2] = b[0] | (uint64_t)b[1] << 32;
     emu::yield(emu::AT_WARP_BARRIER);
-    auto half = [](uint64_t word, int i) { return __bfloat162float({(uint16_t)(word >> (16 * i))}); };
+    // bf16 number i (0 to 3, low half first) of a slot word.
+    auto half = [](uint64_t word, int i) {
+        return __bfloat162float({(uint16_t)(word >> (16 * i))});
+    };
     float A[16][16], B[16][8];
     for (int lane = 0; lane < 32; lane++) {
         const int g = lane / 4, q = lane % 4;

@@ -65,7 +65,8 @@ static bool check_forward(bool fused, int N, int C, int vec4, emu::Order order) 
                     db_in.intact() && dres.intact() && dout.intact() && dmean.intact() &&
                     drstd.intact();
     char errs[160];
-    const int n = snprintf(errs, sizeof errs, "out %.1e mean %.1e rstd %.1e", e_out, e_mean, e_rstd);
+    const int n =
+        snprintf(errs, sizeof errs, "out %.1e mean %.1e rstd %.1e", e_out, e_mean, e_rstd);
     if (fused) snprintf(errs + n, sizeof errs - n, " residual %.1e", e_res);
     return report(ok, fused ? "residual_forward" : "forward", N, C, vec4 ? " vec4" : "", order,
                   errs);
@@ -98,7 +99,8 @@ static bool check_backward(int N, int C, int blocks, emu::Order order) {
         }
         for (int c = 0; c < C; c++) {
             const double xhat = (xr[c] - mean[r]) * (double)rstd[r];
-            dx[(size_t)r * C + c] += rstd[r] * (dy[(size_t)r * C + c] * (double)w[c] - m1 - xhat * m2);
+            const double dxhat = dy[(size_t)r * C + c] * (double)w[c];
+            dx[(size_t)r * C + c] += rstd[r] * (dxhat - m1 - xhat * m2);
         }
     }
 
