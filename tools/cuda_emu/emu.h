@@ -1,6 +1,7 @@
 // emu.h: runs the real kernels of cuda/*.cu on the CPU, one CUDA block at a time, so
 // that a machine with no GPU still checks their logic (tools/cuda_emu.sh builds and runs
-// the harnesses; each includes this header, cuda/common.cuh and one kernel family).
+// the harnesses; each includes this header, cuda/common.cuh and one or more kernel
+// families).
 //
 // Every CUDA thread of a block is a coroutine on its own stack. A thread runs until it
 // reaches a barrier, then the next one runs:
@@ -11,9 +12,18 @@
 // The order is forward (warp 0 runs as far as it can before warp 1 moves), reverse, or
 // shuffled, so a missing __syncthreads lets one warp read a tile another has not yet
 // written, or overwrite one it is still reading, and the results come out wrong.
-// Dynamic shared memory is filled with NaN before each block, so reading a slot no
-// thread wrote shows up as NaN in the output, and a write past the size the launch
-// asked for is caught.
+// Blocks may be 1-D or 2-D (x fastest, warps of 32 consecutive threads, as in CUDA).
+//
+// Shared memory: `__shared__` is `thread_local`. All coroutines run on one OS thread, so
+// every thread of the block sees the same variable, which is CUDA's semantics, and both
+// `__shared__ float s[32];` and `extern __shared__ float s[];` stay valid C++. Dynamic
+// shared memory is one buffer, emu_smem, which a kernel's `extern __shared__` array
+// names once the harness has written EMU_DYNAMIC_SHARED(NAME). Neither emu.h nor the
+// harnesses declare any other thread_local, so the program's TLS segment is exactly the
+// shared memory: it is filled with NaN before each block, so reading a slot no thread of
+// the block wrote shows up as NaN in the output (a static array never carries values
+// over from the previous block), and a write past the dynamic size the launch asked
+// for is caught.
 //
 // The tensor-core instruction mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32 is emulated
 // as a warp collective from PTX's documented fragment layouts; flash_attention.cu
@@ -22,15 +32,15 @@
 // What this cannot check: timing and performance; the hardware's own mma layout (only
 // our reading of the PTX manual, the same one the kernel was written from); memory
 // ordering beyond barrier order (a thread's writes are seen at once by all others);
-// races between blocks (blocks run one after another); and device-only limits such as
-// shared memory size, registers and alignment faults. Math functions are the host's
-// (expf, logf, ...), a few ulps from CUDA's.
+// races between blocks (blocks run one after another, so atomics are plain adds); and
+// device-only limits such as shared memory size, registers and alignment faults. Math
+// functions are the host's (expf, logf, ...), a few ulps from CUDA's.
 //
-// Not yet supported: static __shared__ arrays (only `extern __shared__` dynamic shared
-// memory, named by EMU_DYNAMIC_SHARED), 2-D or 3-D blocks, partial-warp masks.
+// Not supported: 3-D blocks, partial-warp masks.
 #pragma once
 
 #include <math.h>
+#include <link.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -53,10 +63,11 @@
 #define __device__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__
+#define __shared__ thread_local
 
 struct dim3 {
-    unsigned x = 1, y = 1, z = 1;
+    unsigned x, y, z;
+    dim3(unsigned x = 1, unsigned y = 1, unsigned z = 1) : x(x), y(y), z(z) {}
 };
 static dim3 threadIdx, blockIdx, blockDim, gridDim;
 
@@ -79,9 +90,10 @@ inline float atomicAdd(float* p, float v) {
 // refers to once the harness has written EMU_DYNAMIC_SHARED(NAME) before including it.
 static const size_t EMU_SMEM_BYTES = 228 * 1024;  // an H100's most per block
 extern "C" {
-alignas(16) float emu_smem[EMU_SMEM_BYTES / 4];
+alignas(16) thread_local float emu_smem[EMU_SMEM_BYTES / 4];
 }
-#define EMU_DYNAMIC_SHARED(name) extern "C" float name[] __attribute__((alias("emu_smem")))
+#define EMU_DYNAMIC_SHARED(name) \
+    extern "C" thread_local float name[] __attribute__((alias("emu_smem")))
 
 // ---- bf16: round to nearest even, as __float2bfloat16 does
 
@@ -166,7 +178,7 @@ inline char* new_stack() {
 
 inline void resume(int t) {
     cur = t;
-    threadIdx = dim3{(unsigned)t, 0, 0};
+    threadIdx = dim3(t % blockDim.x, t / blockDim.x);
     if (_setjmp(scheduler)) return;
     if (threads[t].started) _longjmp(threads[t].resume, 1);
     threads[t].started = true;
@@ -235,16 +247,45 @@ inline void run_block(const std::vector<int>& order) {
 
 inline std::mt19937 rng(1);
 
+// The calling thread's instance of the program's TLS segment, which holds exactly the
+// shared memory (see the opening comment), and its size in floats.
+inline float* shared_segment(size_t* floats) {
+    struct Found {
+        float* at = nullptr;
+        size_t floats = 0;
+    } found;
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, size_t, void* out) {
+            for (int i = 0; i < info->dlpi_phnum; i++)
+                if (info->dlpi_phdr[i].p_type == PT_TLS) {
+                    *(Found*)out = {(float*)info->dlpi_tls_data,
+                                    info->dlpi_phdr[i].p_memsz / 4};
+                    return 1;  // the program comes first, before its libraries
+                }
+            return 0;
+        },
+        &found);
+    if (found.at == nullptr || found.at > emu_smem ||
+        emu_smem + EMU_SMEM_BYTES / 4 > found.at + found.floats)
+        fail("shared memory is not the program's TLS segment");
+    *floats = found.floats;
+    return found.at;
+}
+
 }  // namespace emu
 
-// Runs kernel (a call with its arguments bound) over grid x threads, blocks in order,
-// each block's threads in the given priority order.
-inline void launch(dim3 grid, int threads, size_t smem_bytes, emu::Order order,
+// Runs kernel (a call with its arguments bound) over grid x block, blocks in order,
+// each block's threads in the given priority order. `block` may be a thread count.
+inline void launch(dim3 grid, dim3 block, size_t smem_bytes, emu::Order order,
                    const std::function<void()>& kernel) {
+    const int threads = block.x * block.y * block.z;
+    if (block.z != 1) emu::fail("3-D blocks are not emulated");
     if (threads % 32 != 0 || threads > emu::MAX_THREADS) emu::fail("blocks must be whole warps");
     if (smem_bytes > EMU_SMEM_BYTES) emu::fail("too much shared memory for one block");
+    size_t shared_floats;
+    float* shared = emu::shared_segment(&shared_floats);
     gridDim = grid;
-    blockDim = dim3{(unsigned)threads, 1, 1};
+    blockDim = block;
     emu::nthreads = threads;
     emu::body = &kernel;
     std::vector<int> prio(threads);
@@ -252,12 +293,12 @@ inline void launch(dim3 grid, int threads, size_t smem_bytes, emu::Order order,
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x++) {
                 blockIdx = dim3{x, y, z};
-                std::fill(emu_smem, emu_smem + EMU_SMEM_BYTES / 4, NAN);
+                std::fill(shared, shared + shared_floats, NAN);
                 for (int t = 0; t < threads; t++)
                     prio[t] = order == emu::REVERSE ? threads - 1 - t : t;
                 if (order == emu::SHUFFLED) std::shuffle(prio.begin(), prio.end(), emu::rng);
                 emu::run_block(prio);
-                // Past the bytes the launch asked for, shared memory must still be NaN.
+                // Past the bytes the launch asked for, dynamic shared memory must still be NaN.
                 const float nan = NAN;
                 for (size_t i = (smem_bytes + 3) / 4; i < EMU_SMEM_BYTES / 4; i++)
                     if (memcmp(&emu_smem[i], &nan, 4))
@@ -358,10 +399,11 @@ struct Buffer {
     }
 };
 
-// ||got - want|| / ||want||, infinite when got holds a NaN or an infinity. Absolute
-// where ||want|| < 1: some gradients are exactly zero (dq and dk of one position).
+// ||got - want|| / max(||want||, floor), infinite when got holds a NaN or an infinity.
+// Absolute where ||want|| < floor = 1 by default: some gradients are exactly zero (dq and
+// dk of one position).
 template <class G>
-double rel_err(const std::vector<double>& want, const G& got) {
+double rel_err(const std::vector<double>& want, const G& got, double floor = 1.0) {
     double d = 0, w = 0;
     for (size_t i = 0; i < want.size(); i++) {
         const double g = got[i];
@@ -369,5 +411,5 @@ double rel_err(const std::vector<double>& want, const G& got) {
         d += (g - want[i]) * (g - want[i]);
         w += want[i] * want[i];
     }
-    return sqrt(d) / std::max(sqrt(w), 1.0);
+    return sqrt(d) / std::max(sqrt(w), floor);
 }
