@@ -22,7 +22,8 @@ static bool check(int T, int NH, int HS, emu::Order order) {
         std::vector<double> s(T);
         for (int j = 0; j < T; j++) {
             s[j] = 0;
-            for (int d = 0; d < HS; d++) s[j] += (double)q[h * HS + d] * k[(size_t)j * C + h * HS + d];
+            for (int d = 0; d < HS; d++)
+                s[j] += (double)q[h * HS + d] * k[(size_t)j * C + h * HS + d];
             s[j] *= scale;
         }
         const double mx = *std::max_element(s.begin(), s.end());
