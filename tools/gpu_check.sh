@@ -83,9 +83,9 @@ check bench-124m "$BIN/hgpt" bench --device cuda --config configs/gpt2-124m-harm
     --set data.builtin_train_bytes=4000000 --set data.builtin_val_bytes=200000
 field() { grep -o "\"$1\": [0-9.e+-]*" "$LOGS/bench-124m.log" | head -n1 | awk '{ print $2 }'; }
 if [ -n "$(field tokens_per_s)" ]; then
-    rows[-1]="${rows[-1]}$(printf '%.0f tok/s, %.1f ms/step, peak %.0f MiB, GEMM peak %.0f GFLOP/s' \
+    rows[-1]="${rows[-1]}$(printf '%.0f tok/s, %.1f ms/step, peak %.0f MiB, GEMM peak %.0f TFLOP/s' \
         "$(field tokens_per_s)" "$(field ms_per_step)" "$(field peak_memory_mib)" \
-        "$(field gemm_peak_gflops)")"
+        "$(field gemm_peak_tflops)")"
 fi
 
 echo

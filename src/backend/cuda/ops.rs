@@ -666,8 +666,7 @@ impl Backend for CudaBackend {
     }
 
     fn attention_state_len(&self, b: usize, t: usize, nh: usize) -> usize {
-        // The attention probabilities, [B, NH, T, T].
-        b * nh * t * t
+        super::attention_state_len(b, t, nh)
     }
 
     fn attention_forward(
