@@ -2,7 +2,8 @@
 //! each backend, computed (not measured) from the very sizes the code allocates:
 //! the parameter layout, the model's activation layout (`ActivationFloats`, carved
 //! as `Gpt` carves it), the backend's attention state, and on the GPU every scratch
-//! slot (`cuda::training_scratch_bytes`) and the cuBLASLt workspace. Tests check the
+//! slot (`cuda::training_scratch_bytes`), the bf16 weight shadow and the cuBLASLt
+//! workspace. Tests check the
 //! plan against the CPU backend's allocation counter, and (on a GPU) against the
 //! CUDA backend's slots and peak.
 //!
@@ -116,6 +117,10 @@ pub fn plan(config: &Config, b: usize, target: Target) -> MemoryPlan {
                     None => items.push(item(slot.role, slot.bytes)),
                 }
             }
+            items.push(item(
+                "bf16 weight shadow",
+                cuda::weight_shadow_bytes(params, precision),
+            ));
             items.push(item("cuBLASLt workspace", cuda::workspace_bytes(cc_major)));
             let p = match precision {
                 GpuPrecision::Bf16 => "bf16 GEMMs",

@@ -6,6 +6,11 @@
 //! - both heads: forward loss and every parameter gradient of a small model;
 //! - 50 training steps tracking the CPU loss curve;
 //! - the harmonic head with h exactly on a class centre;
+//! - the fused ops (residual + LayerNorm, matmul + GELU and its backward) on both of
+//!   their paths: float4 rows and scalar ones, cuBLASLt's epilogues and the unfused
+//!   fallback; AdamW and the norm over float4s with a tail and misaligned;
+//! - bf16 weight shadows: after AdamW steps and after writes into the parameters, the
+//!   loss and gradients equal those of a fresh backend that converts the weights anew;
 //! - the memory plan (src/memory.rs) against the backend's slots and peak.
 //!
 //! Errors are relative, by norm, per tensor: below 1e-4 in fp32 mode and 2e-2 in bf16
@@ -21,7 +26,7 @@ use hgpt::config::Config;
 use hgpt::data;
 use hgpt::head::HeadKind;
 use hgpt::memory::{Target, plan};
-use hgpt::model::Gpt;
+use hgpt::model::{Gpt, idx};
 use hgpt::train::Trainer;
 
 const MODES: [(GpuPrecision, f64); 2] = [(GpuPrecision::Fp32, 1e-4), (GpuPrecision::Bf16, 2e-2)];
@@ -100,6 +105,23 @@ impl Both {
     fn input(&mut self, len: usize) -> P {
         let v = self.values(len, 0.1, 1.0);
         self.from(&v)
+    }
+
+    /// An input that starts `off` floats into its buffer (off = 1: not 16-byte aligned).
+    fn input_at(&mut self, len: usize, off: usize) -> P {
+        let p = self.input(len + off);
+        P {
+            c: p.c.slice(off, len),
+            g: p.g.slice(off, len),
+        }
+    }
+
+    fn poisoned_at(&self, len: usize, off: usize) -> P {
+        let p = self.poisoned(len + off);
+        P {
+            c: p.c.slice(off, len),
+            g: p.g.slice(off, len),
+        }
     }
 
     /// An output the op must overwrite entirely.
@@ -500,6 +522,239 @@ fn harmonic_head_is_finite_with_h_on_a_class_centre() {
             assert!(v.iter().all(|g| g.is_finite()), "GPU {what} not finite");
         }
     }
+}
+
+/// The fused ops against the CPU (whose defaults chain the unfused ops), on each path
+/// of their CUDA versions.
+#[test]
+fn fused_ops_match_the_cpu_on_every_path() {
+    for (mode, tol) in MODES {
+        let Some(gpu) = open_gpu(mode) else { return };
+        println!("-- {mode:?}");
+        let mut x = Both::new(gpu, tol, 19);
+
+        // Residual + LayerNorm, and LayerNorm alone: float4 rows (C % 4 == 0, aligned),
+        // then scalar rows for C = 45 and for misaligned spans.
+        for (c, off) in [(48, 0), (45, 0), (48, 1)] {
+            let what = format!("C = {c}, offset {off}");
+            let (a, b) = (x.input_at(N * c, off), x.input_at(N * c, off));
+            let (w, bias) = (x.input_at(c, off), x.input_at(c, off));
+            let (res, out) = (x.poisoned_at(N * c, off), x.poisoned_at(N * c, off));
+            let (mean, rstd) = (x.poisoned(N), x.poisoned(N));
+            x.cpu.residual_layernorm_forward(
+                res.c, out.c, mean.c, rstd.c, a.c, b.c, w.c, bias.c, N, c, 1e-5,
+            );
+            x.gpu.residual_layernorm_forward(
+                res.g, out.g, mean.g, rstd.g, a.g, b.g, w.g, bias.g, N, c, 1e-5,
+            );
+            x.check(&format!("residual_layernorm residual, {what}"), res);
+            x.check(&format!("residual_layernorm out, {what}"), out);
+            x.check(&format!("residual_layernorm mean, {what}"), mean);
+            x.check(&format!("residual_layernorm rstd, {what}"), rstd);
+            let out = x.poisoned_at(N * c, off);
+            x.cpu
+                .layernorm_forward(out.c, mean.c, rstd.c, a.c, w.c, bias.c, N, c, 1e-5);
+            x.gpu
+                .layernorm_forward(out.g, mean.g, rstd.g, a.g, w.g, bias.g, N, c, 1e-5);
+            x.check(&format!("layernorm out, {what}"), out);
+        }
+
+        // matmul + GELU and GELU + matmul backward. A width of 4C suits cuBLASLt's GELU
+        // epilogues (its pre-activation's rows must hold a multiple of 8 floats); 4C + 4
+        // does not, so it must take the unfused path.
+        for width in [4 * C, 4 * C + 4] {
+            for with_bias in [true, false] {
+                let what = format!("width {width}, bias {with_bias}");
+                let before = x.gpu.epilogue_fallbacks();
+                let (inp, w, bias) = (x.input(N * C), x.input(width * C), x.input(width));
+                let (pre, out) = (x.poisoned(N * width), x.poisoned(N * width));
+                let b = |p: P| with_bias.then_some(p);
+                x.cpu.matmul_gelu_forward(
+                    pre.c,
+                    out.c,
+                    inp.c,
+                    w.c,
+                    b(bias).map(|p| p.c),
+                    N,
+                    C,
+                    width,
+                );
+                x.gpu.matmul_gelu_forward(
+                    pre.g,
+                    out.g,
+                    inp.g,
+                    w.g,
+                    b(bias).map(|p| p.g),
+                    N,
+                    C,
+                    width,
+                );
+                x.check(&format!("matmul_gelu_forward pre, {what}"), pre);
+                x.check(&format!("matmul_gelu_forward out, {what}"), out);
+
+                // A layer [width -> C] reading act = gelu(pre).
+                let (w2, dw2, db2, dout) = (
+                    x.input(C * width),
+                    x.input(C * width),
+                    x.input(C),
+                    x.input(N * C),
+                );
+                let (dpre, dact) = (x.poisoned(N * width), x.poisoned(N * width));
+                x.cpu.gelu_matmul_backward(
+                    dpre.c,
+                    dact.c,
+                    dw2.c,
+                    b(db2).map(|p| p.c),
+                    dout.c,
+                    out.c,
+                    pre.c,
+                    w2.c,
+                    N,
+                    width,
+                    C,
+                );
+                x.gpu.gelu_matmul_backward(
+                    dpre.g,
+                    dact.g,
+                    dw2.g,
+                    b(db2).map(|p| p.g),
+                    dout.g,
+                    out.g,
+                    pre.g,
+                    w2.g,
+                    N,
+                    width,
+                    C,
+                );
+                x.check(&format!("gelu_matmul_backward dpre, {what}"), dpre);
+                x.check(&format!("gelu_matmul_backward dweight (+=), {what}"), dw2);
+                if with_bias {
+                    x.check(&format!("gelu_matmul_backward dbias (+=), {what}"), db2);
+                }
+                let fallbacks = x.gpu.epilogue_fallbacks() - before;
+                println!("  {what}: {fallbacks} GEMM(s) ran unfused");
+                if width % 8 != 0 {
+                    assert!(fallbacks >= 2, "width {width} must take the unfused path");
+                }
+            }
+        }
+
+        // AdamW and the sum of squares over float4s: a length with a tail of 3, then
+        // misaligned spans (scalar throughout).
+        for off in [0, 1] {
+            let len = 4099;
+            let (p, g, m) = (
+                x.input_at(len, off),
+                x.input_at(len, off),
+                x.input_at(len, off),
+            );
+            let v = x.input_at(len, off);
+            let v2: Vec<f32> = x.cpu.read(v.c).iter().map(|e| e * e).collect();
+            x.cpu.write(v.c, &v2);
+            x.gpu.write(v.g, &v2);
+            let hp = AdamW {
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                step: 2,
+                grad_scale: 0.7,
+            };
+            x.cpu.adamw_update(p.c, g.c, m.c, v.c, hp);
+            x.gpu.adamw_update(p.g, g.g, m.g, v.g, hp);
+            for (what, t) in [("params", p), ("m", m), ("v", v)] {
+                x.check(&format!("adamw {what}, {len} at offset {off}"), t);
+            }
+            let (cpu, gpu) = (x.cpu.sum_squares(g.c), x.gpu.sum_squares(g.g));
+            let err = ((gpu - cpu) / cpu).abs();
+            println!("sum_squares, {len} at offset {off}: relative error {err:.2e}");
+            assert!(
+                err < 1e-9,
+                "sum_squares at offset {off}: cpu {cpu} gpu {gpu}"
+            );
+        }
+    }
+}
+
+/// In bf16 mode GEMMs read weights from bf16 shadows that AdamW writes and that any
+/// other write to the parameters makes stale. Whatever happened to the parameters,
+/// the model must compute what a fresh backend computes from the same fp32 values.
+#[test]
+fn bf16_weight_shadows_follow_adamw_and_every_write() {
+    let Some(gpu) = open_gpu(GpuPrecision::Bf16) else {
+        return;
+    };
+    let config = small_config("harmonic", true);
+    let data = data::builtin(&config, 0, 1).unwrap();
+    let mut tr = Trainer::new(&config, gpu, data).unwrap();
+    let (b, t) = (config.train.batch_size, config.train.seq_len);
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let tokens: Vec<u32> = (0..b * t + 1).map(|_| rng.random_range(0..97)).collect();
+    let (inp, tgt) = (&tokens[..b * t], &tokens[1..]);
+    let loss_and_grads = |m: &mut Gpt<CudaBackend>| {
+        m.zero_grads();
+        let loss = m.forward(inp, tgt, b, t, Some(1.0));
+        m.backward();
+        (loss, m.read_grads())
+    };
+    let mut last_loss = f64::NAN;
+    let mut check = |what: &str, m: &mut Gpt<CudaBackend>| {
+        let (loss, grads) = loss_and_grads(m);
+        let fresh_backend = CudaBackend::new(GpuPrecision::Bf16).unwrap();
+        let mut fresh = Gpt::with_params(fresh_backend, &config.model, &m.read_params());
+        let (fresh_loss, fresh_grads) = loss_and_grads(&mut fresh);
+        let (loss_err, grad_err) = (
+            ((loss - fresh_loss) / fresh_loss).abs(),
+            rel_err(&fresh_grads, &grads),
+        );
+        println!("{what}: loss {loss:.6} vs fresh {fresh_loss:.6}, gradients {grad_err:.2e}");
+        // The forward pass has no atomics: equal up to rounding; the backward's
+        // atomics may reorder sums.
+        assert!(loss_err < 1e-6, "{what}: loss {loss} vs fresh {fresh_loss}");
+        assert!(
+            grad_err < 1e-5,
+            "{what}: gradients differ by {grad_err:.2e}"
+        );
+        assert!(loss != last_loss, "{what}: the parameters did not change");
+        last_loss = loss;
+    };
+    for _ in 0..3 {
+        tr.train_step();
+    }
+    check("after 3 AdamW steps", &mut tr.model);
+
+    let m = &mut tr.model;
+    let qkv = m.layout.layer(m.params, idx::QKVW, 0);
+    let new_qkv = (0..qkv.len)
+        .map(|i| 0.03 * (i as f32 * 0.61).sin())
+        .collect::<Vec<_>>();
+    m.backend.write(qkv, &new_qkv);
+    check("after write into one layer's qkv weight", m);
+
+    let attproj = m.layout.layer(m.params, idx::ATTPROJW, 1);
+    m.backend.fill(attproj.slice(0, attproj.len / 2), 0.01);
+    check("after fill of half an attention projection", m);
+
+    // The tied wte is the head's weight too: copy rows in from outside the parameters.
+    let wte = m.layout.span(m.params, idx::WTE);
+    let rows = m.backend.alloc(10 * 64);
+    m.backend.write(
+        rows,
+        &(0..640)
+            .map(|i| (i as f32 * 0.37).cos() * 0.05)
+            .collect::<Vec<_>>(),
+    );
+    m.backend.copy(wte.slice(20 * 64, 640), rows);
+    check("after copy into ten wte rows", m);
+
+    // An update right after a write, with the shadow still stale, then a normal one.
+    let fcproj = m.layout.layer(m.params, idx::FCPROJW, 0);
+    m.backend.write(fcproj, &vec![0.02; fcproj.len]);
+    for _ in 0..2 {
+        tr.train_step();
+    }
+    check("after a write then 2 AdamW steps", &mut tr.model);
 }
 
 /// A small model: 2 layers, 4 heads, 64 channels, vocabulary 97 (odd, so tensor

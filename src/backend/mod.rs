@@ -275,6 +275,69 @@ pub trait Backend {
     /// out = a + b
     fn add(&self, out: Span, a: Span, b: Span);
 
+    // ---- fused ops: each has a default that chains the ops above, so the CPU
+    // backend runs exactly the unfused sequence; a backend may override it with
+    // fewer passes over memory. ----
+
+    /// The residual connection and the LayerNorm after it:
+    /// residual = a + b, then out = layernorm(residual) (saving mean and rstd).
+    fn residual_layernorm_forward(
+        &self,
+        residual: Span,
+        out: Span,
+        mean: Span,
+        rstd: Span,
+        a: Span,
+        b: Span,
+        weight: Span,
+        bias: Span,
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) {
+        self.add(residual, a, b);
+        self.layernorm_forward(out, mean, rstd, residual, weight, bias, n, c, eps);
+    }
+
+    /// A dense layer followed by GELU: pre = inp @ weight^T + bias (kept for the
+    /// backward pass), out = gelu(pre).
+    fn matmul_gelu_forward(
+        &self,
+        pre: Span,
+        out: Span,
+        inp: Span,
+        weight: Span,
+        bias: Option<Span>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
+        self.matmul_forward(pre, inp, weight, bias, n, c, oc);
+        self.gelu_forward(out, pre);
+    }
+
+    /// The backward pass of a dense layer whose input is act = gelu(pre)
+    /// (out[n,oc] = act[n,c] @ weight^T + bias): dpre = gelu'(pre) * (dout @ weight),
+    /// dweight += dout^T @ act, dbias += column sums of dout. `dact` [n, c] is
+    /// scratch for dout @ weight, which a fused backend need not write.
+    fn gelu_matmul_backward(
+        &self,
+        dpre: Span,
+        dact: Span,
+        dweight: Span,
+        dbias: Option<Span>,
+        dout: Span,
+        act: Span,
+        pre: Span,
+        weight: Span,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
+        self.matmul_backward(dact, dweight, dbias, dout, act, weight, n, c, oc);
+        self.gelu_backward(dpre, pre, dact);
+    }
+
     /// The output head. h[n,c] final hidden states, w[v,c] class centres (harmonic)
     /// or unembedding rows (softmax), targets[n]. Writes the per-position loss
     /// -log p(target) into `losses[n]`. With `grads = Some((dh, dw, scale))`:

@@ -3,7 +3,13 @@
 //! Pre-LayerNorm blocks: x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)); then ln_f and
 //! the output head (harmonic or softmax). Forward keeps every activation the
 //! backward pass needs; backward runs the blocks in reverse, keeping the gradient of
-//! the residual stream in one buffer that each LayerNorm backward adds into.
+//! the residual stream in one buffer that each LayerNorm backward adds into (so the
+//! skip connection's gradient costs no pass of its own).
+//!
+//! The model calls the trait's fused ops where two steps meet: each residual add
+//! with the LayerNorm after it, the MLP's first matmul with its GELU, and GELU's
+//! backward with the backward of the matmul that reads it. Their default bodies are
+//! the unfused sequence, so the CPU backend computes exactly what it did unfused.
 
 pub mod decode;
 pub mod layout;
@@ -293,23 +299,21 @@ impl<B: Backend> Gpt<B> {
             t,
             c,
         );
+        // Each residual add is fused with the LayerNorm that reads its result: x + attn
+        // with ln_2, x + mlp with the next block's ln_1 (ln_f after the last block).
+        let ln_acts = |l: usize| match a.layers.get(l) {
+            Some(la) => (la.ln1, la.ln1_mean, la.ln1_rstd),
+            None => (a.lnf, a.lnf_mean, a.lnf_rstd),
+        };
+        let (ln, ln_mean, ln_rstd) = ln_acts(0);
+        let (ln_w, ln_b) = self.ln_params_after(0);
+        be.layernorm_forward(ln, ln_mean, ln_rstd, a.encoded, ln_w, ln_b, n, c, eps);
         for (l, la) in a.layers.iter().enumerate() {
             let residual = if l == 0 {
                 a.encoded
             } else {
                 a.layers[l - 1].residual3
             };
-            be.layernorm_forward(
-                la.ln1,
-                la.ln1_mean,
-                la.ln1_rstd,
-                residual,
-                self.pl(idx::LN1W, l),
-                self.pl(idx::LN1B, l),
-                n,
-                c,
-                eps,
-            );
             be.matmul_forward(
                 la.qkv,
                 la.ln1,
@@ -329,20 +333,22 @@ impl<B: Backend> Gpt<B> {
                 c,
                 c,
             );
-            be.add(la.residual2, residual, la.attproj);
-            be.layernorm_forward(
+            be.residual_layernorm_forward(
+                la.residual2,
                 la.ln2,
                 la.ln2_mean,
                 la.ln2_rstd,
-                la.residual2,
+                residual,
+                la.attproj,
                 self.pl(idx::LN2W, l),
                 self.pl(idx::LN2B, l),
                 n,
                 c,
                 eps,
             );
-            be.matmul_forward(
+            be.matmul_gelu_forward(
                 la.fch,
+                la.fch_gelu,
                 la.ln2,
                 self.pl(idx::FCW, l),
                 Some(self.pl(idx::FCB, l)),
@@ -350,7 +356,6 @@ impl<B: Backend> Gpt<B> {
                 c,
                 4 * c,
             );
-            be.gelu_forward(la.fch_gelu, la.fch);
             be.matmul_forward(
                 la.fcproj,
                 la.fch_gelu,
@@ -360,20 +365,32 @@ impl<B: Backend> Gpt<B> {
                 4 * c,
                 c,
             );
-            be.add(la.residual3, la.residual2, la.fcproj);
+            let (ln, ln_mean, ln_rstd) = ln_acts(l + 1);
+            let (ln_w, ln_b) = self.ln_params_after(l + 1);
+            be.residual_layernorm_forward(
+                la.residual3,
+                ln,
+                ln_mean,
+                ln_rstd,
+                la.residual2,
+                la.fcproj,
+                ln_w,
+                ln_b,
+                n,
+                c,
+                eps,
+            );
         }
-        let last = a.layers.last().map_or(a.encoded, |la| la.residual3);
-        be.layernorm_forward(
-            a.lnf,
-            a.lnf_mean,
-            a.lnf_rstd,
-            last,
-            self.p(idx::LNFW),
-            self.p(idx::LNFB),
-            n,
-            c,
-            eps,
-        );
+    }
+
+    /// Weight and bias of the LayerNorm that reads the residual stream after `l`
+    /// blocks: block l's ln_1, or ln_f after the last block.
+    fn ln_params_after(&self, l: usize) -> (Span, Span) {
+        if l < self.config.n_layer {
+            (self.pl(idx::LN1W, l), self.pl(idx::LN1B, l))
+        } else {
+            (self.p(idx::LNFW), self.p(idx::LNFB))
+        }
     }
 
     /// Forward pass with targets; returns the mean loss over the b*t positions. With
@@ -469,18 +486,19 @@ impl<B: Backend> Gpt<B> {
                 a.layers[l - 1].residual3
             };
             // MLP: residual3 = residual2 + fcproj(gelu(fc(ln_2(residual2))))
-            be.matmul_backward(
+            be.gelu_matmul_backward(
+                g.fch,
                 g.fch_gelu,
                 self.gl(idx::FCPROJW, l),
                 Some(self.gl(idx::FCPROJB, l)),
                 g.residual,
                 la.fch_gelu,
+                la.fch,
                 self.pl(idx::FCPROJW, l),
                 n,
                 4 * c,
                 c,
             );
-            be.gelu_backward(g.fch, la.fch, g.fch_gelu);
             be.matmul_backward(
                 g.ln,
                 self.gl(idx::FCW, l),

@@ -3,22 +3,34 @@
 //!
 //! - `libs`: finding libcuda, libnvrtc, libcublasLt and the CUDA headers at run time.
 //! - `kernels`: the cuda/*.cu families, NVRTC compilation to CUBIN, the disk cache.
-//! - `gemm`: row-major GEMMs through cuBLASLt (fp32 or bf16 operands, fp32 output).
+//! - `gemm`: row-major GEMMs through cuBLASLt (fp32 or bf16 operands, fp32 output,
+//!   optionally finished by a bias, GELU or GELU-derivative epilogue).
+//! - `shadow`: persistent bf16 copies of weight buffers, kept in step with every write.
 //! - `ops`: the Backend implementation, one method per op, chaining the above.
 //!
 //! Buffers are fp32 device allocations named by the trait's spans; token buffers are
-//! u32. In bf16 mode every GEMM reads bf16 copies of its operands (made just before
-//! the GEMM) and accumulates in fp32, while parameters, AdamW moments, activations
-//! and the head's math and loss stay fp32: fp32 master weights, bf16 tensor-core
-//! products. Everything runs on one stream; the host waits only when it reads a
-//! result back (the loss, the gradient norm).
+//! u32. In bf16 mode GEMMs multiply bf16 operands and accumulate in fp32, while
+//! parameters, AdamW moments, activations and the head's math and loss stay fp32:
+//! fp32 master weights, bf16 tensor-core products. A weight operand comes from its
+//! buffer's bf16 shadow, which AdamW writes in the same pass as the fp32 update, so
+//! weights are not converted per GEMM; activation operands are still converted to
+//! bf16 scratch just before each GEMM (keeping activations in bf16 is the next step).
+//!
+//! The fused ops of the trait run as one kernel or one GEMM each: residual add and
+//! LayerNorm in one pass over the row, bias and GELU in cuBLASLt's epilogues (with the
+//! unfused kernels as the fallback where cuBLASLt has no such kernel).
+//!
+//! Everything runs on one stream; the host waits only when it reads a result back
+//! (the loss, the gradient norm).
 
 pub mod gemm;
 pub mod kernels;
 pub mod libs;
 mod ops;
+mod shadow;
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
@@ -29,6 +41,7 @@ use crate::backend::{Span, TokenSpan};
 use gemm::Gemm;
 use kernels::{Arg, Kernels};
 use libs::Lib;
+use shadow::Shadow;
 
 /// How the GEMMs run: fp32 operands (parity with the CPU) or bf16 operands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +82,7 @@ impl Drop for DeviceMem {
 /// Scratch memory the ops keep between calls, grown on demand.
 #[derive(Clone, Copy, Debug)]
 enum Slot {
-    /// bf16 copies of the two operands of a GEMM.
+    /// bf16 copies of a GEMM's activation operands (weights have their shadows).
     OperandA,
     OperandB,
     /// q, k, v (or their gradients) split by head, [3, B, NH, T, HS].
@@ -82,9 +95,8 @@ enum Slot {
     /// The head: a chunk of dot products / G, and its bf16 copy.
     HeadRows,
     HeadG16,
-    /// bf16 copies of the head's inputs h [N, C] and w [V, C].
+    /// The bf16 copy of the head's input h [N, C] (w comes from its shadow).
     HeadH16,
-    HeadW16,
     /// |h|^2, |w|^2, rowsum(G), colsum(G).
     HeadHsq,
     HeadWsq,
@@ -108,7 +120,6 @@ impl Slot {
         Slot::HeadRows,
         Slot::HeadG16,
         Slot::HeadH16,
-        Slot::HeadW16,
         Slot::HeadHsq,
         Slot::HeadWsq,
         Slot::HeadRowsum,
@@ -130,17 +141,16 @@ impl Slot {
         let bf16_only = |bytes: usize| if bf16 { bytes } else { 0 };
         let harmonic_only = |bytes: usize| if s.harmonic { bytes } else { 0 };
         match self {
-            // The widest GEMM operands: activations [N, 4C] and the attention
-            // probabilities as A; weights [4C, C] and activations as B.
+            // The widest activation operands (weights come from their shadows):
+            // [N, 4C] and the attention probabilities as A, [N, 4C] as B.
             Slot::OperandA => bf16_only(2 * (4 * btc).max(scores)),
-            Slot::OperandB => bf16_only(2 * (4 * btc).max(4 * c * c)),
+            Slot::OperandB => bf16_only(2 * 4 * btc),
             Slot::AttQkv | Slot::AttDqkv => 4 * 3 * btc,
             Slot::AttY => 4 * btc,
             Slot::AttDatt => 4 * scores,
             Slot::HeadRows => 4 * rows * v,
             Slot::HeadG16 => bf16_only(2 * rows * v),
             Slot::HeadH16 => bf16_only(2 * btc),
-            Slot::HeadW16 => bf16_only(2 * v * c),
             Slot::HeadHsq => harmonic_only(4 * n),
             Slot::HeadWsq | Slot::HeadColsum => harmonic_only(4 * v),
             Slot::HeadRowsum => harmonic_only(4 * rows),
@@ -157,8 +167,8 @@ impl Slot {
             Slot::OperandA | Slot::OperandB => "GEMM bf16 operand copies",
             Slot::AttQkv | Slot::AttDqkv | Slot::AttY | Slot::AttDatt => "attention scratch",
             Slot::HeadRows | Slot::HeadG16 | Slot::HeadRowsum => "head chunk",
-            Slot::HeadH16 | Slot::HeadW16 | Slot::HeadHsq | Slot::HeadWsq | Slot::HeadColsum => {
-                "head inputs (bf16 copies, norms)"
+            Slot::HeadH16 | Slot::HeadHsq | Slot::HeadWsq | Slot::HeadColsum => {
+                "head inputs (bf16 copy of h, norms)"
             }
             Slot::Partials | Slot::Scalar => "reductions",
         }
@@ -201,6 +211,16 @@ pub fn training_scratch_bytes(s: &StepShape) -> Vec<SlotBytes> {
         .collect()
 }
 
+/// Bytes of bf16 weight shadows (see `shadow`) a model of `params` parameters holds:
+/// in bf16 mode one, of the parameter buffer, the only buffer whose spans are GEMM
+/// weights.
+pub fn weight_shadow_bytes(params: usize, precision: GpuPrecision) -> usize {
+    match precision {
+        GpuPrecision::Bf16 => 2 * params,
+        GpuPrecision::Fp32 => 0,
+    }
+}
+
 /// Floats of attention state kept per layer for the backward pass: the
 /// probabilities, [B, NH, T, T].
 pub fn attention_state_len(b: usize, t: usize, nh: usize) -> usize {
@@ -218,6 +238,10 @@ pub struct CudaBackend {
     floats: RefCell<Vec<Option<DeviceMem>>>,
     tokens: RefCell<Vec<Option<DeviceMem>>>,
     scratch: RefCell<Vec<Option<DeviceMem>>>,
+    /// bf16 shadows of float buffers (by buffer index) whose spans are GEMM weights.
+    shadows: RefCell<HashMap<usize, Shadow>>,
+    /// GEMMs whose epilogue cuBLASLt had no kernel for, run unfused instead.
+    epilogue_fallbacks: Cell<usize>,
     /// Bytes this backend holds now and at most (buffers, scratch, GEMM workspace).
     held: Cell<usize>,
     peak: Cell<usize>,
@@ -281,6 +305,8 @@ impl CudaBackend {
             floats: RefCell::new(Vec::new()),
             tokens: RefCell::new(Vec::new()),
             scratch: RefCell::new((0..SLOTS).map(|_| None).collect()),
+            shadows: RefCell::new(HashMap::new()),
+            epilogue_fallbacks: Cell::new(0),
             held: Cell::new(held),
             peak: Cell::new(held),
             gemm,
@@ -303,6 +329,12 @@ impl CudaBackend {
     /// chunks on small inputs).
     pub fn set_head_chunk_floats(&self, floats: usize) {
         self.head_chunk_floats.set(floats.max(1));
+    }
+
+    /// How many bias/GELU epilogue GEMMs cuBLASLt had no kernel for (they ran as
+    /// separate kernels instead): 0 when every fusion ran fused.
+    pub fn epilogue_fallbacks(&self) -> usize {
+        self.epilogue_fallbacks.get()
     }
 
     /// The most device memory this backend has held at once, in bytes.
@@ -387,9 +419,14 @@ impl CudaBackend {
         self.scratch.borrow()[i].as_ref().unwrap().ptr
     }
 
+    /// Launches a kernel; whatever it may write is marked written (see `shadow`).
     fn launch(&self, name: &str, grid: (u32, u32), block: (u32, u32), smem: u32, args: &[Arg]) {
-        self.kernels
+        for p in self
+            .kernels
             .launch(&self.stream, name, grid, block, smem, args)
+        {
+            self.written(p);
+        }
     }
 
     /// A 1-D grid-stride launch over `n` elements, 256 threads a block.
