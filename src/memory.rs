@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::backend::cpu::{attention as cpu_attention, head as cpu_head};
 use crate::backend::cuda::{self, GpuPrecision, StepShape};
+use crate::backend::gpu_precision;
 use crate::config::{Config, HeadChoice};
 use crate::model::{ActivationFloats, ParamLayout};
 
@@ -207,13 +208,11 @@ pub struct Fit {
     pub largest_micro_batch_unchunked: usize,
 }
 
+/// The plans of `config` at micro-batch `b` on the CPU and on an sm_90 GPU in the
+/// config's precision, and the largest micro-batch fitting each of `gpu_gib`.
 pub fn report(config: &Config, b: usize, gpu_gib: &[f64]) -> MemoryReport {
-    let precision = match config.train.precision {
-        crate::config::Precision::Fp32 => GpuPrecision::Fp32,
-        _ => GpuPrecision::Bf16,
-    };
     let gpu = Target::Cuda {
-        precision,
+        precision: gpu_precision(config.train.precision),
         cc_major: 9,
     };
     let plans = vec![plan(config, b, Target::Cpu), plan(config, b, gpu)];
