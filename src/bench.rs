@@ -115,7 +115,7 @@ pub fn run(req: &BenchRequest) -> Result<BenchReport> {
         bail!("--steps 0: the benchmark needs at least one timed step");
     }
     let data = data::load(req.config, 0, 1)?;
-    let (gpu, device_line) = open_gpu(req.device, req.config.train.precision)?;
+    let (gpu, device_line) = open_gpu(req.device, req.config)?;
     eprintln!("{device_line}");
     match gpu {
         Some(gpu) => run_gpu(req, gpu, data),

@@ -53,6 +53,31 @@ fn n_embd_not_divisible_by_n_head() {
     );
 }
 
+/// The CUDA backend's flash attention takes head sizes up to 128: a bigger one is
+/// refused before any GPU work (so this holds with or without a GPU).
+#[test]
+fn head_size_over_the_cuda_limit_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = fails(
+        &[
+            "train",
+            "--device",
+            "cuda",
+            "--set",
+            "model.n_embd=256",
+            "--set",
+            "model.n_head=1",
+            "--steps",
+            "1",
+        ],
+        dir.path(),
+    );
+    assert!(
+        line.contains("model.n_embd / model.n_head = 256") && line.contains("up to 128"),
+        "{line}"
+    );
+}
+
 #[test]
 fn non_positive_or_unknown_exponent() {
     let dir = tempfile::tempdir().unwrap();

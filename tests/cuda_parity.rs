@@ -3,6 +3,8 @@
 //!
 //! - every op, on fresh random inputs (never zeros) with poisoned (NaN) outputs, or
 //!   random starting values for the outputs an op adds into;
+//! - flash attention at T = 1, around and past its tiles, head sizes 5 to 128, with
+//!   its saved row log-sum-exps (fp32 SIMT kernels in fp32 mode, tensor cores in bf16);
 //! - both heads: forward loss and every parameter gradient of a small model;
 //! - 50 training steps tracking the CPU loss curve;
 //! - the harmonic head with h exactly on a class centre;
@@ -15,6 +17,8 @@
 //!
 //! Errors are relative, by norm, per tensor: below 1e-4 in fp32 mode and 2e-2 in bf16
 //! mode (the training curve: 1e-3 and 5e-2 per step).
+
+use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -255,28 +259,7 @@ fn every_op_matches_the_cpu() {
             }
         }
 
-        let qkv = x.input(N * 3 * C);
-        let out = x.poisoned(N * C);
-        let state_c = x.cpu.alloc(x.cpu.attention_state_len(B, TT, NH));
-        let state_g = x.gpu.alloc(x.gpu.attention_state_len(B, TT, NH));
-        x.gpu.fill(state_g, f32::NAN);
-        x.cpu.attention_forward(out.c, state_c, qkv.c, B, TT, C, NH);
-        x.gpu.attention_forward(out.g, state_g, qkv.g, B, TT, C, NH);
-        x.check("attention_forward", out);
-        // The saved probabilities share the CPU's layout [B, NH, T, T], masked half zero.
-        x.check(
-            "attention state",
-            P {
-                c: state_c,
-                g: state_g,
-            },
-        );
-        let (dqkv, dout) = (x.poisoned(N * 3 * C), x.input(N * C));
-        x.cpu
-            .attention_backward(dqkv.c, dout.c, qkv.c, out.c, state_c, B, TT, C, NH);
-        x.gpu
-            .attention_backward(dqkv.g, dout.g, qkv.g, out.g, state_g, B, TT, C, NH);
-        x.check("attention_backward", dqkv);
+        let (qkv, out) = check_attention(&mut x, B, TT, NH, C / NH);
 
         // Decoding one position over a KV cache is the last row of causal attention.
         let qkv_host = x.cpu.read(qkv.c);
@@ -358,6 +341,139 @@ fn every_op_matches_the_cpu() {
         x.cpu.copy(dst.c, sub.c);
         x.gpu.copy(dst.g, sub.g);
         x.check("copy of a sub-span", dst);
+    }
+}
+
+/// Attention forward and backward on both backends at one shape: the output, the
+/// GPU's saved state (each row's log-sum-exp of scores, B*NH*T floats, against the
+/// host's f64 value from qkv) and dqkv. Returns qkv and the output.
+fn check_attention(x: &mut Both, b: usize, t: usize, nh: usize, hs: usize) -> (P, P) {
+    let c = nh * hs;
+    let what = format!("attention B={b} T={t} NH={nh} HS={hs}");
+    let qkv = x.input(b * t * 3 * c);
+    let out = x.poisoned(b * t * c);
+    assert_eq!(
+        x.gpu.attention_state_len(b, t, nh),
+        b * nh * t,
+        "GPU state size"
+    );
+    let state_c = x.cpu.alloc(x.cpu.attention_state_len(b, t, nh));
+    let state_g = x.gpu.alloc(b * nh * t);
+    x.gpu.fill(state_g, f32::NAN);
+    x.cpu.attention_forward(out.c, state_c, qkv.c, b, t, c, nh);
+    x.gpu.attention_forward(out.g, state_g, qkv.g, b, t, c, nh);
+    x.check(&format!("{what} forward"), out);
+
+    let host = x.cpu.read(qkv.c);
+    let at = |bb: usize, tt: usize, part: usize, h: usize| {
+        &host[(bb * t + tt) * 3 * c + part * c + h * hs..][..hs]
+    };
+    let scale = 1.0 / (hs as f64).sqrt();
+    let mut lse = Vec::with_capacity(b * nh * t);
+    for bb in 0..b {
+        for h in 0..nh {
+            for tt in 0..t {
+                let scores: Vec<f64> = (0..=tt)
+                    .map(|j| {
+                        let (q, k) = (at(bb, tt, 0, h), at(bb, j, 1, h));
+                        scale
+                            * q.iter()
+                                .zip(k)
+                                .map(|(&a, &b)| a as f64 * b as f64)
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                lse.push((m + scores.iter().map(|s| (s - m).exp()).sum::<f64>().ln()) as f32);
+            }
+        }
+    }
+    let err = rel_err(&lse, &x.gpu.read(state_g));
+    println!("{what} row log-sum-exps: relative error {err:.2e}");
+    assert!(
+        err < x.tol,
+        "{what} row log-sum-exps: relative error {err:.2e}"
+    );
+
+    let (dqkv, dout) = (x.poisoned(b * t * 3 * c), x.input(b * t * c));
+    x.cpu
+        .attention_backward(dqkv.c, dout.c, qkv.c, out.c, state_c, b, t, c, nh);
+    x.gpu
+        .attention_backward(dqkv.g, dout.g, qkv.g, out.g, state_g, b, t, c, nh);
+    x.check(&format!("{what} backward"), dqkv);
+    x.cpu.free(state_c);
+    x.gpu.free(state_g);
+    (qkv, out)
+}
+
+/// Flash attention against the CPU's T x T attention: T = 1, T around and past the
+/// kernels' tiles (64 rows, 32 columns), head sizes from 8 to the largest, 128.
+#[test]
+fn flash_attention_matches_the_cpu() {
+    for (mode, tol) in MODES {
+        let Some(gpu) = open_gpu(mode) else { return };
+        println!("-- {mode:?}");
+        let mut x = Both::new(gpu, tol, 19);
+        for (b, t, nh, hs) in [
+            (1, 1, 1, 8),
+            (2, 1, 3, 64),
+            (3, 17, 4, 8),
+            (2, 31, 2, 16),
+            (1, 64, 2, 64),
+            (2, 65, 3, 64),
+            (1, 100, 2, 128),
+            (2, 33, 1, 5),
+            (1, 257, 2, 64),
+            (1, 130, 1, 128),
+        ] {
+            check_attention(&mut x, b, t, nh, hs);
+        }
+    }
+}
+
+/// Flash attention at GPT-2 124M's attention shape (T 1024, 12 heads of 64; B 8 to
+/// keep the CPU's T x T reference small): parity with the CPU, and each pass's time
+/// against the FLOPs its kernels do (2 causal tile products forward, 7 backward).
+#[test]
+fn flash_attention_at_gpt2_shapes_matches_and_is_timed() {
+    let (b, t, nh, hs) = (8, 1024, 12, 64);
+    for (mode, tol) in MODES {
+        let Some(gpu) = open_gpu(mode) else { return };
+        let mut x = Both::new(gpu, tol, 23);
+        let (qkv, out) = check_attention(&mut x, b, t, nh, hs);
+        let c = nh * hs;
+        let (state, dqkv, dout) = (
+            x.gpu.alloc(b * nh * t),
+            x.gpu.alloc(b * t * 3 * c),
+            x.gpu.alloc(b * t * c),
+        );
+        x.gpu.fill(dout, 0.5);
+        let best_ms = |f: &dyn Fn()| {
+            f(); // warm-up
+            (0..5)
+                .map(|_| {
+                    x.gpu.synchronize();
+                    let t0 = Instant::now();
+                    f();
+                    x.gpu.synchronize();
+                    t0.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let forward = best_ms(&|| x.gpu.attention_forward(out.g, state, qkv.g, b, t, c, nh));
+        let backward = best_ms(&|| {
+            x.gpu
+                .attention_backward(dqkv, dout, qkv.g, out.g, state, b, t, c, nh)
+        });
+        // One causal tile product: 2 HS per (query, key <= query) pair, per (b, head).
+        let product = 2.0 * (hs * b * nh) as f64 * (t * (t + 1) / 2) as f64;
+        let tflops = |products: f64, ms: f64| products * product / ms / 1e9;
+        println!(
+            "{mode:?} flash attention B={b} T={t} NH={nh} HS={hs}: forward {forward:.3} ms \
+             ({:.1} TFLOP/s), backward {backward:.3} ms ({:.1} TFLOP/s)",
+            tflops(2.0, forward),
+            tflops(7.0, backward)
+        );
     }
 }
 

@@ -17,9 +17,9 @@
 pub mod cpu;
 pub mod cuda;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
-use crate::config::Precision;
+use crate::config::{Config, Precision};
 use crate::head::HeadKind;
 use cuda::{CudaBackend, GpuPrecision};
 
@@ -44,12 +44,20 @@ pub fn gpu_precision(precision: Precision) -> GpuPrecision {
 /// Opens the GPU backend when `choice` asks for it (auto: when the driver library and
 /// a device are present), or returns None for the CPU; with it, a line for the user
 /// saying which it is and why (printed by the caller once set-up has succeeded, so a
-/// failed command prints only its error).
-pub fn open_gpu(
-    choice: DeviceChoice,
-    precision: Precision,
-) -> Result<(Option<CudaBackend>, String)> {
+/// failed command prints only its error). The GPU runs in `config`'s precision, and a
+/// model whose head size its attention kernels cannot take is refused before any GPU
+/// work.
+pub fn open_gpu(choice: DeviceChoice, config: &Config) -> Result<(Option<CudaBackend>, String)> {
+    let precision = config.train.precision;
     let open = || -> Result<(Option<CudaBackend>, String)> {
+        let hs = config.model.head_size();
+        if hs > cuda::MAX_HEAD_SIZE {
+            bail!(
+                "model.n_embd / model.n_head = {hs}: the CUDA backend's attention takes head \
+                 sizes up to {}; use --device cpu or more heads",
+                cuda::MAX_HEAD_SIZE
+            );
+        }
         let be = CudaBackend::new(gpu_precision(precision))?;
         let line = format!("device: {}", be.describe());
         Ok((Some(be), line))

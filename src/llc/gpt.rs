@@ -135,7 +135,7 @@ pub enum DeviceGpt {
 impl DeviceGpt {
     /// Opens the device (saying which on stderr) and allocates the model there.
     pub fn open(device: DeviceChoice, config: &Config) -> Result<DeviceGpt> {
-        let (gpu, device_line) = open_gpu(device, config.train.precision)?;
+        let (gpu, device_line) = open_gpu(device, config)?;
         eprintln!("{device_line}");
         Ok(match gpu {
             Some(gpu) => DeviceGpt::Cuda(Box::new(Gpt::new(gpu, &config.model))),

@@ -50,15 +50,6 @@ pub struct Operand {
     pub trans: bool,
 }
 
-/// `count` products whose operands and outputs sit `stride_*` elements apart.
-#[derive(Clone, Copy, Debug)]
-pub struct Batch {
-    pub count: usize,
-    pub stride_a: usize,
-    pub stride_b: usize,
-    pub stride_c: usize,
-}
-
 /// What cuBLASLt does with the product P = alpha op(A) op(B) before storing C (all in
 /// row-major terms: `bias` holds n fp32 values, one per column of C; `pre` is an fp32
 /// [m, n] matrix). Epilogues other than `None` take beta = 0.
@@ -109,18 +100,16 @@ pub struct Product {
     pub k: usize,
     pub alpha: f32,
     pub beta: f32,
-    pub batch: Option<Batch>,
     pub epilogue: Epilogue,
 }
 
 /// Everything cuBLASLt's algorithm choice depends on: types, shape, transposes,
-/// batch, the alignments of A, B, C, D, and the epilogue with the alignments of its
+/// the alignments of A, B, C, D, and the epilogue with the alignments of its
 /// bias and auxiliary matrix (the heuristic reads those pointers for their alignment).
 type ShapeKey = (
     DType,
     [usize; 3],
     [bool; 2],
-    Option<[usize; 4]>,
     [u32; 4],
     (sys::cublasLtEpilogue_t, u32, u32),
 );
@@ -145,8 +134,8 @@ impl<T: Copy> Drop for Guard<T> {
 
 /// Largest power of two (up to 256) dividing every byte address the operand touches;
 /// cuBLASLt assumes 256 unless told, and picks kernels by it.
-fn alignment(ptr: u64, batch_stride_bytes: u64) -> u32 {
-    let bits = ptr | batch_stride_bytes | 256;
+fn alignment(ptr: u64) -> u32 {
+    let bits = ptr | 256;
     1 << bits.trailing_zeros()
 }
 
@@ -155,31 +144,11 @@ fn layout(
     rows: usize,
     cols: usize,
     ld: usize,
-    batch: Option<(usize, usize)>,
 ) -> Result<Guard<sys::cublasLtMatrixLayout_t>, lt::CublasError> {
-    let l = Guard(
+    Ok(Guard(
         lt::create_matrix_layout(dtype, rows as u64, cols as u64, ld as i64)?,
         lt::destroy_matrix_layout,
-    );
-    if let Some((count, stride)) = batch {
-        let (count, stride) = (count as i32, stride as i64);
-        // SAFETY: attribute values of the documented types (int32, int64).
-        unsafe {
-            lt::set_matrix_layout_attribute(
-                l.0,
-                sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                &count as *const i32 as *const c_void,
-                4,
-            )?;
-            lt::set_matrix_layout_attribute(
-                l.0,
-                sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                &stride as *const i64 as *const c_void,
-                8,
-            )?;
-        }
-    }
-    Ok(l)
+    ))
 }
 
 /// cuBLASLt's (rows, cols, leading dimension) of its A, B and C for our row-major
@@ -228,11 +197,8 @@ impl Gemm {
     ) {
         if let Err(e) = self.try_run(stream, dtype, c, a, b, p) {
             panic!(
-                "cuBLASLt GEMM failed ({dtype:?}, m={} n={} k={}, batch {:?}): {e:?}",
-                p.m,
-                p.n,
-                p.k,
-                p.batch.map(|b| b.count)
+                "cuBLASLt GEMM failed ({dtype:?}, m={} n={} k={}): {e:?}",
+                p.m, p.n, p.k
             );
         }
     }
@@ -263,35 +229,32 @@ impl Gemm {
         }
         let ty = dtype.cuda();
         let f32_ty = sys::cudaDataType::CUDA_R_32F;
-        let bat = |stride: fn(&Batch) -> usize| p.batch.map(|bt| (bt.count, stride(&bt)));
         let (la, lb, lc) = column_major(m, n, k, a.trans, b.trans);
-        let lt_a = layout(ty, la[0], la[1], la[2], bat(|bt| bt.stride_b))?;
-        let lt_b = layout(ty, lb[0], lb[1], lb[2], bat(|bt| bt.stride_a))?;
-        let lt_c = layout(f32_ty, lc[0], lc[1], lc[2], bat(|bt| bt.stride_c))?;
+        let lt_a = layout(ty, la[0], la[1], la[2])?;
+        let lt_b = layout(ty, lb[0], lb[1], lb[2])?;
+        let lt_c = layout(f32_ty, lc[0], lc[1], lc[2])?;
 
         let desc = Guard(
             lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, f32_ty)?,
             lt::destroy_matmul_desc,
         );
         let pref = Guard(lt::create_matmul_pref()?, lt::destroy_matmul_pref);
-        let stride_bytes =
-            |s: fn(&Batch) -> usize, bytes: usize| p.batch.map_or(0, |bt| (s(&bt) * bytes) as u64);
         let aligns = [
             (
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                alignment(b.ptr, stride_bytes(|bt| bt.stride_b, dtype.bytes())),
+                alignment(b.ptr),
             ),
             (
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                alignment(a.ptr, stride_bytes(|bt| bt.stride_a, dtype.bytes())),
+                alignment(a.ptr),
             ),
             (
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                alignment(c, stride_bytes(|bt| bt.stride_c, 4)),
+                alignment(c),
             ),
             (
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                alignment(c, stride_bytes(|bt| bt.stride_c, 4)),
+                alignment(c),
             ),
         ];
         // cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 (an int32 attribute).
@@ -301,10 +264,8 @@ impl Gemm {
             dtype,
             [m, n, k],
             [a.trans, b.trans],
-            p.batch
-                .map(|bt| [bt.count, bt.stride_a, bt.stride_b, bt.stride_c]),
             aligns.map(|(_, al)| al),
-            (p.epilogue.cublas(), alignment(bias, 0), alignment(aux, 0)),
+            (p.epilogue.cublas(), alignment(bias), alignment(aux)),
         );
         let cached = self.algos.borrow().get(&key).copied();
         if cached == Some(None) {

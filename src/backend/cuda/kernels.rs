@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, anyhow};
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{Ptx, result as nvrtc, sys as nvrtc_sys};
 
@@ -38,7 +39,8 @@ pub const FAMILIES: &[Family] = &[
     family!("encoder"),
     family!("layernorm"),
     family!("matmul"),
-    family!("attention"),
+    family!("flash_attention"),
+    family!("attention_decode"),
     family!("gelu"),
     family!("residual"),
     family!("head"),
@@ -317,6 +319,16 @@ impl Kernels {
                 Arg::I64(v) => b.arg(v),
                 Arg::F32(v) => b.arg(v),
             };
+        }
+        // Past 48 KiB, a kernel must be allowed its dynamic shared memory explicitly.
+        if shared_bytes > 48 << 10 {
+            func.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared_bytes as i32,
+            )
+            .unwrap_or_else(|e| {
+                panic!("CUDA kernel {name} cannot have {shared_bytes} bytes of shared memory: {e}")
+            });
         }
         let cfg = LaunchConfig {
             grid_dim: (grid.0, grid.1, 1),

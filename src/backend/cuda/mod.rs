@@ -20,6 +20,10 @@
 //! LayerNorm in one pass over the row, bias and GELU in cuBLASLt's epilogues (with the
 //! unfused kernels as the fallback where cuBLASLt has no such kernel).
 //!
+//! Attention is flash attention (cuda/flash_attention.cu), fp32 SIMT in fp32 mode and
+//! bf16 tensor cores with fp32 softmax in bf16 mode: it saves only each row's
+//! log-sum-exp, never a T x T matrix.
+//!
 //! Everything runs on one stream; the host waits only when it reads a result back
 //! (the loss, the gradient norm).
 
@@ -85,13 +89,8 @@ enum Slot {
     /// bf16 copies of a GEMM's activation operands (weights have their shadows).
     OperandA,
     OperandB,
-    /// q, k, v (or their gradients) split by head, [3, B, NH, T, HS].
-    AttQkv,
-    AttDqkv,
-    /// y or dy split by head, [B, NH, T, HS].
-    AttY,
-    /// d(attention scores), [B, NH, T, T].
-    AttDatt,
+    /// Flash attention's backward: D = rowsum(dy * y) per row, [B, NH, T].
+    AttRowDots,
     /// The head: a chunk of dot products / G, and its bf16 copy.
     HeadRows,
     HeadG16,
@@ -113,10 +112,7 @@ impl Slot {
     const ALL: [Slot; SLOTS] = [
         Slot::OperandA,
         Slot::OperandB,
-        Slot::AttQkv,
-        Slot::AttDqkv,
-        Slot::AttY,
-        Slot::AttDatt,
+        Slot::AttRowDots,
         Slot::HeadRows,
         Slot::HeadG16,
         Slot::HeadH16,
@@ -135,19 +131,15 @@ impl Slot {
     fn training_bytes(self, s: &StepShape) -> usize {
         let (n, c, v) = (s.b * s.t, s.c, s.v);
         let btc = n * c;
-        let scores = s.b * s.nh * s.t * s.t;
         let bf16 = s.precision == GpuPrecision::Bf16;
         let rows = (s.head_chunk_floats / v).clamp(1, n);
         let bf16_only = |bytes: usize| if bf16 { bytes } else { 0 };
         let harmonic_only = |bytes: usize| if s.harmonic { bytes } else { 0 };
         match self {
-            // The widest activation operands (weights come from their shadows):
-            // [N, 4C] and the attention probabilities as A, [N, 4C] as B.
-            Slot::OperandA => bf16_only(2 * (4 * btc).max(scores)),
-            Slot::OperandB => bf16_only(2 * 4 * btc),
-            Slot::AttQkv | Slot::AttDqkv => 4 * 3 * btc,
-            Slot::AttY => 4 * btc,
-            Slot::AttDatt => 4 * scores,
+            // The widest activation operands (weights come from their shadows): the
+            // MLP's [N, 4C] as A (fc_proj's input, fc's output gradient) and as B.
+            Slot::OperandA | Slot::OperandB => bf16_only(2 * 4 * btc),
+            Slot::AttRowDots => 4 * s.b * s.nh * s.t,
             Slot::HeadRows => 4 * rows * v,
             Slot::HeadG16 => bf16_only(2 * rows * v),
             Slot::HeadH16 => bf16_only(2 * btc),
@@ -165,7 +157,7 @@ impl Slot {
     fn role(self) -> &'static str {
         match self {
             Slot::OperandA | Slot::OperandB => "GEMM bf16 operand copies",
-            Slot::AttQkv | Slot::AttDqkv | Slot::AttY | Slot::AttDatt => "attention scratch",
+            Slot::AttRowDots => "attention scratch",
             Slot::HeadRows | Slot::HeadG16 | Slot::HeadRowsum => "head chunk",
             Slot::HeadH16 | Slot::HeadHsq | Slot::HeadWsq | Slot::HeadColsum => {
                 "head inputs (bf16 copy of h, norms)"
@@ -221,10 +213,10 @@ pub fn weight_shadow_bytes(params: usize, precision: GpuPrecision) -> usize {
     }
 }
 
-/// Floats of attention state kept per layer for the backward pass: the
-/// probabilities, [B, NH, T, T].
+/// Floats of attention state kept per layer for the backward pass: each row's
+/// log-sum-exp of scores, [B, NH, T] (flash attention keeps nothing else).
 pub fn attention_state_len(b: usize, t: usize, nh: usize) -> usize {
-    b * nh * t * t
+    b * nh * t
 }
 
 pub struct CudaBackend {
@@ -251,6 +243,10 @@ pub struct CudaBackend {
     // Last, so every allocation above is freed while the context still exists.
     ctx: Arc<CudaContext>,
 }
+
+/// The largest attention head size (n_embd / n_head) the flash attention kernels
+/// take: each thread accumulates 8 of a row's head dims, 16 threads to a row.
+pub const MAX_HEAD_SIZE: usize = 128;
 
 /// GPUs visible to the driver; an error says why there are none (no driver library,
 /// no device).

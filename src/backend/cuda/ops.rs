@@ -7,9 +7,10 @@ use std::time::Instant;
 use cudarc::driver::result as drv;
 use cudarc::driver::sys as cu;
 
-use super::gemm::{Batch, DType, Epilogue, Operand, Product};
+use super::gemm::{DType, Epilogue, Operand, Product};
+use super::kernels::Arg;
 use super::kernels::Arg::{F32, I32, I64, Ptr};
-use super::{CudaBackend, DeviceMem, GpuPrecision, Slot};
+use super::{CudaBackend, DeviceMem, GpuPrecision, MAX_HEAD_SIZE, Slot};
 use crate::backend::{AdamW, Backend, Span, TokenSpan};
 use crate::head::HeadKind;
 
@@ -49,7 +50,6 @@ fn product(m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Product {
         k,
         alpha,
         beta,
-        batch: None,
         epilogue: Epilogue::None,
     }
 }
@@ -60,17 +60,18 @@ fn aligned16(ptrs: &[u64]) -> bool {
     ptrs.iter().all(|p| p.is_multiple_of(16))
 }
 
-/// `p` over `count` independent [T, *] slices (one per batch row and head).
-fn batched(p: Product, count: usize, stride_a: usize, stride_b: usize, stride_c: usize) -> Product {
-    Product {
-        batch: Some(Batch {
-            count,
-            stride_a,
-            stride_b,
-            stride_c,
-        }),
-        ..p
-    }
+/// Rows a flash attention block owns (FA_ROWS and FB_ROWS in cuda/flash_attention.cu).
+const FLASH_ROWS: usize = 64;
+
+/// The flash attention kernels of one precision, with their threads per block and
+/// bytes of shared memory (cuda/flash_attention.cu gives the tiles behind the sizes).
+struct Flash {
+    forward: &'static str,
+    dkdv: &'static str,
+    dq: &'static str,
+    threads: u32,
+    forward_smem: usize,
+    backward_smem: usize,
 }
 
 /// `p + bytes`, keeping a null pointer null (optional kernel inputs).
@@ -304,55 +305,55 @@ impl CudaBackend {
         );
     }
 
-    /// Splits the [B, T, stride] rows' columns offset..offset+C into [B, NH, T, HS].
-    #[allow(clippy::too_many_arguments)]
-    fn heads(
-        &self,
-        kernel: &str,
-        dst: u64,
-        src: u64,
-        b: usize,
-        t: usize,
-        nh: usize,
-        hs: usize,
-        stride: usize,
-        off: usize,
-    ) {
-        self.launch_elems(
-            kernel,
-            b * t * nh * hs,
-            &[
-                Ptr(dst),
-                Ptr(src),
-                I32(b as i32),
-                I32(t as i32),
-                I32(nh as i32),
-                I32(hs as i32),
-                I32(stride as i32),
-                I32(off as i32),
-            ],
+    /// The flash attention kernels for head size `hs`: fp32 SIMT math in fp32 mode,
+    /// bf16 tensor cores in bf16 mode.
+    fn flash(&self, hs: usize) -> Flash {
+        assert!(
+            hs <= MAX_HEAD_SIZE,
+            "flash attention supports head sizes up to {MAX_HEAD_SIZE}, not {hs}"
         );
+        match self.precision {
+            // fp32 tiles [HS][rows + 1]: the block's 64 rows of one tensor (forward) or
+            // two (backward), and 32 streamed rows of two.
+            GpuPrecision::Fp32 => Flash {
+                forward: "flash_attention_forward",
+                dkdv: "flash_attention_backward_dkdv",
+                dq: "flash_attention_backward_dq",
+                threads: 256,
+                forward_smem: 4 * hs * (65 + 2 * 33),
+                backward_smem: 4 * hs * (2 * 65 + 2 * 33),
+            },
+            // bf16 tiles with head dims padded to hp: [rows][hp + 8] or [hp][cols + 8].
+            GpuPrecision::Bf16 => {
+                let hp = hs.next_multiple_of(16);
+                let l = hp + 8;
+                Flash {
+                    forward: "flash_attention_forward_bf16",
+                    dkdv: "flash_attention_backward_dkdv_bf16",
+                    dq: "flash_attention_backward_dq_bf16",
+                    threads: 128,
+                    forward_smem: 2 * (128 * l + 72 * hp),
+                    backward_smem: 2 * (192 * l + 80 * hp) + 256,
+                }
+            }
+        }
     }
 
-    /// q, k, v of `qkv` [B, T, 3C] split by head into the AttQkv scratch.
-    fn split_qkv(&self, qkv: Span, b: usize, t: usize, c: usize, nh: usize) -> [u64; 3] {
-        let btc = b * t * c;
-        let base = self.scratch(Slot::AttQkv, 3 * btc * 4);
-        let parts = [base, base + 4 * btc as u64, base + 8 * btc as u64];
-        for (i, &p) in parts.iter().enumerate() {
-            self.heads(
-                "heads_split",
-                p,
-                self.ptr(qkv),
-                b,
-                t,
-                nh,
-                c / nh,
-                3 * c,
-                i * c,
-            );
+    /// One launch of a tiled flash attention kernel: a block per (batch row, head) of
+    /// the `bh` and tile of 64 rows of the `t`.
+    fn flash_launch(
+        &self,
+        name: &str,
+        bh: usize,
+        t: usize,
+        threads: u32,
+        smem: usize,
+        args: &[Arg],
+    ) {
+        if bh * t > 0 {
+            let grid = (bh as u32, t.div_ceil(FLASH_ROWS) as u32);
+            self.launch(name, grid, (threads, 1), smem as u32, args)
         }
-        parts
     }
 
     fn reduce(&self, src: Span, squares: bool) -> f64 {
@@ -763,30 +764,25 @@ impl Backend for CudaBackend {
         c: usize,
         nh: usize,
     ) {
-        let (hs, bh, btc) = (c / nh, b * nh, b * t * c);
-        let scale = 1.0 / (hs as f32).sqrt();
-        let [q, k, v] = self.split_qkv(qkv, b, t, c, nh);
-        let att = self.ptr(state);
-        let (tt, ths) = (t * t, t * hs);
-        self.gemm(
-            att,
-            mat(q, btc, false),
-            mat(k, btc, true),
-            batched(product(t, t, hs, scale, 0.0), bh, ths, ths, tt),
+        let hs = c / nh;
+        assert_eq!(state.len, b * nh * t, "attention state size");
+        let flash = self.flash(hs);
+        self.flash_launch(
+            flash.forward,
+            b * nh,
+            t,
+            flash.threads,
+            flash.forward_smem,
+            &[
+                Ptr(self.ptr(out)),
+                Ptr(self.ptr(state)),
+                Ptr(self.ptr(qkv)),
+                I32(t as i32),
+                I32(nh as i32),
+                I32(hs as i32),
+                F32(1.0 / (hs as f32).sqrt()),
+            ],
         );
-        self.launch_rows(
-            "attention_softmax_forward",
-            bh * t,
-            &[Ptr(att), I64((bh * t) as i64), I32(t as i32)],
-        );
-        let y = self.scratch(Slot::AttY, 4 * btc);
-        self.gemm(
-            y,
-            mat(att, bh * tt, false),
-            mat(v, btc, false),
-            batched(product(t, hs, t, 1.0, 0.0), bh, tt, ths, ths),
-        );
-        self.heads("heads_merge", self.ptr(out), y, b, t, nh, hs, c, 0);
     }
 
     fn attention_decode(
@@ -834,63 +830,46 @@ impl Backend for CudaBackend {
         dqkv: Span,
         dout: Span,
         qkv: Span,
-        _out: Span,
+        out: Span,
         state: Span,
         b: usize,
         t: usize,
         c: usize,
         nh: usize,
     ) {
-        let (hs, bh, btc) = (c / nh, b * nh, b * t * c);
-        let scale = 1.0 / (hs as f32).sqrt();
-        let (tt, ths) = (t * t, t * hs);
-        let [q, k, v] = self.split_qkv(qkv, b, t, c, nh);
-        let att = self.ptr(state);
-        let dy = self.scratch(Slot::AttY, 4 * btc);
-        self.heads("heads_split", dy, self.ptr(dout), b, t, nh, hs, c, 0);
-        let datt = self.scratch(Slot::AttDatt, 4 * bh * tt);
-        let base = self.scratch(Slot::AttDqkv, 3 * btc * 4);
-        let [dq, dk, dv] = [base, base + 4 * btc as u64, base + 8 * btc as u64];
-        // datt = dy v^T, dv = att^T dy
-        self.gemm(
-            datt,
-            mat(dy, btc, false),
-            mat(v, btc, true),
-            batched(product(t, t, hs, 1.0, 0.0), bh, ths, ths, tt),
-        );
-        self.gemm(
-            dv,
-            mat(att, bh * tt, true),
-            mat(dy, btc, false),
-            batched(product(t, hs, t, 1.0, 0.0), bh, tt, ths, ths),
-        );
-        // datt becomes d(scores) in place
+        let hs = c / nh;
+        let rows = b * t * nh;
+        assert_eq!(state.len, rows, "attention state size");
+        let flash = self.flash(hs);
+        let row_dots = self.scratch(Slot::AttRowDots, 4 * rows);
+        let dy = self.ptr(dout);
         self.launch_rows(
-            "attention_softmax_backward",
-            bh * t,
+            "flash_attention_backward_preprocess",
+            rows,
             &[
-                Ptr(datt),
-                Ptr(att),
-                Ptr(datt),
-                I64((bh * t) as i64),
+                Ptr(row_dots),
+                Ptr(dy),
+                Ptr(self.ptr(out)),
+                I64(rows as i64),
                 I32(t as i32),
+                I32(nh as i32),
+                I32(hs as i32),
             ],
         );
-        // dq = scale dpre k, dk = scale dpre^T q
-        self.gemm(
-            dq,
-            mat(datt, bh * tt, false),
-            mat(k, btc, false),
-            batched(product(t, hs, t, scale, 0.0), bh, tt, ths, ths),
-        );
-        self.gemm(
-            dk,
-            mat(datt, bh * tt, true),
-            mat(q, btc, false),
-            batched(product(t, hs, t, scale, 0.0), bh, tt, ths, ths),
-        );
-        for (i, d) in [dq, dk, dv].into_iter().enumerate() {
-            self.heads("heads_merge", self.ptr(dqkv), d, b, t, nh, hs, 3 * c, i * c);
+        let args = [
+            Ptr(self.ptr(dqkv)),
+            Ptr(dy),
+            Ptr(self.ptr(qkv)),
+            Ptr(self.ptr(state)),
+            Ptr(row_dots),
+            I32(t as i32),
+            I32(nh as i32),
+            I32(hs as i32),
+            F32(1.0 / (hs as f32).sqrt()),
+        ];
+        for kernel in [flash.dkdv, flash.dq] {
+            let smem = flash.backward_smem;
+            self.flash_launch(kernel, b * nh, t, flash.threads, smem, &args);
         }
     }
 
