@@ -12,7 +12,8 @@
 //!   their paths: float4 rows and scalar ones, cuBLASLt's epilogues and the unfused
 //!   fallback; AdamW and the norm over float4s with a tail and misaligned;
 //! - bf16 weight shadows: after AdamW steps and after writes into the parameters, the
-//!   loss and gradients equal those of a fresh backend that converts the weights anew.
+//!   loss and gradients equal those of a fresh backend that converts the weights anew;
+//! - the memory plan (src/memory.rs) against the backend's slots and peak.
 //!
 //! Errors are relative, by norm, per tensor: below 1e-4 in fp32 mode and 2e-2 in bf16
 //! mode (the training curve: 1e-3 and 5e-2 per step).
@@ -28,6 +29,7 @@ use hgpt::backend::{AdamW, Backend, Span, TokenSpan};
 use hgpt::config::Config;
 use hgpt::data;
 use hgpt::head::HeadKind;
+use hgpt::memory::{Target, plan};
 use hgpt::model::{Gpt, idx};
 use hgpt::train::Trainer;
 
@@ -955,6 +957,53 @@ fn fifty_training_steps_track_the_cpu_loss_curve() {
             "{mode:?}: 50 steps, GPU loss {first:.4} -> {last:.4}, worst step error {worst:.2e}"
         );
         assert!(last < first, "the GPU loss did not fall");
+    }
+}
+
+/// After a training step the CUDA backend holds exactly the memory plan: every
+/// scratch slot at its planned size, and the peak at the planned total.
+#[test]
+fn training_step_holds_exactly_the_memory_plan() {
+    for (mode, _) in MODES {
+        for head in ["harmonic", "softmax"] {
+            let Some(gpu) = open_gpu(mode) else { return };
+            let config = small_config(head, true);
+            let data = data::builtin(&config, 0, 1).unwrap();
+            let mut tr = Trainer::new(&config, gpu, data).unwrap();
+            tr.train_step();
+            tr.train_step();
+            let be = &tr.model.backend;
+            let (m, t) = (&config.model, &config.train);
+            let shape = cuda::StepShape {
+                b: t.batch_size,
+                t: t.seq_len,
+                c: m.n_embd,
+                nh: m.n_head,
+                v: m.vocab_size,
+                harmonic: head == "harmonic",
+                precision: mode,
+                head_chunk_floats: cuda::HEAD_CHUNK_FLOATS,
+            };
+            let planned: Vec<(String, usize)> = cuda::training_scratch_bytes(&shape)
+                .into_iter()
+                .map(|s| (s.name, s.bytes))
+                .collect();
+            assert_eq!(
+                be.scratch_bytes(),
+                planned,
+                "{mode:?} {head}: scratch slots"
+            );
+            let target = Target::Cuda {
+                precision: mode,
+                cc_major: be.cc_major(),
+            };
+            let total = plan(&config, t.batch_size, target).total_bytes;
+            println!(
+                "{mode:?} {head}: peak {} bytes, planned {total}",
+                be.peak_memory_bytes()
+            );
+            assert_eq!(be.peak_memory_bytes(), total, "{mode:?} {head}: peak");
+        }
     }
 }
 

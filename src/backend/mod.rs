@@ -33,6 +33,14 @@ pub enum DeviceChoice {
     Cuda,
 }
 
+/// How the GPU runs a config's `train.precision` ("auto" is bf16 there).
+pub fn gpu_precision(precision: Precision) -> GpuPrecision {
+    match precision {
+        Precision::Fp32 => GpuPrecision::Fp32,
+        Precision::Auto | Precision::Bf16 => GpuPrecision::Bf16,
+    }
+}
+
 /// Opens the GPU backend when `choice` asks for it (auto: when the driver library and
 /// a device are present), or returns None for the CPU; with it, a line for the user
 /// saying which it is and why (printed by the caller once set-up has succeeded, so a
@@ -50,11 +58,7 @@ pub fn open_gpu(choice: DeviceChoice, config: &Config) -> Result<(Option<CudaBac
                 cuda::MAX_HEAD_SIZE
             );
         }
-        let p = match precision {
-            Precision::Fp32 => GpuPrecision::Fp32,
-            Precision::Auto | Precision::Bf16 => GpuPrecision::Bf16,
-        };
-        let be = CudaBackend::new(p)?;
+        let be = CudaBackend::new(gpu_precision(precision))?;
         let line = format!("device: {}", be.describe());
         Ok((Some(be), line))
     };

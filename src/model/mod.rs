@@ -84,37 +84,19 @@ impl Carver {
 }
 
 impl Activations {
-    /// Floats needed, computed by carving a dummy span of unbounded length.
+    /// Allocates and carves the activations of a (b, t) forward and backward pass.
     fn new<B: Backend>(backend: &B, m: &ModelConfig, b: usize, t: usize) -> Activations {
-        let dry = Self::carve(
-            backend,
-            m,
-            b,
-            t,
-            Span {
-                buf: usize::MAX,
-                off: 0,
-                len: usize::MAX,
-            },
-            None,
-        );
-        let total = dry.0;
+        let state_len = backend.attention_state_len(b, t, m.n_head);
+        let total = ActivationFloats::new(m, b, t, state_len).total;
         let all = backend.alloc(total);
-        let inputs = backend.alloc_tokens(b * t);
-        let targets = backend.alloc_tokens(b * t);
-        Self::carve(backend, m, b, t, all, Some((inputs, targets)))
-            .1
-            .unwrap()
+        let mut acts = Self::carve(m, b, t, state_len, all);
+        acts.inputs = backend.alloc_tokens(b * t);
+        acts.targets = backend.alloc_tokens(b * t);
+        acts
     }
 
-    fn carve<B: Backend>(
-        backend: &B,
-        m: &ModelConfig,
-        b: usize,
-        t: usize,
-        base: Span,
-        tokens: Option<(TokenSpan, TokenSpan)>,
-    ) -> (usize, Option<Activations>) {
+    /// Lays the activations out in `base`, in order; token spans are left empty.
+    fn carve(m: &ModelConfig, b: usize, t: usize, state_len: usize, base: Span) -> Activations {
         let (n, c) = (b * t, m.n_embd);
         let mut k = Carver { base, off: 0 };
         let encoded = k.take(n * c);
@@ -125,7 +107,7 @@ impl Activations {
                 ln1_rstd: k.take(n),
                 qkv: k.take(n * 3 * c),
                 atty: k.take(n * c),
-                att_state: k.take(backend.attention_state_len(b, t, m.n_head)),
+                att_state: k.take(state_len),
                 attproj: k.take(n * c),
                 residual2: k.take(n * c),
                 ln2: k.take(n * c),
@@ -150,15 +132,17 @@ impl Activations {
             fch: k.take(n * 4 * c),
             fch_gelu: k.take(n * 4 * c),
         };
-        let Some((inputs, targets)) = tokens else {
-            return (k.off, None);
+        let no_tokens = TokenSpan {
+            buf: usize::MAX,
+            off: 0,
+            len: 0,
         };
-        let acts = Activations {
+        Activations {
             b,
             t,
-            all: base,
-            inputs,
-            targets,
+            all: base.slice(0, k.off),
+            inputs: no_tokens,
+            targets: no_tokens,
             encoded,
             layers,
             lnf,
@@ -166,8 +150,46 @@ impl Activations {
             lnf_rstd,
             losses,
             grads,
+        }
+    }
+}
+
+/// Floats of the activation buffer `Gpt` allocates for a (b, t) training step,
+/// measured on the very layout the model carves (for the memory planner).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActivationFloats {
+    /// Everything the blocks keep for the backward pass, all layers together...
+    pub layers: usize,
+    /// ...of which the attention state (`Backend::attention_state_len` per layer).
+    pub attention_state: usize,
+    /// Embeddings' output, ln_f with its statistics, per-position losses.
+    pub trunk: usize,
+    /// Gradient scratch of the backward pass, shared by all layers.
+    pub backward: usize,
+    pub total: usize,
+}
+
+impl ActivationFloats {
+    /// `state_len`: the backend's `attention_state_len(b, t, n_head)`.
+    pub fn new(m: &ModelConfig, b: usize, t: usize, state_len: usize) -> ActivationFloats {
+        // Carve a span that is never allocated; only the offsets matter.
+        let unbounded = Span {
+            buf: usize::MAX,
+            off: 0,
+            len: usize::MAX,
         };
-        (k.off, Some(acts))
+        let a = Activations::carve(m, b, t, state_len, unbounded);
+        let end = |s: Span| s.off + s.len;
+        let layers_end = a.layers.last().map_or(end(a.encoded), |l| end(l.residual3));
+        let layers = layers_end - end(a.encoded);
+        let backward = a.all.len - a.grads.residual.off;
+        ActivationFloats {
+            layers,
+            attention_state: a.layers.iter().map(|l| l.att_state.len).sum(),
+            trunk: a.all.len - layers - backward,
+            backward,
+            total: a.all.len,
+        }
     }
 }
 

@@ -107,12 +107,125 @@ enum Slot {
 }
 const SLOTS: usize = Slot::Scalar as usize + 1;
 
+impl Slot {
+    /// Every slot, in order (the length check makes a new slot a compile error here).
+    const ALL: [Slot; SLOTS] = [
+        Slot::OperandA,
+        Slot::OperandB,
+        Slot::AttRowDots,
+        Slot::HeadRows,
+        Slot::HeadG16,
+        Slot::HeadH16,
+        Slot::HeadHsq,
+        Slot::HeadWsq,
+        Slot::HeadRowsum,
+        Slot::HeadColsum,
+        Slot::Partials,
+        Slot::Scalar,
+    ];
+
+    /// Bytes this slot grows to over one training step of shape `s` (forward with
+    /// the head's gradients, backward, gradient norm): the largest request the ops
+    /// make of it. The match is exhaustive, so a new slot cannot be left out of the
+    /// memory plan; tests/cuda_parity.rs checks every figure against the backend.
+    fn training_bytes(self, s: &StepShape) -> usize {
+        let (n, c, v) = (s.b * s.t, s.c, s.v);
+        let btc = n * c;
+        let bf16 = s.precision == GpuPrecision::Bf16;
+        let rows = (s.head_chunk_floats / v).clamp(1, n);
+        let bf16_only = |bytes: usize| if bf16 { bytes } else { 0 };
+        let harmonic_only = |bytes: usize| if s.harmonic { bytes } else { 0 };
+        match self {
+            // The widest activation operands (weights come from their shadows): the
+            // MLP's [N, 4C] as A (fc_proj's input, fc's output gradient) and as B.
+            Slot::OperandA | Slot::OperandB => bf16_only(2 * 4 * btc),
+            Slot::AttRowDots => 4 * s.b * s.nh * s.t,
+            Slot::HeadRows => 4 * rows * v,
+            Slot::HeadG16 => bf16_only(2 * rows * v),
+            Slot::HeadH16 => bf16_only(2 * btc),
+            Slot::HeadHsq => harmonic_only(4 * n),
+            Slot::HeadWsq | Slot::HeadColsum => harmonic_only(4 * v),
+            Slot::HeadRowsum => harmonic_only(4 * rows),
+            Slot::Partials => 1024 * 8,
+            Slot::Scalar => 8,
+        }
+    }
+}
+
+impl Slot {
+    /// What the slot is for, as the memory plan groups it.
+    fn role(self) -> &'static str {
+        match self {
+            Slot::OperandA | Slot::OperandB => "GEMM bf16 operand copies",
+            Slot::AttRowDots => "attention scratch",
+            Slot::HeadRows | Slot::HeadG16 | Slot::HeadRowsum => "head chunk",
+            Slot::HeadH16 | Slot::HeadHsq | Slot::HeadWsq | Slot::HeadColsum => {
+                "head inputs (bf16 copy of h, norms)"
+            }
+            Slot::Partials | Slot::Scalar => "reductions",
+        }
+    }
+}
+
+/// The shape of a training step, for the scratch plan.
+#[derive(Clone, Copy, Debug)]
+pub struct StepShape {
+    pub b: usize,
+    pub t: usize,
+    pub c: usize,
+    pub nh: usize,
+    pub v: usize,
+    pub harmonic: bool,
+    pub precision: GpuPrecision,
+    /// The head's chunk of positions x vocabulary (`HEAD_CHUNK_FLOATS` by default).
+    pub head_chunk_floats: usize,
+}
+
+/// One scratch slot in the memory plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotBytes {
+    /// As `CudaBackend::scratch_bytes` names it ("HeadRows").
+    pub name: String,
+    /// What it is for ("head chunk").
+    pub role: &'static str,
+    pub bytes: usize,
+}
+
+/// Every scratch slot's bytes after a training step of shape `s` (0: never used).
+pub fn training_scratch_bytes(s: &StepShape) -> Vec<SlotBytes> {
+    Slot::ALL
+        .iter()
+        .map(|&slot| SlotBytes {
+            name: format!("{slot:?}"),
+            role: slot.role(),
+            bytes: slot.training_bytes(s),
+        })
+        .collect()
+}
+
+/// Bytes of bf16 weight shadows (see `shadow`) a model of `params` parameters holds:
+/// in bf16 mode one, of the parameter buffer, the only buffer whose spans are GEMM
+/// weights.
+pub fn weight_shadow_bytes(params: usize, precision: GpuPrecision) -> usize {
+    match precision {
+        GpuPrecision::Bf16 => 2 * params,
+        GpuPrecision::Fp32 => 0,
+    }
+}
+
+/// Floats of attention state kept per layer for the backward pass: each row's
+/// log-sum-exp of scores, [B, NH, T] (flash attention keeps nothing else).
+pub fn attention_state_len(b: usize, t: usize, nh: usize) -> usize {
+    b * nh * t
+}
+
 pub struct CudaBackend {
     precision: GpuPrecision,
     /// Floats of dot products the head holds at once (its chunk of positions x V).
     head_chunk_floats: Cell<usize>,
     name: String,
     arch: String,
+    cc_major: i32,
     sms: u32,
     floats: RefCell<Vec<Option<DeviceMem>>>,
     tokens: RefCell<Vec<Option<DeviceMem>>>,
@@ -149,10 +262,10 @@ pub fn device_count() -> Result<usize> {
 
 /// Floats of dot products the head holds at once by default: chunks of positions
 /// keep B*T*V from ever being materialised (256 MiB in fp32).
-const HEAD_CHUNK_FLOATS: usize = 1 << 26;
+pub const HEAD_CHUNK_FLOATS: usize = 1 << 26;
 
 /// cuBLASLt workspace: what NVIDIA recommends for Hopper (32 MiB) and earlier (4 MiB).
-fn workspace_bytes(cc_major: i32) -> usize {
+pub fn workspace_bytes(cc_major: i32) -> usize {
     if cc_major >= 9 { 32 << 20 } else { 4 << 20 }
 }
 
@@ -183,6 +296,7 @@ impl CudaBackend {
             head_chunk_floats: Cell::new(HEAD_CHUNK_FLOATS),
             name,
             arch,
+            cc_major: major,
             sms,
             floats: RefCell::new(Vec::new()),
             tokens: RefCell::new(Vec::new()),
@@ -202,6 +316,11 @@ impl CudaBackend {
         self.precision
     }
 
+    /// The GPU's compute capability major version (9 for H100 and H200).
+    pub fn cc_major(&self) -> i32 {
+        self.cc_major
+    }
+
     /// Caps the head's chunk of positions x vocabulary (tests use it to force several
     /// chunks on small inputs).
     pub fn set_head_chunk_floats(&self, floats: usize) {
@@ -217,6 +336,18 @@ impl CudaBackend {
     /// The most device memory this backend has held at once, in bytes.
     pub fn peak_memory_bytes(&self) -> usize {
         self.peak.get()
+    }
+
+    /// Every scratch slot's bytes now (0: not allocated), named by slot.
+    pub fn scratch_bytes(&self) -> Vec<(String, usize)> {
+        let slots = self.scratch.borrow();
+        Slot::ALL
+            .iter()
+            .map(|&slot| {
+                let bytes = slots[slot as usize].as_ref().map_or(0, |m| m.bytes);
+                (format!("{slot:?}"), bytes)
+            })
+            .collect()
     }
 
     /// Waits for all queued GPU work (for timing).
