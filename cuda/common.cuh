@@ -54,6 +54,40 @@ __device__ double block_sum_d(double v, double* shared) {
     return warp_sum_d(lane < warps ? shared[lane] : 0.0);
 }
 
+// W consecutive floats, moved as one 16-byte access when W == 4 (the address must then
+// be 16-byte aligned; the host checks and passes a vec4 flag), else one float at a time.
+// A warp of float4 accesses reads 512 contiguous bytes in one instruction.
+template <int W>
+struct Floats {
+    float v[W];
+};
+
+template <int W>
+__device__ __forceinline__ Floats<W> load_floats(const float* p) {
+    Floats<W> x;
+    if constexpr (W == 4) {
+        const float4 q = *reinterpret_cast<const float4*>(p);
+        x.v[0] = q.x;
+        x.v[1] = q.y;
+        x.v[2] = q.z;
+        x.v[3] = q.w;
+    } else {
+#pragma unroll
+        for (int k = 0; k < W; k++) x.v[k] = p[k];
+    }
+    return x;
+}
+
+template <int W>
+__device__ __forceinline__ void store_floats(float* p, const Floats<W>& x) {
+    if constexpr (W == 4) {
+        *reinterpret_cast<float4*>(p) = make_float4(x.v[0], x.v[1], x.v[2], x.v[3]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < W; k++) p[k] = x.v[k];
+    }
+}
+
 // Grid-stride loop over [0, n) with 64-bit indices.
 #define FOR_EACH(i, n)                                                        \
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); \

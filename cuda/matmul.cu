@@ -1,6 +1,8 @@
 // The non-GEMM parts of dense layers (the GEMMs themselves go through cuBLASLt):
 //
 //   bias_broadcast:  out[r, j] = bias[j]            (then the GEMM accumulates into out)
+//                    Only where cuBLASLt has no bias epilogue for a GEMM: normally the
+//                    GEMM adds the bias itself and out is written once, not three times.
 //   column_sums_add: dst[j] += sum_r src[r, j]      (dbias; the harmonic head's colsum(G))
 //
 // Launch: bias_broadcast: 1-D grid of 256 threads, grid-stride over rows*cols.

@@ -1,21 +1,32 @@
-//! `hgpt bench`: training throughput, and how close each op family runs to the
-//! machine's own GEMM peak (measured here, on one large square product). On the GPU
-//! the ops are not timed one by one (that would need a sync per op): it reports
-//! throughput, the cuBLASLt GEMM peak and the peak device memory.
+//! `hgpt bench`: training throughput and model FLOPs utilisation (MFU).
+//!
+//! Warm-up steps, then timed optimizer steps of the real training loop (data,
+//! forward, backward, clipping, AdamW): tokens/s, ms/step, model FLOP/s by llm.c's
+//! count (6 N + 6 L C T per token, DESIGN.md section 6) over a peak: on the GPU
+//! 989 TFLOP/s (H100 SXM dense bf16) unless `--peak-tflops` says otherwise (fp32
+//! runs use the measured GEMM peak), on the CPU the GEMM peak measured here on one
+//! large square product. Memory: the most the backend held at once, beside what
+//! the memory plan (src/memory.rs) predicts. On the CPU every op is timed too (per-op
+//! GFLOP/s); on the GPU that would need a sync per op, so it is not.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde::Serialize;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cpu::matmul::gemm;
-use crate::backend::cuda::CudaBackend;
+use crate::backend::cuda::{CudaBackend, GpuPrecision};
 use crate::backend::{Backend, DeviceChoice, open_gpu};
 use crate::config::Config;
 use crate::data::{self, Dataset};
+use crate::memory::{self, Target};
 use crate::train::Trainer;
+
+/// H100 SXM dense bf16 tensor-core peak, TFLOP/s: the default MFU denominator on
+/// the GPU.
+pub const H100_BF16_TFLOPS: f64 = 989.0;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct OpReport {
@@ -29,30 +40,45 @@ pub struct OpReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub device: String,
+    pub head: String,
     pub params: usize,
+    pub micro_batch: usize,
+    pub seq_len: usize,
+    pub grad_accum: usize,
+    pub warmup_steps: usize,
     pub steps: usize,
     pub tokens_per_step: usize,
     pub ms_per_step: f64,
     pub tokens_per_s: f64,
+    /// llm.c's count: 6 N + 6 L C T.
+    pub flops_per_token: f64,
+    /// Model FLOPs per second, `flops_per_token * tokens_per_s`.
+    pub model_tflops: f64,
+    /// The peak MFU is measured against, and where it comes from.
+    pub peak_tflops: f64,
+    pub peak_source: String,
+    /// model_tflops / peak_tflops.
+    pub mfu: f64,
     /// Best of a few square GEMMs through the backend's own GEMM path (CPU: 1024^3
     /// f32 on all threads; GPU: 4096^3 through cuBLASLt in the run's precision).
-    pub gemm_peak_gflops: f64,
+    pub gemm_peak_tflops: f64,
     /// All matmul forward/backward FLOPs over their time (CPU only: per-op timing).
-    pub matmul_gflops: Option<f64>,
-    /// Model FLOPs per second, counting 6N + 6 L C T per token (llm.c's estimate).
-    pub model_gflops: f64,
-    /// Most device memory held at once (GPU only).
-    pub peak_memory_mib: Option<f64>,
+    pub matmul_tflops: Option<f64>,
+    /// Most bytes the backend held at once (GPU: device memory, workspace and
+    /// scratch included; CPU: its buffers, without op-internal host scratch).
+    pub peak_memory_mib: f64,
+    /// What the memory plan predicts for the same figure.
+    pub planned_memory_mib: f64,
     pub ops: BTreeMap<String, OpReport>,
 }
 
 /// FLOPs per trained token: 6 per parameter plus attention's 6 L C T.
-fn flops_per_token(config: &Config, params: usize) -> f64 {
+pub fn flops_per_token(config: &Config, params: usize) -> f64 {
     let m = &config.model;
     6.0 * params as f64 + 6.0 * (m.n_layer * m.n_embd * config.train.seq_len) as f64
 }
 
-/// GFLOP/s of an n x n x n f32 GEMM, best of `reps`.
+/// GFLOP/s of an n x n x n f32 GEMM on the CPU, best of `reps`.
 pub fn gemm_peak_gflops(n: usize, reps: usize) -> f64 {
     let a: Vec<f32> = (0..n * n)
         .map(|i| ((i * 7919) % 1000) as f32 * 1e-3)
@@ -70,65 +96,157 @@ pub fn gemm_peak_gflops(n: usize, reps: usize) -> f64 {
     2.0 * (n * n * n) as f64 / best / 1e9
 }
 
-/// Trains `config.train.max_steps` steps after `warmup` untimed ones on the device
-/// `device` picks.
-pub fn run(config: &Config, warmup: usize, device: DeviceChoice) -> Result<BenchReport> {
-    let data = data::load(config, 0, 1)?;
-    let (gpu, device_line) = open_gpu(device, config.train.precision)?;
+/// What to run: `config.train.max_steps` timed steps after `warmup` untimed ones.
+pub struct BenchRequest<'a> {
+    pub config: &'a Config,
+    pub warmup: usize,
+    pub device: DeviceChoice,
+    /// The MFU denominator; None: the default for the device.
+    pub peak_tflops: Option<f64>,
+}
+
+pub fn run(req: &BenchRequest) -> Result<BenchReport> {
+    if let Some(p) = req.peak_tflops
+        && !(p > 0.0 && p.is_finite())
+    {
+        bail!("--peak-tflops {p}: must be a positive number");
+    }
+    if req.config.train.max_steps == 0 {
+        bail!("--steps 0: the benchmark needs at least one timed step");
+    }
+    let data = data::load(req.config, 0, 1)?;
+    let (gpu, device_line) = open_gpu(req.device, req.config)?;
     eprintln!("{device_line}");
     match gpu {
-        Some(gpu) => run_gpu(config, warmup, gpu, data),
-        None => run_cpu(config, warmup, data),
+        Some(gpu) => run_gpu(req, gpu, data),
+        None => run_cpu(req, data),
     }
 }
 
-fn run_gpu(config: &Config, warmup: usize, gpu: CudaBackend, data: Dataset) -> Result<BenchReport> {
-    let t = &config.train;
-    let mut tr = Trainer::new(config, gpu, data)?;
+/// Times `steps` optimizer steps after `warmup` untimed ones; `sync` waits for the
+/// device. Returns seconds.
+fn time_steps<B: Backend>(
+    tr: &mut Trainer<B>,
+    warmup: usize,
+    steps: usize,
+    sync: impl Fn(&B),
+) -> f64 {
     for _ in 0..warmup {
         tr.train_step();
     }
-    tr.model.backend.synchronize();
+    sync(&tr.model.backend);
     let t0 = Instant::now();
-    for _ in 0..t.max_steps {
+    for _ in 0..steps {
         tr.train_step();
     }
-    tr.model.backend.synchronize();
-    let elapsed = t0.elapsed().as_secs_f64();
-    let steps = t.max_steps.max(1);
-    let tokens_per_step = t.batch_size * t.seq_len * t.grad_accum;
-    let tokens_per_s = (tokens_per_step * steps) as f64 / elapsed;
+    sync(&tr.model.backend);
+    t0.elapsed().as_secs_f64()
+}
+
+/// The report's fields shared by both devices.
+struct Timing<'a> {
+    req: &'a BenchRequest<'a>,
+    params: usize,
+    seconds: f64,
+    peak_tflops: f64,
+    peak_source: String,
+    gemm_peak_tflops: f64,
+    peak_memory_bytes: usize,
+    target: Target,
+}
+
+impl Timing<'_> {
+    fn report(
+        self,
+        device: String,
+        matmul_tflops: Option<f64>,
+        ops: BTreeMap<String, OpReport>,
+    ) -> BenchReport {
+        let config = self.req.config;
+        let t = &config.train;
+        let steps = t.max_steps;
+        let tokens_per_step = t.batch_size * t.seq_len * t.grad_accum;
+        let tokens_per_s = (tokens_per_step * steps) as f64 / self.seconds;
+        let flops_per_token = flops_per_token(config, self.params);
+        let model_tflops = flops_per_token * tokens_per_s / 1e12;
+        let planned = memory::plan(config, t.batch_size, self.target);
+        // The plan counts the CPU head's host scratch, which the backend's counter
+        // does not see; compare like with like.
+        let planned_bytes = match self.target {
+            Target::Cpu => planned.total_bytes - planned.head_chunk_bytes,
+            Target::Cuda { .. } => planned.total_bytes,
+        };
+        BenchReport {
+            device,
+            head: config.model.head.to_string(),
+            params: self.params,
+            micro_batch: t.batch_size,
+            seq_len: t.seq_len,
+            grad_accum: t.grad_accum,
+            warmup_steps: self.req.warmup,
+            steps,
+            tokens_per_step,
+            ms_per_step: self.seconds * 1e3 / steps as f64,
+            tokens_per_s,
+            flops_per_token,
+            model_tflops,
+            peak_tflops: self.peak_tflops,
+            peak_source: self.peak_source,
+            mfu: model_tflops / self.peak_tflops,
+            gemm_peak_tflops: self.gemm_peak_tflops,
+            matmul_tflops,
+            peak_memory_mib: mib(self.peak_memory_bytes),
+            planned_memory_mib: mib(planned_bytes),
+            ops,
+        }
+    }
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+fn run_gpu(req: &BenchRequest, gpu: CudaBackend, data: Dataset) -> Result<BenchReport> {
+    let steps = req.config.train.max_steps;
+    let mut tr = Trainer::new(req.config, gpu, data)?;
+    let seconds = time_steps(&mut tr, req.warmup, steps, |be| be.synchronize());
     let be = &tr.model.backend;
-    Ok(BenchReport {
-        device: be.describe(),
+    // Read before the GEMM peak's own buffers count towards it.
+    let peak_memory_bytes = be.peak_memory_bytes();
+    let gemm_peak_tflops = be.gemm_peak_gflops(4096, 5) / 1e3;
+    let (peak_tflops, peak_source) = match (req.peak_tflops, be.precision()) {
+        (Some(p), _) => (p, "--peak-tflops".to_string()),
+        (None, GpuPrecision::Bf16) => (H100_BF16_TFLOPS, "H100 SXM dense bf16 (default)".into()),
+        (None, GpuPrecision::Fp32) => (gemm_peak_tflops, "measured fp32 GEMM peak".into()),
+    };
+    let timing = Timing {
+        req,
         params: tr.model.num_params(),
-        steps,
-        tokens_per_step,
-        ms_per_step: elapsed * 1e3 / steps as f64,
-        tokens_per_s,
-        gemm_peak_gflops: be.gemm_peak_gflops(4096, 5),
-        matmul_gflops: None,
-        model_gflops: flops_per_token(config, tr.model.num_params()) * tokens_per_s / 1e9,
-        peak_memory_mib: Some(be.peak_memory_bytes() as f64 / (1 << 20) as f64),
-        ops: BTreeMap::new(),
-    })
+        seconds,
+        peak_tflops,
+        peak_source,
+        gemm_peak_tflops,
+        peak_memory_bytes,
+        target: Target::Cuda {
+            precision: be.precision(),
+            cc_major: be.cc_major(),
+        },
+    };
+    Ok(timing.report(be.describe(), None, BTreeMap::new()))
 }
 
 /// The CPU run, profiling every op.
-fn run_cpu(config: &Config, warmup: usize, data: Dataset) -> Result<BenchReport> {
-    let t = &config.train;
-    let mut tr = Trainer::new(config, CpuBackend::<f32>::new(), data)?;
-    for _ in 0..warmup {
+fn run_cpu(req: &BenchRequest, data: Dataset) -> Result<BenchReport> {
+    let steps = req.config.train.max_steps;
+    let mut tr = Trainer::new(req.config, CpuBackend::<f32>::new(), data)?;
+    // Profile the timed steps only; the profile's bookkeeping is a few map updates
+    // per op, nothing beside the ops' own time.
+    for _ in 0..req.warmup {
         tr.train_step();
     }
     tr.model.backend.start_profile();
-    let t0 = Instant::now();
-    for _ in 0..t.max_steps {
-        tr.train_step();
-    }
-    let elapsed = t0.elapsed().as_secs_f64();
+    let seconds = time_steps(&mut tr, 0, steps, |_| {});
     let profile = tr.model.backend.take_profile();
-    let steps = t.max_steps.max(1);
     let op_time: f64 = profile.values().map(|s| s.time.as_secs_f64()).sum();
     let ops = profile
         .iter()
@@ -149,48 +267,62 @@ fn run_cpu(config: &Config, warmup: usize, data: Dataset) -> Result<BenchReport>
         .fold((0.0, 0.0), |(f, s), (_, v)| {
             (f + v.flops, s + v.time.as_secs_f64())
         });
-    let tokens_per_step = t.batch_size * t.seq_len * t.grad_accum;
-    let tokens_per_s = (tokens_per_step * steps) as f64 / elapsed;
-    Ok(BenchReport {
-        device: tr.model.backend.describe(),
+    let gemm_peak_tflops = gemm_peak_gflops(1024, 5) / 1e3;
+    let (peak_tflops, peak_source) = match req.peak_tflops {
+        Some(p) => (p, "--peak-tflops".to_string()),
+        None => (gemm_peak_tflops, "measured f32 GEMM peak".to_string()),
+    };
+    let timing = Timing {
+        req,
         params: tr.model.num_params(),
-        steps,
-        tokens_per_step,
-        ms_per_step: elapsed * 1e3 / steps as f64,
-        tokens_per_s,
-        gemm_peak_gflops: gemm_peak_gflops(1024, 5),
-        matmul_gflops: Some(mm_flops / mm_time / 1e9),
-        model_gflops: flops_per_token(config, tr.model.num_params()) * tokens_per_s / 1e9,
-        peak_memory_mib: None,
-        ops,
-    })
+        seconds,
+        peak_tflops,
+        peak_source,
+        gemm_peak_tflops,
+        peak_memory_bytes: tr.model.backend.peak_memory_bytes(),
+        target: Target::Cpu,
+    };
+    let matmul_tflops = Some(mm_flops / mm_time / 1e12);
+    Ok(timing.report(tr.model.backend.describe(), matmul_tflops, ops))
 }
 
 impl BenchReport {
     pub fn table(&self) -> String {
         let mut s = format!(
-            "device: {}\nparameters: {:.2}M, {} tokens/step, {} timed steps\n\
-             throughput: {:.0} tokens/s ({:.1} ms/step), model {:.1} GFLOP/s\n\
-             GEMM peak: {:.1} GFLOP/s",
+            "device: {}\n{} head, {:.2}M parameters; {} x {} tokens x {} micro-batches = {} tokens/step; \
+             {} warm-up + {} timed steps\n\
+             throughput: {:.0} tokens/s, {:.1} ms/step\n\
+             MFU: {:.1}% ({:.3} model TFLOP/s at {:.0} MFLOP/token, of {:.3} TFLOP/s: {})\n\
+             GEMM peak: {:.3} TFLOP/s",
             self.device,
+            self.head,
             self.params as f64 / 1e6,
+            self.micro_batch,
+            self.seq_len,
+            self.grad_accum,
             self.tokens_per_step,
+            self.warmup_steps,
             self.steps,
             self.tokens_per_s,
             self.ms_per_step,
-            self.model_gflops,
-            self.gemm_peak_gflops,
+            100.0 * self.mfu,
+            self.model_tflops,
+            self.flops_per_token / 1e6,
+            self.peak_tflops,
+            self.peak_source,
+            self.gemm_peak_tflops,
         );
-        if let Some(mm) = self.matmul_gflops {
+        if let Some(mm) = self.matmul_tflops {
             s += &format!(
-                "; model matmuls: {mm:.1} GFLOP/s ({:.0}% of peak)",
-                100.0 * mm / self.gemm_peak_gflops
+                "; model matmuls: {:.3} TFLOP/s ({:.0}% of peak)",
+                mm,
+                100.0 * mm / self.gemm_peak_tflops
             );
         }
-        if let Some(mib) = self.peak_memory_mib {
-            s += &format!("\npeak device memory: {mib:.0} MiB");
-        }
-        s += "\n\n";
+        s += &format!(
+            "\npeak memory held by the backend: {:.0} MiB (planned {:.0} MiB)\n\n",
+            self.peak_memory_mib, self.planned_memory_mib
+        );
         if self.ops.is_empty() {
             return s;
         }

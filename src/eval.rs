@@ -179,7 +179,7 @@ pub fn run(req: &EvalRequest) -> Result<Report> {
     let params = ckpt.read_params()?;
     let config = &ckpt.state.config;
     let (tokens, batch) = (&stream.tokens, 4096);
-    let (gpu, device_line) = open_gpu(req.device, config.train.precision)?;
+    let (gpu, device_line) = open_gpu(req.device, config)?;
     eprintln!("{device_line}");
     let score = match gpu {
         Some(gpu) => {

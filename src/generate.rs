@@ -168,7 +168,7 @@ pub fn run(req: &GenerateRequest, out: &mut impl Write) -> Result<()> {
     let config = &ckpt.state.config;
     write!(out, "{}", req.prompt)?;
     out.flush()?;
-    let (gpu, device_line) = open_gpu(req.device, config.train.precision)?;
+    let (gpu, device_line) = open_gpu(req.device, config)?;
     eprintln!("{device_line}");
     match gpu {
         Some(gpu) => stream.run(&mut Gpt::with_params(gpu, &config.model, &params), out),

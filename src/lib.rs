@@ -17,5 +17,6 @@ pub mod export;
 pub mod generate;
 pub mod head;
 pub mod llc;
+pub mod memory;
 pub mod model;
 pub mod train;

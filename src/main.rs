@@ -28,8 +28,12 @@ struct Cli {
 enum Command {
     /// Train a model (with no arguments: configs/tiny.toml on the built-in corpus)
     Train(TrainArgs),
-    /// Measure training throughput (per-op GEMM efficiency on the CPU)
+    /// Measure training throughput: tokens/s, ms/step, MFU, peak memory (per-op
+    /// GEMM efficiency on the CPU)
     Bench(BenchArgs),
+    /// Plan the memory of a training step (CPU and GPU, with and without head
+    /// chunking) and the largest micro-batch that fits a GPU
+    Memory(MemoryArgs),
     /// Estimate the local learning coefficient (LLC): of a checkpoint, of every
     /// checkpoint of a run, of a deep linear network (`dln`), or across the
     /// LayerNorm example's loss drop (`layernorm`)
@@ -82,6 +86,24 @@ impl ConfigArgs {
         Config::load_or(self.config.as_deref(), default, &overrides)
     }
 
+    /// The config with `--micro-batch B` applied as train.batch_size (validated with
+    /// the rest).
+    fn load_with_micro_batch(&self, micro_batch: Option<usize>) -> Result<Config> {
+        let mut with = ConfigArgs {
+            config: self.config.clone(),
+            overrides: self.overrides.clone(),
+            steps: self.steps,
+            data: self.data.clone(),
+        };
+        if let Some(b) = micro_batch {
+            if b == 0 {
+                anyhow::bail!("--micro-batch 0: must be at least 1");
+            }
+            with.overrides.push(format!("train.batch_size={b}"));
+        }
+        with.load()
+    }
+
     /// "tiny" for the built-in config, else the config file's stem.
     fn name(&self) -> String {
         self.config
@@ -126,9 +148,32 @@ struct BenchArgs {
     config: ConfigArgs,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Warm-up steps before timing
+    /// Warm-up steps before timing (timed steps: --steps, default 10)
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Sequences per micro-batch (shorthand for --set train.batch_size=B)
+    #[arg(long, value_name = "B")]
+    micro_batch: Option<usize>,
+    /// Peak TFLOP/s for MFU (default: 989, H100 SXM dense bf16, on the GPU in bf16;
+    /// the measured GEMM peak on the CPU and for fp32)
+    #[arg(long, value_name = "X")]
+    peak_tflops: Option<f64>,
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct MemoryArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Sequences per micro-batch (default: the config's train.batch_size)
+    #[arg(long, value_name = "B")]
+    micro_batch: Option<usize>,
+    /// GPU memory sizes to fit the largest micro-batch into, GiB (default: an H100
+    /// 80GB's 79.65 and an H200's 140.4, as nvidia-smi reports them)
+    #[arg(long, value_name = "GIB", value_delimiter = ',')]
+    gpu_memory: Vec<f64>,
     /// Print one JSON object instead of a table
     #[arg(long)]
     json: bool,
@@ -287,11 +332,33 @@ fn run(cli: Cli) -> Result<()> {
             hgpt::train::run(&config, &out, args.device.device)?;
         }
         Command::Bench(args) => {
-            let mut config = args.config.load()?;
+            let mut config = args.config.load_with_micro_batch(args.micro_batch)?;
             if args.config.steps.is_none() {
                 config.train.max_steps = 10;
             }
-            let report = hgpt::bench::run(&config, args.warmup, args.device.device)?;
+            let report = hgpt::bench::run(&hgpt::bench::BenchRequest {
+                config: &config,
+                warmup: args.warmup,
+                device: args.device.device,
+                peak_tflops: args.peak_tflops,
+            })?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+        }
+        Command::Memory(args) => {
+            let config = args.config.load_with_micro_batch(args.micro_batch)?;
+            let gpu_gib = if args.gpu_memory.is_empty() {
+                hgpt::memory::DEFAULT_GPU_GIB.to_vec()
+            } else {
+                args.gpu_memory
+            };
+            if let Some(g) = gpu_gib.iter().find(|g| !(**g > 0.0 && g.is_finite())) {
+                anyhow::bail!("--gpu-memory {g}: must be a positive number of GiB");
+            }
+            let report = hgpt::memory::report(&config, config.train.batch_size, &gpu_gib);
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

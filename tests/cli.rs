@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fails, hgpt};
+use common::{fails, hgpt, succeeds};
 
 fn write_config(dir: &Path, name: &str, edit: impl Fn(String) -> String) -> String {
     let text = edit(hgpt::config::TINY_TOML.to_string());
@@ -49,6 +49,31 @@ fn n_embd_not_divisible_by_n_head() {
     let line = fails(&["train", "--set", "model.n_head=3"], dir.path());
     assert!(
         line.contains("model.n_embd") && line.contains("model.n_head"),
+        "{line}"
+    );
+}
+
+/// The CUDA backend's flash attention takes head sizes up to 128: a bigger one is
+/// refused before any GPU work (so this holds with or without a GPU).
+#[test]
+fn head_size_over_the_cuda_limit_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = fails(
+        &[
+            "train",
+            "--device",
+            "cuda",
+            "--set",
+            "model.n_embd=256",
+            "--set",
+            "model.n_head=1",
+            "--steps",
+            "1",
+        ],
+        dir.path(),
+    );
+    assert!(
+        line.contains("model.n_embd / model.n_head = 256") && line.contains("up to 128"),
         "{line}"
     );
 }
@@ -173,7 +198,7 @@ fn short_training_run_succeeds() {
 }
 
 #[test]
-fn bench_reports_throughput_as_json() {
+fn bench_reports_throughput_mfu_and_memory_as_json() {
     let dir = tempfile::tempdir().unwrap();
     let out = hgpt(
         &[
@@ -184,10 +209,14 @@ fn bench_reports_throughput_as_json() {
             "1",
             "--warmup",
             "0",
+            "--micro-batch",
+            "3",
             "--set",
             "model.n_layer=1",
             "--set",
             "model.n_embd=32",
+            "--set",
+            "model.head=softmax",
             "--json",
         ],
         dir.path(),
@@ -198,9 +227,81 @@ fn bench_reports_throughput_as_json() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(report["tokens_per_s"].as_f64().unwrap() > 0.0);
-    assert!(report["gemm_peak_gflops"].as_f64().unwrap() > 0.0);
+    let f = |k: &str| report[k].as_f64().unwrap();
+    assert!(f("tokens_per_s") > 0.0 && f("gemm_peak_tflops") > 0.0);
     assert!(report["ops"]["matmul_forward"]["gflops"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["head"], "softmax");
+    // --micro-batch sets the batch: 3 sequences of tiny's 128 tokens.
+    assert_eq!(report["tokens_per_step"], 3 * 128);
+    // MFU is model FLOP/s over the measured GEMM peak on the CPU.
+    assert_eq!(report["peak_tflops"], report["gemm_peak_tflops"]);
+    let mfu = f("model_tflops") / f("peak_tflops");
+    assert!((f("mfu") - mfu).abs() < 1e-12 && f("mfu") > 0.0);
+    // 1 layer x 32 channels, vocab 257, block 128: 6 N + 6 L C T per token.
+    let n = f("params");
+    assert_eq!(f("flops_per_token"), 6.0 * n + 6.0 * 32.0 * 128.0);
+    // The CPU backend's buffers are exactly the memory plan.
+    assert!(f("peak_memory_mib") > 0.0);
+    assert_eq!(f("peak_memory_mib"), f("planned_memory_mib"));
+}
+
+#[test]
+fn bench_and_memory_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = fails(
+        &["bench", "--device", "cpu", "--peak-tflops", "0"],
+        dir.path(),
+    );
+    assert!(line.contains("--peak-tflops 0"), "{line}");
+    let line = fails(&["bench", "--device", "cpu", "--steps", "0"], dir.path());
+    assert!(line.contains("--steps 0"), "{line}");
+    let line = fails(&["memory", "--gpu-memory", "80,-1"], dir.path());
+    assert!(line.contains("--gpu-memory -1"), "{line}");
+    let line = fails(&["memory", "--micro-batch", "0"], dir.path());
+    assert!(line.contains("--micro-batch 0"), "{line}");
+}
+
+#[test]
+fn memory_plans_both_devices_and_fits_the_gpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::env::current_dir()
+        .unwrap()
+        .join("configs/gpt2-124m-harmonic.toml");
+    let out = succeeds(
+        &[
+            "memory",
+            "--config",
+            config.to_str().unwrap(),
+            "--micro-batch",
+            "64",
+            "--gpu-memory",
+            "80,141",
+            "--json",
+        ],
+        dir.path(),
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let plans = report["plans"].as_array().unwrap();
+    assert_eq!(plans.len(), 2);
+    for p in plans {
+        assert_eq!(p["micro_batch"], 64);
+        let total = p["total_bytes"].as_u64().unwrap();
+        let items: u64 = p["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["bytes"].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, items);
+        assert!(p["unchunked_total_bytes"].as_u64().unwrap() > total);
+    }
+    let fits = report["fits"].as_array().unwrap();
+    let b = |i: usize, k: &str| fits[i][k].as_u64().unwrap();
+    // More memory fits more; the naive head fits less.
+    assert!(b(1, "largest_micro_batch") > b(0, "largest_micro_batch"));
+    assert!(b(0, "largest_micro_batch") > b(0, "largest_micro_batch_unchunked"));
+    let table = succeeds(&["memory"], dir.path());
+    assert!(table.contains("total, chunked head"), "{table}");
 }
 
 #[test]

@@ -3,13 +3,23 @@
 //!
 //! - every op, on fresh random inputs (never zeros) with poisoned (NaN) outputs, or
 //!   random starting values for the outputs an op adds into;
+//! - flash attention at T = 1, around and past its tiles, head sizes 5 to 128, with
+//!   its saved row log-sum-exps (fp32 SIMT kernels in fp32 mode, tensor cores in bf16);
 //! - both heads: forward loss and every parameter gradient of a small model;
 //! - 50 training steps tracking the CPU loss curve;
 //! - the harmonic head with h exactly on a class centre;
+//! - the fused ops (residual + LayerNorm, matmul + GELU and its backward) on both of
+//!   their paths: float4 rows and scalar ones, cuBLASLt's epilogues and the unfused
+//!   fallback; AdamW and the norm over float4s with a tail and misaligned;
+//! - bf16 weight shadows: after AdamW steps and after writes into the parameters, the
+//!   loss and gradients equal those of a fresh backend that converts the weights anew;
+//! - the memory plan (src/memory.rs) against the backend's slots and peak;
 //! - the SGLD step, its noise included (within 1e-5).
 //!
 //! Errors are relative, by norm, per tensor: below 1e-4 in fp32 mode and 2e-2 in bf16
 //! mode (the training curve: 1e-3 and 5e-2 per step).
+
+use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -20,7 +30,8 @@ use hgpt::backend::{AdamW, Backend, SgldStep, Span, TokenSpan};
 use hgpt::config::Config;
 use hgpt::data;
 use hgpt::head::HeadKind;
-use hgpt::model::Gpt;
+use hgpt::memory::{Target, plan};
+use hgpt::model::{Gpt, idx};
 use hgpt::train::Trainer;
 
 const MODES: [(GpuPrecision, f64); 2] = [(GpuPrecision::Fp32, 1e-4), (GpuPrecision::Bf16, 2e-2)];
@@ -99,6 +110,23 @@ impl Both {
     fn input(&mut self, len: usize) -> P {
         let v = self.values(len, 0.1, 1.0);
         self.from(&v)
+    }
+
+    /// An input that starts `off` floats into its buffer (off = 1: not 16-byte aligned).
+    fn input_at(&mut self, len: usize, off: usize) -> P {
+        let p = self.input(len + off);
+        P {
+            c: p.c.slice(off, len),
+            g: p.g.slice(off, len),
+        }
+    }
+
+    fn poisoned_at(&self, len: usize, off: usize) -> P {
+        let p = self.poisoned(len + off);
+        P {
+            c: p.c.slice(off, len),
+            g: p.g.slice(off, len),
+        }
     }
 
     /// An output the op must overwrite entirely.
@@ -232,28 +260,7 @@ fn every_op_matches_the_cpu() {
             }
         }
 
-        let qkv = x.input(N * 3 * C);
-        let out = x.poisoned(N * C);
-        let state_c = x.cpu.alloc(x.cpu.attention_state_len(B, TT, NH));
-        let state_g = x.gpu.alloc(x.gpu.attention_state_len(B, TT, NH));
-        x.gpu.fill(state_g, f32::NAN);
-        x.cpu.attention_forward(out.c, state_c, qkv.c, B, TT, C, NH);
-        x.gpu.attention_forward(out.g, state_g, qkv.g, B, TT, C, NH);
-        x.check("attention_forward", out);
-        // The saved probabilities share the CPU's layout [B, NH, T, T], masked half zero.
-        x.check(
-            "attention state",
-            P {
-                c: state_c,
-                g: state_g,
-            },
-        );
-        let (dqkv, dout) = (x.poisoned(N * 3 * C), x.input(N * C));
-        x.cpu
-            .attention_backward(dqkv.c, dout.c, qkv.c, out.c, state_c, B, TT, C, NH);
-        x.gpu
-            .attention_backward(dqkv.g, dout.g, qkv.g, out.g, state_g, B, TT, C, NH);
-        x.check("attention_backward", dqkv);
+        let (qkv, out) = check_attention(&mut x, B, TT, NH, C / NH);
 
         // Decoding one position over a KV cache is the last row of causal attention.
         let qkv_host = x.cpu.read(qkv.c);
@@ -335,6 +342,139 @@ fn every_op_matches_the_cpu() {
         x.cpu.copy(dst.c, sub.c);
         x.gpu.copy(dst.g, sub.g);
         x.check("copy of a sub-span", dst);
+    }
+}
+
+/// Attention forward and backward on both backends at one shape: the output, the
+/// GPU's saved state (each row's log-sum-exp of scores, B*NH*T floats, against the
+/// host's f64 value from qkv) and dqkv. Returns qkv and the output.
+fn check_attention(x: &mut Both, b: usize, t: usize, nh: usize, hs: usize) -> (P, P) {
+    let c = nh * hs;
+    let what = format!("attention B={b} T={t} NH={nh} HS={hs}");
+    let qkv = x.input(b * t * 3 * c);
+    let out = x.poisoned(b * t * c);
+    assert_eq!(
+        x.gpu.attention_state_len(b, t, nh),
+        b * nh * t,
+        "GPU state size"
+    );
+    let state_c = x.cpu.alloc(x.cpu.attention_state_len(b, t, nh));
+    let state_g = x.gpu.alloc(b * nh * t);
+    x.gpu.fill(state_g, f32::NAN);
+    x.cpu.attention_forward(out.c, state_c, qkv.c, b, t, c, nh);
+    x.gpu.attention_forward(out.g, state_g, qkv.g, b, t, c, nh);
+    x.check(&format!("{what} forward"), out);
+
+    let host = x.cpu.read(qkv.c);
+    let at = |bb: usize, tt: usize, part: usize, h: usize| {
+        &host[(bb * t + tt) * 3 * c + part * c + h * hs..][..hs]
+    };
+    let scale = 1.0 / (hs as f64).sqrt();
+    let mut lse = Vec::with_capacity(b * nh * t);
+    for bb in 0..b {
+        for h in 0..nh {
+            for tt in 0..t {
+                let scores: Vec<f64> = (0..=tt)
+                    .map(|j| {
+                        let (q, k) = (at(bb, tt, 0, h), at(bb, j, 1, h));
+                        scale
+                            * q.iter()
+                                .zip(k)
+                                .map(|(&a, &b)| a as f64 * b as f64)
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                lse.push((m + scores.iter().map(|s| (s - m).exp()).sum::<f64>().ln()) as f32);
+            }
+        }
+    }
+    let err = rel_err(&lse, &x.gpu.read(state_g));
+    println!("{what} row log-sum-exps: relative error {err:.2e}");
+    assert!(
+        err < x.tol,
+        "{what} row log-sum-exps: relative error {err:.2e}"
+    );
+
+    let (dqkv, dout) = (x.poisoned(b * t * 3 * c), x.input(b * t * c));
+    x.cpu
+        .attention_backward(dqkv.c, dout.c, qkv.c, out.c, state_c, b, t, c, nh);
+    x.gpu
+        .attention_backward(dqkv.g, dout.g, qkv.g, out.g, state_g, b, t, c, nh);
+    x.check(&format!("{what} backward"), dqkv);
+    x.cpu.free(state_c);
+    x.gpu.free(state_g);
+    (qkv, out)
+}
+
+/// Flash attention against the CPU's T x T attention: T = 1, T around and past the
+/// kernels' tiles (64 rows, 32 columns), head sizes from 8 to the largest, 128.
+#[test]
+fn flash_attention_matches_the_cpu() {
+    for (mode, tol) in MODES {
+        let Some(gpu) = open_gpu(mode) else { return };
+        println!("-- {mode:?}");
+        let mut x = Both::new(gpu, tol, 19);
+        for (b, t, nh, hs) in [
+            (1, 1, 1, 8),
+            (2, 1, 3, 64),
+            (3, 17, 4, 8),
+            (2, 31, 2, 16),
+            (1, 64, 2, 64),
+            (2, 65, 3, 64),
+            (1, 100, 2, 128),
+            (2, 33, 1, 5),
+            (1, 257, 2, 64),
+            (1, 130, 1, 128),
+        ] {
+            check_attention(&mut x, b, t, nh, hs);
+        }
+    }
+}
+
+/// Flash attention at GPT-2 124M's attention shape (T 1024, 12 heads of 64; B 8 to
+/// keep the CPU's T x T reference small): parity with the CPU, and each pass's time
+/// against the FLOPs its kernels do (2 causal tile products forward, 7 backward).
+#[test]
+fn flash_attention_at_gpt2_shapes_matches_and_is_timed() {
+    let (b, t, nh, hs) = (8, 1024, 12, 64);
+    for (mode, tol) in MODES {
+        let Some(gpu) = open_gpu(mode) else { return };
+        let mut x = Both::new(gpu, tol, 23);
+        let (qkv, out) = check_attention(&mut x, b, t, nh, hs);
+        let c = nh * hs;
+        let (state, dqkv, dout) = (
+            x.gpu.alloc(b * nh * t),
+            x.gpu.alloc(b * t * 3 * c),
+            x.gpu.alloc(b * t * c),
+        );
+        x.gpu.fill(dout, 0.5);
+        let best_ms = |f: &dyn Fn()| {
+            f(); // warm-up
+            (0..5)
+                .map(|_| {
+                    x.gpu.synchronize();
+                    let t0 = Instant::now();
+                    f();
+                    x.gpu.synchronize();
+                    t0.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let forward = best_ms(&|| x.gpu.attention_forward(out.g, state, qkv.g, b, t, c, nh));
+        let backward = best_ms(&|| {
+            x.gpu
+                .attention_backward(dqkv, dout, qkv.g, out.g, state, b, t, c, nh)
+        });
+        // One causal tile product: 2 HS per (query, key <= query) pair, per (b, head).
+        let product = 2.0 * (hs * b * nh) as f64 * (t * (t + 1) / 2) as f64;
+        let tflops = |products: f64, ms: f64| products * product / ms / 1e9;
+        println!(
+            "{mode:?} flash attention B={b} T={t} NH={nh} HS={hs}: forward {forward:.3} ms \
+             ({:.1} TFLOP/s), backward {backward:.3} ms ({:.1} TFLOP/s)",
+            tflops(2.0, forward),
+            tflops(7.0, backward)
+        );
     }
 }
 
@@ -501,6 +641,239 @@ fn harmonic_head_is_finite_with_h_on_a_class_centre() {
     }
 }
 
+/// The fused ops against the CPU (whose defaults chain the unfused ops), on each path
+/// of their CUDA versions.
+#[test]
+fn fused_ops_match_the_cpu_on_every_path() {
+    for (mode, tol) in MODES {
+        let Some(gpu) = open_gpu(mode) else { return };
+        println!("-- {mode:?}");
+        let mut x = Both::new(gpu, tol, 19);
+
+        // Residual + LayerNorm, and LayerNorm alone: float4 rows (C % 4 == 0, aligned),
+        // then scalar rows for C = 45 and for misaligned spans.
+        for (c, off) in [(48, 0), (45, 0), (48, 1)] {
+            let what = format!("C = {c}, offset {off}");
+            let (a, b) = (x.input_at(N * c, off), x.input_at(N * c, off));
+            let (w, bias) = (x.input_at(c, off), x.input_at(c, off));
+            let (res, out) = (x.poisoned_at(N * c, off), x.poisoned_at(N * c, off));
+            let (mean, rstd) = (x.poisoned(N), x.poisoned(N));
+            x.cpu.residual_layernorm_forward(
+                res.c, out.c, mean.c, rstd.c, a.c, b.c, w.c, bias.c, N, c, 1e-5,
+            );
+            x.gpu.residual_layernorm_forward(
+                res.g, out.g, mean.g, rstd.g, a.g, b.g, w.g, bias.g, N, c, 1e-5,
+            );
+            x.check(&format!("residual_layernorm residual, {what}"), res);
+            x.check(&format!("residual_layernorm out, {what}"), out);
+            x.check(&format!("residual_layernorm mean, {what}"), mean);
+            x.check(&format!("residual_layernorm rstd, {what}"), rstd);
+            let out = x.poisoned_at(N * c, off);
+            x.cpu
+                .layernorm_forward(out.c, mean.c, rstd.c, a.c, w.c, bias.c, N, c, 1e-5);
+            x.gpu
+                .layernorm_forward(out.g, mean.g, rstd.g, a.g, w.g, bias.g, N, c, 1e-5);
+            x.check(&format!("layernorm out, {what}"), out);
+        }
+
+        // matmul + GELU and GELU + matmul backward. A width of 4C suits cuBLASLt's GELU
+        // epilogues (its pre-activation's rows must hold a multiple of 8 floats); 4C + 4
+        // does not, so it must take the unfused path.
+        for width in [4 * C, 4 * C + 4] {
+            for with_bias in [true, false] {
+                let what = format!("width {width}, bias {with_bias}");
+                let before = x.gpu.epilogue_fallbacks();
+                let (inp, w, bias) = (x.input(N * C), x.input(width * C), x.input(width));
+                let (pre, out) = (x.poisoned(N * width), x.poisoned(N * width));
+                let b = |p: P| with_bias.then_some(p);
+                x.cpu.matmul_gelu_forward(
+                    pre.c,
+                    out.c,
+                    inp.c,
+                    w.c,
+                    b(bias).map(|p| p.c),
+                    N,
+                    C,
+                    width,
+                );
+                x.gpu.matmul_gelu_forward(
+                    pre.g,
+                    out.g,
+                    inp.g,
+                    w.g,
+                    b(bias).map(|p| p.g),
+                    N,
+                    C,
+                    width,
+                );
+                x.check(&format!("matmul_gelu_forward pre, {what}"), pre);
+                x.check(&format!("matmul_gelu_forward out, {what}"), out);
+
+                // A layer [width -> C] reading act = gelu(pre).
+                let (w2, dw2, db2, dout) = (
+                    x.input(C * width),
+                    x.input(C * width),
+                    x.input(C),
+                    x.input(N * C),
+                );
+                let (dpre, dact) = (x.poisoned(N * width), x.poisoned(N * width));
+                x.cpu.gelu_matmul_backward(
+                    dpre.c,
+                    dact.c,
+                    dw2.c,
+                    b(db2).map(|p| p.c),
+                    dout.c,
+                    out.c,
+                    pre.c,
+                    w2.c,
+                    N,
+                    width,
+                    C,
+                );
+                x.gpu.gelu_matmul_backward(
+                    dpre.g,
+                    dact.g,
+                    dw2.g,
+                    b(db2).map(|p| p.g),
+                    dout.g,
+                    out.g,
+                    pre.g,
+                    w2.g,
+                    N,
+                    width,
+                    C,
+                );
+                x.check(&format!("gelu_matmul_backward dpre, {what}"), dpre);
+                x.check(&format!("gelu_matmul_backward dweight (+=), {what}"), dw2);
+                if with_bias {
+                    x.check(&format!("gelu_matmul_backward dbias (+=), {what}"), db2);
+                }
+                let fallbacks = x.gpu.epilogue_fallbacks() - before;
+                println!("  {what}: {fallbacks} GEMM(s) ran unfused");
+                if width % 8 != 0 {
+                    assert!(fallbacks >= 2, "width {width} must take the unfused path");
+                }
+            }
+        }
+
+        // AdamW and the sum of squares over float4s: a length with a tail of 3, then
+        // misaligned spans (scalar throughout).
+        for off in [0, 1] {
+            let len = 4099;
+            let (p, g, m) = (
+                x.input_at(len, off),
+                x.input_at(len, off),
+                x.input_at(len, off),
+            );
+            let v = x.input_at(len, off);
+            let v2: Vec<f32> = x.cpu.read(v.c).iter().map(|e| e * e).collect();
+            x.cpu.write(v.c, &v2);
+            x.gpu.write(v.g, &v2);
+            let hp = AdamW {
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                step: 2,
+                grad_scale: 0.7,
+            };
+            x.cpu.adamw_update(p.c, g.c, m.c, v.c, hp);
+            x.gpu.adamw_update(p.g, g.g, m.g, v.g, hp);
+            for (what, t) in [("params", p), ("m", m), ("v", v)] {
+                x.check(&format!("adamw {what}, {len} at offset {off}"), t);
+            }
+            let (cpu, gpu) = (x.cpu.sum_squares(g.c), x.gpu.sum_squares(g.g));
+            let err = ((gpu - cpu) / cpu).abs();
+            println!("sum_squares, {len} at offset {off}: relative error {err:.2e}");
+            assert!(
+                err < 1e-9,
+                "sum_squares at offset {off}: cpu {cpu} gpu {gpu}"
+            );
+        }
+    }
+}
+
+/// In bf16 mode GEMMs read weights from bf16 shadows that AdamW writes and that any
+/// other write to the parameters makes stale. Whatever happened to the parameters,
+/// the model must compute what a fresh backend computes from the same fp32 values.
+#[test]
+fn bf16_weight_shadows_follow_adamw_and_every_write() {
+    let Some(gpu) = open_gpu(GpuPrecision::Bf16) else {
+        return;
+    };
+    let config = small_config("harmonic", true);
+    let data = data::builtin(&config, 0, 1).unwrap();
+    let mut tr = Trainer::new(&config, gpu, data).unwrap();
+    let (b, t) = (config.train.batch_size, config.train.seq_len);
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let tokens: Vec<u32> = (0..b * t + 1).map(|_| rng.random_range(0..97)).collect();
+    let (inp, tgt) = (&tokens[..b * t], &tokens[1..]);
+    let loss_and_grads = |m: &mut Gpt<CudaBackend>| {
+        m.zero_grads();
+        let loss = m.forward(inp, tgt, b, t, Some(1.0));
+        m.backward();
+        (loss, m.read_grads())
+    };
+    let mut last_loss = f64::NAN;
+    let mut check = |what: &str, m: &mut Gpt<CudaBackend>| {
+        let (loss, grads) = loss_and_grads(m);
+        let fresh_backend = CudaBackend::new(GpuPrecision::Bf16).unwrap();
+        let mut fresh = Gpt::with_params(fresh_backend, &config.model, &m.read_params());
+        let (fresh_loss, fresh_grads) = loss_and_grads(&mut fresh);
+        let (loss_err, grad_err) = (
+            ((loss - fresh_loss) / fresh_loss).abs(),
+            rel_err(&fresh_grads, &grads),
+        );
+        println!("{what}: loss {loss:.6} vs fresh {fresh_loss:.6}, gradients {grad_err:.2e}");
+        // The forward pass has no atomics: equal up to rounding; the backward's
+        // atomics may reorder sums.
+        assert!(loss_err < 1e-6, "{what}: loss {loss} vs fresh {fresh_loss}");
+        assert!(
+            grad_err < 1e-5,
+            "{what}: gradients differ by {grad_err:.2e}"
+        );
+        assert!(loss != last_loss, "{what}: the parameters did not change");
+        last_loss = loss;
+    };
+    for _ in 0..3 {
+        tr.train_step();
+    }
+    check("after 3 AdamW steps", &mut tr.model);
+
+    let m = &mut tr.model;
+    let qkv = m.layout.layer(m.params, idx::QKVW, 0);
+    let new_qkv = (0..qkv.len)
+        .map(|i| 0.03 * (i as f32 * 0.61).sin())
+        .collect::<Vec<_>>();
+    m.backend.write(qkv, &new_qkv);
+    check("after write into one layer's qkv weight", m);
+
+    let attproj = m.layout.layer(m.params, idx::ATTPROJW, 1);
+    m.backend.fill(attproj.slice(0, attproj.len / 2), 0.01);
+    check("after fill of half an attention projection", m);
+
+    // The tied wte is the head's weight too: copy rows in from outside the parameters.
+    let wte = m.layout.span(m.params, idx::WTE);
+    let rows = m.backend.alloc(10 * 64);
+    m.backend.write(
+        rows,
+        &(0..640)
+            .map(|i| (i as f32 * 0.37).cos() * 0.05)
+            .collect::<Vec<_>>(),
+    );
+    m.backend.copy(wte.slice(20 * 64, 640), rows);
+    check("after copy into ten wte rows", m);
+
+    // An update right after a write, with the shadow still stale, then a normal one.
+    let fcproj = m.layout.layer(m.params, idx::FCPROJW, 0);
+    m.backend.write(fcproj, &vec![0.02; fcproj.len]);
+    for _ in 0..2 {
+        tr.train_step();
+    }
+    check("after a write then 2 AdamW steps", &mut tr.model);
+}
+
 /// A small model: 2 layers, 4 heads, 64 channels, vocabulary 97 (odd, so tensor
 /// offsets in the flat buffers are not multiples of 4).
 fn small_config(head: &str, tie: bool) -> Config {
@@ -585,6 +958,53 @@ fn fifty_training_steps_track_the_cpu_loss_curve() {
             "{mode:?}: 50 steps, GPU loss {first:.4} -> {last:.4}, worst step error {worst:.2e}"
         );
         assert!(last < first, "the GPU loss did not fall");
+    }
+}
+
+/// After a training step the CUDA backend holds exactly the memory plan: every
+/// scratch slot at its planned size, and the peak at the planned total.
+#[test]
+fn training_step_holds_exactly_the_memory_plan() {
+    for (mode, _) in MODES {
+        for head in ["harmonic", "softmax"] {
+            let Some(gpu) = open_gpu(mode) else { return };
+            let config = small_config(head, true);
+            let data = data::builtin(&config, 0, 1).unwrap();
+            let mut tr = Trainer::new(&config, gpu, data).unwrap();
+            tr.train_step();
+            tr.train_step();
+            let be = &tr.model.backend;
+            let (m, t) = (&config.model, &config.train);
+            let shape = cuda::StepShape {
+                b: t.batch_size,
+                t: t.seq_len,
+                c: m.n_embd,
+                nh: m.n_head,
+                v: m.vocab_size,
+                harmonic: head == "harmonic",
+                precision: mode,
+                head_chunk_floats: cuda::HEAD_CHUNK_FLOATS,
+            };
+            let planned: Vec<(String, usize)> = cuda::training_scratch_bytes(&shape)
+                .into_iter()
+                .map(|s| (s.name, s.bytes))
+                .collect();
+            assert_eq!(
+                be.scratch_bytes(),
+                planned,
+                "{mode:?} {head}: scratch slots"
+            );
+            let target = Target::Cuda {
+                precision: mode,
+                cc_major: be.cc_major(),
+            };
+            let total = plan(&config, t.batch_size, target).total_bytes;
+            println!(
+                "{mode:?} {head}: peak {} bytes, planned {total}",
+                be.peak_memory_bytes()
+            );
+            assert_eq!(be.peak_memory_bytes(), total, "{mode:?} {head}: peak");
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 #   2. the CUDA/CPU parity suite (cuda_parity): every op, both heads' losses and
 #      gradients, 50 training steps, h on a class centre, fp32 and bf16
 #   3. GPT-2 124M (configs/gpt2-124m-harmonic.toml) trains a few steps, loss falling
-#   4. hgpt bench --device cuda on the same model: tokens/s and peak memory
+#   4. hgpt bench --device cuda on the same model: tokens/s, MFU, peak memory beside
+#      the memory plan's figure
 # then prints a table. Logs go to $OUT (or .devbin/gpu-check). Exit status: failures.
 # Usage: tools/gpu_check.sh [steps]   (training steps for check 3, default 30)
 set -uo pipefail
@@ -16,18 +17,7 @@ LOGS=${OUT:-$BIN/gpu-check}
 STEPS=${1:-30}
 mkdir -p "$LOGS"
 
-# Where the CUDA libraries may be: the loader's cache (ldconfig -p), the toolkit,
-# pip's nvidia/cu13 (hgpt's own cache dir, or any Python's site-packages).
-dirs=("${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64
-      "${HGPT_CUDA_PIP:-$HOME/.cache/hgpt/cuda-pip}/nvidia/cu13/lib")
-if command -v python3 >/dev/null; then
-    while read -r d; do dirs+=("$d"); done < <(python3 -c \
-        'import site; [print(p + "/nvidia/cu13/lib") for p in site.getsitepackages()]' 2>/dev/null)
-fi
-for d in "${dirs[@]}"; do
-    [ -d "$d" ] && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
-export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}
+source tools/cuda_env.sh
 export HGPT_CACHE=${HGPT_CACHE:-$BIN/kernel-cache}
 
 echo "== CUDA libraries"
@@ -83,9 +73,9 @@ check bench-124m "$BIN/hgpt" bench --device cuda --config configs/gpt2-124m-harm
     --set data.builtin_train_bytes=4000000 --set data.builtin_val_bytes=200000
 field() { grep -o "\"$1\": [0-9.e+-]*" "$LOGS/bench-124m.log" | head -n1 | awk '{ print $2 }'; }
 if [ -n "$(field tokens_per_s)" ]; then
-    rows[-1]="${rows[-1]}$(printf '%.0f tok/s, %.1f ms/step, peak %.0f MiB, GEMM peak %.0f GFLOP/s' \
-        "$(field tokens_per_s)" "$(field ms_per_step)" "$(field peak_memory_mib)" \
-        "$(field gemm_peak_gflops)")"
+    rows[-1]="${rows[-1]}$(printf '%.0f tok/s, %.1f ms/step, MFU %.3f, peak %.0f MiB (planned %.0f), GEMM peak %.0f TFLOP/s' \
+        "$(field tokens_per_s)" "$(field ms_per_step)" "$(field mfu)" "$(field peak_memory_mib)" \
+        "$(field planned_memory_mib)" "$(field gemm_peak_tflops)")"
 fi
 
 echo

@@ -17,9 +17,9 @@
 pub mod cpu;
 pub mod cuda;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
-use crate::config::Precision;
+use crate::config::{Config, Precision};
 use crate::head::HeadKind;
 use cuda::{CudaBackend, GpuPrecision};
 
@@ -33,20 +33,32 @@ pub enum DeviceChoice {
     Cuda,
 }
 
+/// How the GPU runs a config's `train.precision` ("auto" is bf16 there).
+pub fn gpu_precision(precision: Precision) -> GpuPrecision {
+    match precision {
+        Precision::Fp32 => GpuPrecision::Fp32,
+        Precision::Auto | Precision::Bf16 => GpuPrecision::Bf16,
+    }
+}
+
 /// Opens the GPU backend when `choice` asks for it (auto: when the driver library and
 /// a device are present), or returns None for the CPU; with it, a line for the user
 /// saying which it is and why (printed by the caller once set-up has succeeded, so a
-/// failed command prints only its error).
-pub fn open_gpu(
-    choice: DeviceChoice,
-    precision: Precision,
-) -> Result<(Option<CudaBackend>, String)> {
+/// failed command prints only its error). The GPU runs in `config`'s precision, and a
+/// model whose head size its attention kernels cannot take is refused before any GPU
+/// work.
+pub fn open_gpu(choice: DeviceChoice, config: &Config) -> Result<(Option<CudaBackend>, String)> {
+    let precision = config.train.precision;
     let open = || -> Result<(Option<CudaBackend>, String)> {
-        let p = match precision {
-            Precision::Fp32 => GpuPrecision::Fp32,
-            Precision::Auto | Precision::Bf16 => GpuPrecision::Bf16,
-        };
-        let be = CudaBackend::new(p)?;
+        let hs = config.model.head_size();
+        if hs > cuda::MAX_HEAD_SIZE {
+            bail!(
+                "model.n_embd / model.n_head = {hs}: the CUDA backend's attention takes head \
+                 sizes up to {}; use --device cpu or more heads",
+                cuda::MAX_HEAD_SIZE
+            );
+        }
+        let be = CudaBackend::new(gpu_precision(precision))?;
         let line = format!("device: {}", be.describe());
         Ok((Some(be), line))
     };
@@ -309,6 +321,69 @@ pub trait Backend {
 
     /// out = a + b
     fn add(&self, out: Span, a: Span, b: Span);
+
+    // ---- fused ops: each has a default that chains the ops above, so the CPU
+    // backend runs exactly the unfused sequence; a backend may override it with
+    // fewer passes over memory. ----
+
+    /// The residual connection and the LayerNorm after it:
+    /// residual = a + b, then out = layernorm(residual) (saving mean and rstd).
+    fn residual_layernorm_forward(
+        &self,
+        residual: Span,
+        out: Span,
+        mean: Span,
+        rstd: Span,
+        a: Span,
+        b: Span,
+        weight: Span,
+        bias: Span,
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) {
+        self.add(residual, a, b);
+        self.layernorm_forward(out, mean, rstd, residual, weight, bias, n, c, eps);
+    }
+
+    /// A dense layer followed by GELU: pre = inp @ weight^T + bias (kept for the
+    /// backward pass), out = gelu(pre).
+    fn matmul_gelu_forward(
+        &self,
+        pre: Span,
+        out: Span,
+        inp: Span,
+        weight: Span,
+        bias: Option<Span>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
+        self.matmul_forward(pre, inp, weight, bias, n, c, oc);
+        self.gelu_forward(out, pre);
+    }
+
+    /// The backward pass of a dense layer whose input is act = gelu(pre)
+    /// (out[n,oc] = act[n,c] @ weight^T + bias): dpre = gelu'(pre) * (dout @ weight),
+    /// dweight += dout^T @ act, dbias += column sums of dout. `dact` [n, c] is
+    /// scratch for dout @ weight, which a fused backend need not write.
+    fn gelu_matmul_backward(
+        &self,
+        dpre: Span,
+        dact: Span,
+        dweight: Span,
+        dbias: Option<Span>,
+        dout: Span,
+        act: Span,
+        pre: Span,
+        weight: Span,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
+        self.matmul_backward(dact, dweight, dbias, dout, act, weight, n, c, oc);
+        self.gelu_backward(dpre, pre, dact);
+    }
 
     /// The output head. h[n,c] final hidden states, w[v,c] class centres (harmonic)
     /// or unembedding rows (softmax), targets[n]. Writes the per-position loss

@@ -85,7 +85,8 @@ impl<B: Backend> SgldTarget for GptTarget<'_, B> {
 
     fn anchor_loss(&mut self, batch: &Batch) -> f64 {
         // The model reads its weights through `params` on every pass: point it at w*
-        // (no copy), evaluate, point it back.
+        // (no copy), evaluate, point it back. (On a GPU in bf16 mode w*'s buffer gets
+        // its own bf16 shadow; shadows are per buffer.)
         let (b, t) = (self.batch_size, self.seq_len);
         std::mem::swap(&mut self.model.params, &mut self.anchor);
         let loss = self
@@ -194,7 +195,7 @@ pub enum DeviceGpt {
 impl DeviceGpt {
     /// Opens the device (saying which on stderr) and allocates the model there.
     pub fn open(device: DeviceChoice, config: &Config) -> Result<DeviceGpt> {
-        let (gpu, device_line) = open_gpu(device, config.train.precision)?;
+        let (gpu, device_line) = open_gpu(device, config)?;
         eprintln!("{device_line}");
         Ok(match gpu {
             Some(gpu) => DeviceGpt::Cuda(Box::new(Gpt::new(gpu, &config.model))),

@@ -96,25 +96,19 @@ impl<B: Backend> Gpt<B> {
         let be = &self.backend;
         let kc = &*cache;
         be.copy(kc.embed, self.p(idx::WTE).slice(token as usize * c, c));
-        be.add(kc.residual, kc.embed, self.p(idx::WPE).slice(pos * c, c));
+        // residual = the embedding, then ln = the LayerNorm that reads it; each later
+        // residual add is fused with the LayerNorm after it, as in `trunk_forward`.
+        let residual_ln = |residual: Span, a: Span, b: Span, after: usize| {
+            let (w, bias) = self.ln_params_after(after);
+            be.residual_layernorm_forward(
+                residual, kc.ln, kc.mean, kc.rstd, a, b, w, bias, 1, c, eps,
+            )
+        };
+        residual_ln(kc.residual, kc.embed, self.p(idx::WPE).slice(pos * c, c), 0);
         for l in 0..m.n_layer {
-            let ln = |out: Span, inp: Span, w: usize, b: usize| {
-                be.layernorm_forward(
-                    out,
-                    kc.mean,
-                    kc.rstd,
-                    inp,
-                    self.pl(w, l),
-                    self.pl(b, l),
-                    1,
-                    c,
-                    eps,
-                )
-            };
             let linear = |out: Span, inp: Span, w: usize, b: usize, ic: usize, oc: usize| {
                 be.matmul_forward(out, inp, self.pl(w, l), Some(self.pl(b, l)), 1, ic, oc)
             };
-            ln(kc.ln, kc.residual, idx::LN1W, idx::LN1B);
             linear(kc.qkv, kc.ln, idx::QKVW, idx::QKVB, c, 3 * c);
             be.copy(kc.keys[l].slice(pos * c, c), kc.qkv.slice(c, c));
             be.copy(kc.values[l].slice(pos * c, c), kc.qkv.slice(2 * c, c));
@@ -128,24 +122,32 @@ impl<B: Backend> Gpt<B> {
                 nh,
             );
             linear(kc.proj, kc.atty, idx::ATTPROJW, idx::ATTPROJB, c, c);
-            be.add(kc.residual2, kc.residual, kc.proj);
-            ln(kc.ln, kc.residual2, idx::LN2W, idx::LN2B);
-            linear(kc.fch, kc.ln, idx::FCW, idx::FCB, c, 4 * c);
-            be.gelu_forward(kc.fch_gelu, kc.fch);
+            be.residual_layernorm_forward(
+                kc.residual2,
+                kc.ln,
+                kc.mean,
+                kc.rstd,
+                kc.residual,
+                kc.proj,
+                self.pl(idx::LN2W, l),
+                self.pl(idx::LN2B, l),
+                1,
+                c,
+                eps,
+            );
+            be.matmul_gelu_forward(
+                kc.fch,
+                kc.fch_gelu,
+                kc.ln,
+                self.pl(idx::FCW, l),
+                Some(self.pl(idx::FCB, l)),
+                1,
+                c,
+                4 * c,
+            );
             linear(kc.proj, kc.fch_gelu, idx::FCPROJW, idx::FCPROJB, 4 * c, c);
-            be.add(kc.residual, kc.residual2, kc.proj);
+            residual_ln(kc.residual, kc.residual2, kc.proj, l + 1);
         }
-        be.layernorm_forward(
-            kc.ln,
-            kc.mean,
-            kc.rstd,
-            kc.residual,
-            self.p(idx::LNFW),
-            self.p(idx::LNFB),
-            1,
-            c,
-            eps,
-        );
         cache.len += 1;
         self.head_row(cache, cache.ln)
     }

@@ -3,7 +3,13 @@
 //! Pre-LayerNorm blocks: x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)); then ln_f and
 //! the output head (harmonic or softmax). Forward keeps every activation the
 //! backward pass needs; backward runs the blocks in reverse, keeping the gradient of
-//! the residual stream in one buffer that each LayerNorm backward adds into.
+//! the residual stream in one buffer that each LayerNorm backward adds into (so the
+//! skip connection's gradient costs no pass of its own).
+//!
+//! The model calls the trait's fused ops where two steps meet: each residual add
+//! with the LayerNorm after it, the MLP's first matmul with its GELU, and GELU's
+//! backward with the backward of the matmul that reads it. Their default bodies are
+//! the unfused sequence, so the CPU backend computes exactly what it did unfused.
 
 pub mod decode;
 pub mod layout;
@@ -78,37 +84,19 @@ impl Carver {
 }
 
 impl Activations {
-    /// Floats needed, computed by carving a dummy span of unbounded length.
+    /// Allocates and carves the activations of a (b, t) forward and backward pass.
     fn new<B: Backend>(backend: &B, m: &ModelConfig, b: usize, t: usize) -> Activations {
-        let dry = Self::carve(
-            backend,
-            m,
-            b,
-            t,
-            Span {
-                buf: usize::MAX,
-                off: 0,
-                len: usize::MAX,
-            },
-            None,
-        );
-        let total = dry.0;
+        let state_len = backend.attention_state_len(b, t, m.n_head);
+        let total = ActivationFloats::new(m, b, t, state_len).total;
         let all = backend.alloc(total);
-        let inputs = backend.alloc_tokens(b * t);
-        let targets = backend.alloc_tokens(b * t);
-        Self::carve(backend, m, b, t, all, Some((inputs, targets)))
-            .1
-            .unwrap()
+        let mut acts = Self::carve(m, b, t, state_len, all);
+        acts.inputs = backend.alloc_tokens(b * t);
+        acts.targets = backend.alloc_tokens(b * t);
+        acts
     }
 
-    fn carve<B: Backend>(
-        backend: &B,
-        m: &ModelConfig,
-        b: usize,
-        t: usize,
-        base: Span,
-        tokens: Option<(TokenSpan, TokenSpan)>,
-    ) -> (usize, Option<Activations>) {
+    /// Lays the activations out in `base`, in order; token spans are left empty.
+    fn carve(m: &ModelConfig, b: usize, t: usize, state_len: usize, base: Span) -> Activations {
         let (n, c) = (b * t, m.n_embd);
         let mut k = Carver { base, off: 0 };
         let encoded = k.take(n * c);
@@ -119,7 +107,7 @@ impl Activations {
                 ln1_rstd: k.take(n),
                 qkv: k.take(n * 3 * c),
                 atty: k.take(n * c),
-                att_state: k.take(backend.attention_state_len(b, t, m.n_head)),
+                att_state: k.take(state_len),
                 attproj: k.take(n * c),
                 residual2: k.take(n * c),
                 ln2: k.take(n * c),
@@ -144,15 +132,17 @@ impl Activations {
             fch: k.take(n * 4 * c),
             fch_gelu: k.take(n * 4 * c),
         };
-        let Some((inputs, targets)) = tokens else {
-            return (k.off, None);
+        let no_tokens = TokenSpan {
+            buf: usize::MAX,
+            off: 0,
+            len: 0,
         };
-        let acts = Activations {
+        Activations {
             b,
             t,
-            all: base,
-            inputs,
-            targets,
+            all: base.slice(0, k.off),
+            inputs: no_tokens,
+            targets: no_tokens,
             encoded,
             layers,
             lnf,
@@ -160,8 +150,46 @@ impl Activations {
             lnf_rstd,
             losses,
             grads,
+        }
+    }
+}
+
+/// Floats of the activation buffer `Gpt` allocates for a (b, t) training step,
+/// measured on the very layout the model carves (for the memory planner).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActivationFloats {
+    /// Everything the blocks keep for the backward pass, all layers together...
+    pub layers: usize,
+    /// ...of which the attention state (`Backend::attention_state_len` per layer).
+    pub attention_state: usize,
+    /// Embeddings' output, ln_f with its statistics, per-position losses.
+    pub trunk: usize,
+    /// Gradient scratch of the backward pass, shared by all layers.
+    pub backward: usize,
+    pub total: usize,
+}
+
+impl ActivationFloats {
+    /// `state_len`: the backend's `attention_state_len(b, t, n_head)`.
+    pub fn new(m: &ModelConfig, b: usize, t: usize, state_len: usize) -> ActivationFloats {
+        // Carve a span that is never allocated; only the offsets matter.
+        let unbounded = Span {
+            buf: usize::MAX,
+            off: 0,
+            len: usize::MAX,
         };
-        (k.off, Some(acts))
+        let a = Activations::carve(m, b, t, state_len, unbounded);
+        let end = |s: Span| s.off + s.len;
+        let layers_end = a.layers.last().map_or(end(a.encoded), |l| end(l.residual3));
+        let layers = layers_end - end(a.encoded);
+        let backward = a.all.len - a.grads.residual.off;
+        ActivationFloats {
+            layers,
+            attention_state: a.layers.iter().map(|l| l.att_state.len).sum(),
+            trunk: a.all.len - layers - backward,
+            backward,
+            total: a.all.len,
+        }
     }
 }
 
@@ -271,23 +299,21 @@ impl<B: Backend> Gpt<B> {
             t,
             c,
         );
+        // Each residual add is fused with the LayerNorm that reads its result: x + attn
+        // with ln_2, x + mlp with the next block's ln_1 (ln_f after the last block).
+        let ln_acts = |l: usize| match a.layers.get(l) {
+            Some(la) => (la.ln1, la.ln1_mean, la.ln1_rstd),
+            None => (a.lnf, a.lnf_mean, a.lnf_rstd),
+        };
+        let (ln, ln_mean, ln_rstd) = ln_acts(0);
+        let (ln_w, ln_b) = self.ln_params_after(0);
+        be.layernorm_forward(ln, ln_mean, ln_rstd, a.encoded, ln_w, ln_b, n, c, eps);
         for (l, la) in a.layers.iter().enumerate() {
             let residual = if l == 0 {
                 a.encoded
             } else {
                 a.layers[l - 1].residual3
             };
-            be.layernorm_forward(
-                la.ln1,
-                la.ln1_mean,
-                la.ln1_rstd,
-                residual,
-                self.pl(idx::LN1W, l),
-                self.pl(idx::LN1B, l),
-                n,
-                c,
-                eps,
-            );
             be.matmul_forward(
                 la.qkv,
                 la.ln1,
@@ -307,20 +333,22 @@ impl<B: Backend> Gpt<B> {
                 c,
                 c,
             );
-            be.add(la.residual2, residual, la.attproj);
-            be.layernorm_forward(
+            be.residual_layernorm_forward(
+                la.residual2,
                 la.ln2,
                 la.ln2_mean,
                 la.ln2_rstd,
-                la.residual2,
+                residual,
+                la.attproj,
                 self.pl(idx::LN2W, l),
                 self.pl(idx::LN2B, l),
                 n,
                 c,
                 eps,
             );
-            be.matmul_forward(
+            be.matmul_gelu_forward(
                 la.fch,
+                la.fch_gelu,
                 la.ln2,
                 self.pl(idx::FCW, l),
                 Some(self.pl(idx::FCB, l)),
@@ -328,7 +356,6 @@ impl<B: Backend> Gpt<B> {
                 c,
                 4 * c,
             );
-            be.gelu_forward(la.fch_gelu, la.fch);
             be.matmul_forward(
                 la.fcproj,
                 la.fch_gelu,
@@ -338,20 +365,32 @@ impl<B: Backend> Gpt<B> {
                 4 * c,
                 c,
             );
-            be.add(la.residual3, la.residual2, la.fcproj);
+            let (ln, ln_mean, ln_rstd) = ln_acts(l + 1);
+            let (ln_w, ln_b) = self.ln_params_after(l + 1);
+            be.residual_layernorm_forward(
+                la.residual3,
+                ln,
+                ln_mean,
+                ln_rstd,
+                la.residual2,
+                la.fcproj,
+                ln_w,
+                ln_b,
+                n,
+                c,
+                eps,
+            );
         }
-        let last = a.layers.last().map_or(a.encoded, |la| la.residual3);
-        be.layernorm_forward(
-            a.lnf,
-            a.lnf_mean,
-            a.lnf_rstd,
-            last,
-            self.p(idx::LNFW),
-            self.p(idx::LNFB),
-            n,
-            c,
-            eps,
-        );
+    }
+
+    /// Weight and bias of the LayerNorm that reads the residual stream after `l`
+    /// blocks: block l's ln_1, or ln_f after the last block.
+    fn ln_params_after(&self, l: usize) -> (Span, Span) {
+        if l < self.config.n_layer {
+            (self.pl(idx::LN1W, l), self.pl(idx::LN1B, l))
+        } else {
+            (self.p(idx::LNFW), self.p(idx::LNFB))
+        }
     }
 
     /// Forward pass with targets; returns the mean loss over the b*t positions. With
@@ -447,18 +486,19 @@ impl<B: Backend> Gpt<B> {
                 a.layers[l - 1].residual3
             };
             // MLP: residual3 = residual2 + fcproj(gelu(fc(ln_2(residual2))))
-            be.matmul_backward(
+            be.gelu_matmul_backward(
+                g.fch,
                 g.fch_gelu,
                 self.gl(idx::FCPROJW, l),
                 Some(self.gl(idx::FCPROJB, l)),
                 g.residual,
                 la.fch_gelu,
+                la.fch,
                 self.pl(idx::FCPROJW, l),
                 n,
                 4 * c,
                 c,
             );
-            be.gelu_backward(g.fch, la.fch, g.fch_gelu);
             be.matmul_backward(
                 g.ln,
                 self.gl(idx::FCW, l),

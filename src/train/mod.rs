@@ -167,7 +167,7 @@ fn start(
         }
         None => None,
     };
-    let (gpu, device_line) = open_gpu(device, config.train.precision)?;
+    let (gpu, device_line) = open_gpu(device, config)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create run directory {}", out.display()))?;
     write_config(config, out)?;
@@ -236,7 +236,7 @@ pub fn resume(run: &Path, config: &Config, device: DeviceChoice) -> Result<Summa
     }
     write_config(config, run)?;
     let host = (params.as_slice(), moments.as_slice());
-    let (gpu, device_line) = open_gpu(device, config.train.precision)?;
+    let (gpu, device_line) = open_gpu(device, config)?;
     match gpu {
         Some(gpu) => {
             let tr = Trainer::new(config, gpu, data)?;

@@ -12,6 +12,13 @@ use crate::head::{HeadKind, logits_from_dots, row_loss_and_grad};
 
 const CHUNK: usize = 256;
 
+/// Floats of host scratch `head_loss` holds at its peak for `n` positions: the
+/// chunk's dot products, |h|^2 of its rows, |w|^2 and colsum(G).
+pub fn scratch_floats(n: usize, v: usize) -> usize {
+    let rows = CHUNK.min(n);
+    rows * v + rows + 2 * v
+}
+
 fn squared_norms<F: Real>(m: &[F], c: usize) -> Vec<F> {
     m.par_chunks(c)
         .map(|r| r.iter().fold(F::zero(), |s, &x| s + x * x))

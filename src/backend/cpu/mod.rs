@@ -15,7 +15,7 @@ pub mod layernorm;
 pub mod matmul;
 pub mod sgld;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -78,13 +78,15 @@ impl<T: Copy + Default> Store<T> {
         bufs.len() - 1
     }
 
-    fn free(&self, buf: usize) {
+    /// Frees buffer `buf`; returns its length (0 if it was already freed).
+    fn free(&self, buf: usize) -> usize {
         let mut bufs = self.bufs.borrow_mut();
         let (p, len) = std::mem::replace(&mut bufs[buf], (std::ptr::null_mut(), 0));
         if !p.is_null() {
             // SAFETY: the pointer came from Box::into_raw of a slice of this length.
             drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, len)) });
         }
+        len
     }
 
     fn ptr(&self, buf: usize, off: usize, len: usize) -> *mut T {
@@ -127,6 +129,9 @@ pub struct OpStats {
 pub struct CpuBackend<F: Real = f32> {
     floats: Store<F>,
     tokens: Store<u32>,
+    /// Bytes of buffers held now and at most (what the memory planner predicts).
+    held: Cell<usize>,
+    peak: Cell<usize>,
     profile: RefCell<Option<BTreeMap<&'static str, OpStats>>>,
 }
 
@@ -141,8 +146,22 @@ impl<F: Real> CpuBackend<F> {
         CpuBackend {
             floats: Store::new(),
             tokens: Store::new(),
+            held: Cell::new(0),
+            peak: Cell::new(0),
             profile: RefCell::new(None),
         }
+    }
+
+    /// The most bytes of buffers (`alloc`, `alloc_tokens`) held at once. Op-internal
+    /// scratch (the head's chunk of dot products) is host memory outside this count.
+    pub fn peak_memory_bytes(&self) -> usize {
+        self.peak.get()
+    }
+
+    fn track(&self, delta: isize) {
+        let held = (self.held.get() as isize + delta) as usize;
+        self.held.set(held);
+        self.peak.set(self.peak.get().max(held));
     }
 
     /// The span's values in the backend's own precision (for f64 gradient checks).
@@ -203,6 +222,7 @@ impl<F: Real> Backend for CpuBackend<F> {
     }
 
     fn alloc(&self, len: usize) -> Span {
+        self.track((len * size_of::<F>()) as isize);
         Span {
             buf: self.floats.alloc(len),
             off: 0,
@@ -211,6 +231,7 @@ impl<F: Real> Backend for CpuBackend<F> {
     }
 
     fn alloc_tokens(&self, len: usize) -> TokenSpan {
+        self.track((len * size_of::<u32>()) as isize);
         TokenSpan {
             buf: self.tokens.alloc(len),
             off: 0,
@@ -220,12 +241,14 @@ impl<F: Real> Backend for CpuBackend<F> {
 
     fn free(&self, span: Span) {
         assert_eq!(span.off, 0, "free takes whole buffers");
-        self.floats.free(span.buf);
+        let len = self.floats.free(span.buf);
+        self.track(-((len * size_of::<F>()) as isize));
     }
 
     fn free_tokens(&self, span: TokenSpan) {
         assert_eq!(span.off, 0, "free takes whole buffers");
-        self.tokens.free(span.buf);
+        let len = self.tokens.free(span.buf);
+        self.track(-((len * size_of::<u32>()) as isize));
     }
 
     fn write(&self, dst: Span, src: &[f32]) {

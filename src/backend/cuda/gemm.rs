@@ -4,6 +4,11 @@
 //! so every call swaps the operands and describes each row-major matrix as its
 //! column-major transpose. Operands are fp32 (fp32 mode, exact fp32 compute, no TF32)
 //! or bf16 (bf16 mode); the output and the accumulation are always fp32.
+//!
+//! An [`Epilogue`] lets cuBLASLt finish the product in the same kernel: add a bias,
+//! apply GELU (keeping its input), or multiply by GELU's derivative. cuBLASLt may have
+//! no kernel for a given epilogue, types and shape; `try_run` then says so (and
+//! remembers it), and the caller does the same work with separate kernels.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -45,16 +50,49 @@ pub struct Operand {
     pub trans: bool,
 }
 
-/// `count` products whose operands and outputs sit `stride_*` elements apart.
-#[derive(Clone, Copy, Debug)]
-pub struct Batch {
-    pub count: usize,
-    pub stride_a: usize,
-    pub stride_b: usize,
-    pub stride_c: usize,
+/// What cuBLASLt does with the product P = alpha op(A) op(B) before storing C (all in
+/// row-major terms: `bias` holds n fp32 values, one per column of C; `pre` is an fp32
+/// [m, n] matrix). Epilogues other than `None` take beta = 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// C = P + beta C
+    None,
+    /// C = P + bias
+    Bias { bias: u64 },
+    /// pre = P + bias (bias 0: none), C = gelu(pre). cuBLASLt's GELU is the tanh form
+    /// GPT-2 uses (llm.c fuses it the same way; a cuBLASLt sample prints gelu(1) =
+    /// 0.841194, where the tanh form gives 0.841192 and erf's 0.841345); the parity
+    /// tests hold it to the CPU.
+    GeluAux { bias: u64, pre: u64 },
+    /// C = P * gelu'(pre), pre as written by `GeluAux`.
+    DGelu { pre: u64 },
 }
 
-/// One product C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C, C fp32 row-major.
+impl Epilogue {
+    fn cublas(self) -> sys::cublasLtEpilogue_t {
+        use sys::cublasLtEpilogue_t as E;
+        match self {
+            Epilogue::None => E::CUBLASLT_EPILOGUE_DEFAULT,
+            Epilogue::Bias { .. } => E::CUBLASLT_EPILOGUE_BIAS,
+            Epilogue::GeluAux { bias: 0, .. } => E::CUBLASLT_EPILOGUE_GELU_AUX,
+            Epilogue::GeluAux { .. } => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            Epilogue::DGelu { .. } => E::CUBLASLT_EPILOGUE_DGELU,
+        }
+    }
+
+    /// The bias vector and the auxiliary matrix pointers (0: none).
+    fn pointers(self) -> (u64, u64) {
+        match self {
+            Epilogue::None => (0, 0),
+            Epilogue::Bias { bias } => (bias, 0),
+            Epilogue::GeluAux { bias, pre } => (bias, pre),
+            Epilogue::DGelu { pre } => (0, pre),
+        }
+    }
+}
+
+/// One product C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C, C fp32 row-major,
+/// finished by `epilogue`.
 #[derive(Clone, Copy, Debug)]
 pub struct Product {
     pub m: usize,
@@ -62,17 +100,26 @@ pub struct Product {
     pub k: usize,
     pub alpha: f32,
     pub beta: f32,
-    pub batch: Option<Batch>,
+    pub epilogue: Epilogue,
 }
 
-/// Everything cuBLASLt's algorithm choice depends on.
-type ShapeKey = (DType, [usize; 3], [bool; 2], Option<[usize; 4]>, [u32; 4]);
+/// Everything cuBLASLt's algorithm choice depends on: types, shape, transposes,
+/// the alignments of A, B, C, D, and the epilogue with the alignments of its
+/// bias and auxiliary matrix (the heuristic reads those pointers for their alignment).
+type ShapeKey = (
+    DType,
+    [usize; 3],
+    [bool; 2],
+    [u32; 4],
+    (sys::cublasLtEpilogue_t, u32, u32),
+);
 
 pub struct Gemm {
     handle: sys::cublasLtHandle_t,
     workspace: DeviceMem,
-    /// The heuristic's pick per shape: a model asks for the same few shapes every step.
-    algos: RefCell<HashMap<ShapeKey, sys::cublasLtMatmulAlgo_t>>,
+    /// The heuristic's pick per shape (a model asks for the same few shapes every
+    /// step), or None where it found no kernel for an epilogue.
+    algos: RefCell<HashMap<ShapeKey, Option<sys::cublasLtMatmulAlgo_t>>>,
 }
 
 /// Frees a cuBLASLt descriptor when dropped.
@@ -87,8 +134,8 @@ impl<T: Copy> Drop for Guard<T> {
 
 /// Largest power of two (up to 256) dividing every byte address the operand touches;
 /// cuBLASLt assumes 256 unless told, and picks kernels by it.
-fn alignment(ptr: u64, batch_stride_bytes: u64) -> u32 {
-    let bits = ptr | batch_stride_bytes | 256;
+fn alignment(ptr: u64) -> u32 {
+    let bits = ptr | 256;
     1 << bits.trailing_zeros()
 }
 
@@ -97,31 +144,11 @@ fn layout(
     rows: usize,
     cols: usize,
     ld: usize,
-    batch: Option<(usize, usize)>,
 ) -> Result<Guard<sys::cublasLtMatrixLayout_t>, lt::CublasError> {
-    let l = Guard(
+    Ok(Guard(
         lt::create_matrix_layout(dtype, rows as u64, cols as u64, ld as i64)?,
         lt::destroy_matrix_layout,
-    );
-    if let Some((count, stride)) = batch {
-        let (count, stride) = (count as i32, stride as i64);
-        // SAFETY: attribute values of the documented types (int32, int64).
-        unsafe {
-            lt::set_matrix_layout_attribute(
-                l.0,
-                sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                &count as *const i32 as *const c_void,
-                4,
-            )?;
-            lt::set_matrix_layout_attribute(
-                l.0,
-                sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                &stride as *const i64 as *const c_void,
-                8,
-            )?;
-        }
-    }
-    Ok(l)
+    ))
 }
 
 /// cuBLASLt's (rows, cols, leading dimension) of its A, B and C for our row-major
@@ -170,16 +197,15 @@ impl Gemm {
     ) {
         if let Err(e) = self.try_run(stream, dtype, c, a, b, p) {
             panic!(
-                "cuBLASLt GEMM failed ({dtype:?}, m={} n={} k={}, batch {:?}): {e:?}",
-                p.m,
-                p.n,
-                p.k,
-                p.batch.map(|b| b.count)
+                "cuBLASLt GEMM failed ({dtype:?}, m={} n={} k={}): {e:?}",
+                p.m, p.n, p.k
             );
         }
     }
 
-    fn try_run(
+    /// Runs `p`, or returns an error (having run nothing) where cuBLASLt cannot: an
+    /// epilogue it has no kernel for is CUBLAS_STATUS_NOT_SUPPORTED.
+    pub(super) fn try_run(
         &self,
         stream: sys::cudaStream_t,
         dtype: DType,
@@ -189,37 +215,46 @@ impl Gemm {
         p: Product,
     ) -> Result<(), lt::CublasError> {
         let (m, n, k) = (p.m, p.n, p.k);
+        let (bias, aux) = p.epilogue.pointers();
+        // cuBLASLt's rule for GELU's auxiliary matrix: its leading dimension (here n,
+        // the row length of C) must be a multiple of 8. Epilogue vectors and matrices at
+        // addresses not 16-byte aligned have been seen to fault rather than be refused
+        // (Marian NMT's cuBLASLt path checks the bias the same way), so those are sent
+        // to the fallback too.
+        if (aux != 0 && !n.is_multiple_of(8)) || !bias.is_multiple_of(16) || !aux.is_multiple_of(16)
+        {
+            return Err(lt::CublasError(
+                sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
+            ));
+        }
         let ty = dtype.cuda();
         let f32_ty = sys::cudaDataType::CUDA_R_32F;
-        let bat = |stride: fn(&Batch) -> usize| p.batch.map(|bt| (bt.count, stride(&bt)));
         let (la, lb, lc) = column_major(m, n, k, a.trans, b.trans);
-        let lt_a = layout(ty, la[0], la[1], la[2], bat(|bt| bt.stride_b))?;
-        let lt_b = layout(ty, lb[0], lb[1], lb[2], bat(|bt| bt.stride_a))?;
-        let lt_c = layout(f32_ty, lc[0], lc[1], lc[2], bat(|bt| bt.stride_c))?;
+        let lt_a = layout(ty, la[0], la[1], la[2])?;
+        let lt_b = layout(ty, lb[0], lb[1], lb[2])?;
+        let lt_c = layout(f32_ty, lc[0], lc[1], lc[2])?;
 
         let desc = Guard(
             lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, f32_ty)?,
             lt::destroy_matmul_desc,
         );
         let pref = Guard(lt::create_matmul_pref()?, lt::destroy_matmul_pref);
-        let stride_bytes =
-            |s: fn(&Batch) -> usize, bytes: usize| p.batch.map_or(0, |bt| (s(&bt) * bytes) as u64);
         let aligns = [
             (
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                alignment(b.ptr, stride_bytes(|bt| bt.stride_b, dtype.bytes())),
+                alignment(b.ptr),
             ),
             (
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                alignment(a.ptr, stride_bytes(|bt| bt.stride_a, dtype.bytes())),
+                alignment(a.ptr),
             ),
             (
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                alignment(c, stride_bytes(|bt| bt.stride_c, 4)),
+                alignment(c),
             ),
             (
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                alignment(c, stride_bytes(|bt| bt.stride_c, 4)),
+                alignment(c),
             ),
         ];
         // cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 (an int32 attribute).
@@ -229,11 +264,15 @@ impl Gemm {
             dtype,
             [m, n, k],
             [a.trans, b.trans],
-            p.batch
-                .map(|bt| [bt.count, bt.stride_a, bt.stride_b, bt.stride_c]),
             aligns.map(|(_, al)| al),
+            (p.epilogue.cublas(), alignment(bias), alignment(aux)),
         );
         let cached = self.algos.borrow().get(&key).copied();
+        if cached == Some(None) {
+            return Err(lt::CublasError(
+                sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
+            ));
+        }
         // SAFETY: every attribute gets a value of its documented type and size.
         unsafe {
             lt::set_matmul_desc_attribute(
@@ -248,6 +287,7 @@ impl Gemm {
                 &op_b as *const i32 as *const c_void,
                 4,
             )?;
+            set_epilogue(desc.0, p.epilogue, n)?;
             lt::set_matmul_pref_attribute(
                 pref.0,
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -263,9 +303,9 @@ impl Gemm {
                 )?;
             }
             let algo = match cached {
-                Some(algo) => algo,
-                None => {
-                    let algo = lt::get_matmul_algo_heuristic(
+                Some(Some(algo)) => algo,
+                _ => {
+                    let found = lt::get_matmul_algo_heuristic(
                         self.handle,
                         desc.0,
                         lt_a.0,
@@ -273,9 +313,14 @@ impl Gemm {
                         lt_c.0,
                         lt_c.0,
                         pref.0,
-                    )?
-                    .algo;
-                    self.algos.borrow_mut().insert(key, algo);
+                    );
+                    // An epilogue with no kernel is remembered, so later calls fall back
+                    // at once; a plain GEMM's failure is an error for the caller.
+                    if found.is_err() && p.epilogue != Epilogue::None {
+                        self.algos.borrow_mut().insert(key, None);
+                    }
+                    let algo = found?.algo;
+                    self.algos.borrow_mut().insert(key, Some(algo));
                     algo
                 }
             };
@@ -299,6 +344,58 @@ impl Gemm {
             )
         }
     }
+}
+
+/// Sets `epilogue` on a matmul descriptor; `ld` is the leading dimension of its
+/// auxiliary matrix (cuBLASLt's column-major rows: the row-major C's row length).
+///
+/// # Safety
+/// `desc` must be a live matmul descriptor.
+unsafe fn set_epilogue(
+    desc: sys::cublasLtMatmulDesc_t,
+    epilogue: Epilogue,
+    ld: usize,
+) -> Result<(), lt::CublasError> {
+    use sys::cublasLtMatmulDescAttributes_t as A;
+    if epilogue == Epilogue::None {
+        return Ok(());
+    }
+    let kind = epilogue.cublas();
+    let (bias, aux) = epilogue.pointers();
+    let ld = ld as i64;
+    // SAFETY: each attribute gets a value of its documented type and size
+    // (cublasLtEpilogue_t: u32; pointers: 8 bytes; the leading dimension: int64).
+    unsafe {
+        lt::set_matmul_desc_attribute(
+            desc,
+            A::CUBLASLT_MATMUL_DESC_EPILOGUE,
+            &kind as *const sys::cublasLtEpilogue_t as *const c_void,
+            std::mem::size_of::<sys::cublasLtEpilogue_t>(),
+        )?;
+        if bias != 0 {
+            lt::set_matmul_desc_attribute(
+                desc,
+                A::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                &bias as *const u64 as *const c_void,
+                8,
+            )?;
+        }
+        if aux != 0 {
+            lt::set_matmul_desc_attribute(
+                desc,
+                A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                &aux as *const u64 as *const c_void,
+                8,
+            )?;
+            lt::set_matmul_desc_attribute(
+                desc,
+                A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                &ld as *const i64 as *const c_void,
+                8,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Gemm {

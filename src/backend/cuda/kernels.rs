@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, anyhow};
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{Ptx, result as nvrtc, sys as nvrtc_sys};
 
@@ -38,7 +39,8 @@ pub const FAMILIES: &[Family] = &[
     family!("encoder"),
     family!("layernorm"),
     family!("matmul"),
-    family!("attention"),
+    family!("flash_attention"),
+    family!("attention_decode"),
     family!("gelu"),
     family!("residual"),
     family!("head"),
@@ -226,7 +228,10 @@ pub enum Arg {
 /// The kind of a kernel parameter, as declared in cuda/*.cu.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ArgKind {
+    /// `const T*`: memory the kernel only reads.
     Ptr,
+    /// `T*`: memory the kernel may write.
+    MutPtr,
     I32,
     I64,
     F32,
@@ -237,25 +242,29 @@ impl ArgKind {
     fn of_param(decl: &str) -> Option<ArgKind> {
         let decl = decl.trim();
         let ty = decl[..decl.rfind(|c: char| !(c.is_alphanumeric() || c == '_'))? + 1].trim();
-        let ty = ty.strip_prefix("const ").unwrap_or(ty).trim();
+        let (ty, is_const) = match ty.strip_prefix("const ") {
+            Some(t) => (t.trim(), true),
+            None => (ty, false),
+        };
         Some(match ty {
-            _ if ty.ends_with('*') => ArgKind::Ptr,
+            _ if ty.ends_with('*') && is_const => ArgKind::Ptr,
+            _ if ty.ends_with('*') => ArgKind::MutPtr,
             "int" => ArgKind::I32,
             "long long" => ArgKind::I64,
             "float" => ArgKind::F32,
             _ => return None,
         })
     }
-}
 
-impl Arg {
-    fn kind(&self) -> ArgKind {
-        match self {
-            Arg::Ptr(_) => ArgKind::Ptr,
-            Arg::I32(_) => ArgKind::I32,
-            Arg::I64(_) => ArgKind::I64,
-            Arg::F32(_) => ArgKind::F32,
-        }
+    /// Whether `arg` may be passed for a parameter of this kind.
+    fn accepts(self, arg: &Arg) -> bool {
+        matches!(
+            (self, arg),
+            (ArgKind::Ptr | ArgKind::MutPtr, Arg::Ptr(_))
+                | (ArgKind::I32, Arg::I32(_))
+                | (ArgKind::I64, Arg::I64(_))
+                | (ArgKind::F32, Arg::F32(_))
+        )
     }
 }
 
@@ -282,26 +291,27 @@ impl Kernels {
     }
 
     /// Launches kernel `name` on `stream`; panics (one line) on a launch error, as the
-    /// Backend trait has no error path.
-    pub fn launch(
+    /// Backend trait has no error path. Returns the pointers the kernel may write
+    /// through (its arguments for non-const pointer parameters).
+    pub fn launch<'a>(
         &self,
         stream: &CudaStream,
         name: &str,
         grid: (u32, u32),
         block: (u32, u32),
         shared_bytes: u32,
-        args: &[Arg],
-    ) {
+        args: &'a [Arg],
+    ) -> impl Iterator<Item = u64> + use<'a> {
         let (func, kinds) = self
             .funcs
             .get(name)
             .unwrap_or_else(|| panic!("no CUDA kernel named {name}"));
         // A wrong argument list would be read as garbage by the kernel: refuse it.
-        let given: Vec<ArgKind> = args.iter().map(Arg::kind).collect();
-        assert_eq!(
-            &given, kinds,
-            "CUDA kernel {name} launched with the wrong arguments"
+        assert!(
+            args.len() == kinds.len() && kinds.iter().zip(args).all(|(k, a)| k.accepts(a)),
+            "CUDA kernel {name} launched with the wrong arguments: {args:?} for {kinds:?}"
         );
+        let writes: Vec<bool> = kinds.iter().map(|&k| k == ArgKind::MutPtr).collect();
         let mut b = stream.launch_builder(func);
         for a in args {
             match a {
@@ -310,6 +320,16 @@ impl Kernels {
                 Arg::I64(v) => b.arg(v),
                 Arg::F32(v) => b.arg(v),
             };
+        }
+        // Past 48 KiB, a kernel must be allowed its dynamic shared memory explicitly.
+        if shared_bytes > 48 << 10 {
+            func.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared_bytes as i32,
+            )
+            .unwrap_or_else(|e| {
+                panic!("CUDA kernel {name} cannot have {shared_bytes} bytes of shared memory: {e}")
+            });
         }
         let cfg = LaunchConfig {
             grid_dim: (grid.0, grid.1, 1),
@@ -321,5 +341,9 @@ impl Kernels {
         if let Err(e) = unsafe { b.launch(cfg) } {
             panic!("CUDA kernel {name} failed to launch: {e}");
         }
+        args.iter().zip(writes).filter_map(|(a, w)| match a {
+            Arg::Ptr(p) if w => Some(*p),
+            _ => None,
+        })
     }
 }

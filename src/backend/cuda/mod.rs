@@ -3,22 +3,38 @@
 //!
 //! - `libs`: finding libcuda, libnvrtc, libcublasLt and the CUDA headers at run time.
 //! - `kernels`: the cuda/*.cu families, NVRTC compilation to CUBIN, the disk cache.
-//! - `gemm`: row-major GEMMs through cuBLASLt (fp32 or bf16 operands, fp32 output).
+//! - `gemm`: row-major GEMMs through cuBLASLt (fp32 or bf16 operands, fp32 output,
+//!   optionally finished by a bias, GELU or GELU-derivative epilogue).
+//! - `shadow`: persistent bf16 copies of weight buffers, kept in step with every write.
 //! - `ops`: the Backend implementation, one method per op, chaining the above.
 //!
 //! Buffers are fp32 device allocations named by the trait's spans; token buffers are
-//! u32. In bf16 mode every GEMM reads bf16 copies of its operands (made just before
-//! the GEMM) and accumulates in fp32, while parameters, AdamW moments, activations
-//! and the head's math and loss stay fp32: fp32 master weights, bf16 tensor-core
-//! products. Everything runs on one stream; the host waits only when it reads a
-//! result back (the loss, the gradient norm).
+//! u32. In bf16 mode GEMMs multiply bf16 operands and accumulate in fp32, while
+//! parameters, AdamW moments, activations and the head's math and loss stay fp32:
+//! fp32 master weights, bf16 tensor-core products. A weight operand comes from its
+//! buffer's bf16 shadow, which AdamW writes in the same pass as the fp32 update, so
+//! weights are not converted per GEMM; activation operands are still converted to
+//! bf16 scratch just before each GEMM (keeping activations in bf16 is the next step).
+//!
+//! The fused ops of the trait run as one kernel or one GEMM each: residual add and
+//! LayerNorm in one pass over the row, bias and GELU in cuBLASLt's epilogues (with the
+//! unfused kernels as the fallback where cuBLASLt has no such kernel).
+//!
+//! Attention is flash attention (cuda/flash_attention.cu), fp32 SIMT in fp32 mode and
+//! bf16 tensor cores with fp32 softmax in bf16 mode: it saves only each row's
+//! log-sum-exp, never a T x T matrix.
+//!
+//! Everything runs on one stream; the host waits only when it reads a result back
+//! (the loss, the gradient norm).
 
 pub mod gemm;
 pub mod kernels;
 pub mod libs;
 mod ops;
+mod shadow;
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
@@ -29,6 +45,7 @@ use crate::backend::{Span, TokenSpan};
 use gemm::Gemm;
 use kernels::{Arg, Kernels};
 use libs::Lib;
+use shadow::Shadow;
 
 /// How the GEMMs run: fp32 operands (parity with the CPU) or bf16 operands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,22 +86,16 @@ impl Drop for DeviceMem {
 /// Scratch memory the ops keep between calls, grown on demand.
 #[derive(Clone, Copy, Debug)]
 enum Slot {
-    /// bf16 copies of the two operands of a GEMM.
+    /// bf16 copies of a GEMM's activation operands (weights have their shadows).
     OperandA,
     OperandB,
-    /// q, k, v (or their gradients) split by head, [3, B, NH, T, HS].
-    AttQkv,
-    AttDqkv,
-    /// y or dy split by head, [B, NH, T, HS].
-    AttY,
-    /// d(attention scores), [B, NH, T, T].
-    AttDatt,
+    /// Flash attention's backward: D = rowsum(dy * y) per row, [B, NH, T].
+    AttRowDots,
     /// The head: a chunk of dot products / G, and its bf16 copy.
     HeadRows,
     HeadG16,
-    /// bf16 copies of the head's inputs h [N, C] and w [V, C].
+    /// The bf16 copy of the head's input h [N, C] (w comes from its shadow).
     HeadH16,
-    HeadW16,
     /// |h|^2, |w|^2, rowsum(G), colsum(G).
     HeadHsq,
     HeadWsq,
@@ -96,16 +107,133 @@ enum Slot {
 }
 const SLOTS: usize = Slot::Scalar as usize + 1;
 
+impl Slot {
+    /// Every slot, in order (the length check makes a new slot a compile error here).
+    const ALL: [Slot; SLOTS] = [
+        Slot::OperandA,
+        Slot::OperandB,
+        Slot::AttRowDots,
+        Slot::HeadRows,
+        Slot::HeadG16,
+        Slot::HeadH16,
+        Slot::HeadHsq,
+        Slot::HeadWsq,
+        Slot::HeadRowsum,
+        Slot::HeadColsum,
+        Slot::Partials,
+        Slot::Scalar,
+    ];
+
+    /// Bytes this slot grows to over one training step of shape `s` (forward with
+    /// the head's gradients, backward, gradient norm): the largest request the ops
+    /// make of it. The match is exhaustive, so a new slot cannot be left out of the
+    /// memory plan; tests/cuda_parity.rs checks every figure against the backend.
+    fn training_bytes(self, s: &StepShape) -> usize {
+        let (n, c, v) = (s.b * s.t, s.c, s.v);
+        let btc = n * c;
+        let bf16 = s.precision == GpuPrecision::Bf16;
+        let rows = (s.head_chunk_floats / v).clamp(1, n);
+        let bf16_only = |bytes: usize| if bf16 { bytes } else { 0 };
+        let harmonic_only = |bytes: usize| if s.harmonic { bytes } else { 0 };
+        match self {
+            // The widest activation operands (weights come from their shadows): the
+            // MLP's [N, 4C] as A (fc_proj's input, fc's output gradient) and as B.
+            Slot::OperandA | Slot::OperandB => bf16_only(2 * 4 * btc),
+            Slot::AttRowDots => 4 * s.b * s.nh * s.t,
+            Slot::HeadRows => 4 * rows * v,
+            Slot::HeadG16 => bf16_only(2 * rows * v),
+            Slot::HeadH16 => bf16_only(2 * btc),
+            Slot::HeadHsq => harmonic_only(4 * n),
+            Slot::HeadWsq | Slot::HeadColsum => harmonic_only(4 * v),
+            Slot::HeadRowsum => harmonic_only(4 * rows),
+            Slot::Partials => 1024 * 8,
+            Slot::Scalar => 8,
+        }
+    }
+}
+
+impl Slot {
+    /// What the slot is for, as the memory plan groups it.
+    fn role(self) -> &'static str {
+        match self {
+            Slot::OperandA | Slot::OperandB => "GEMM bf16 operand copies",
+            Slot::AttRowDots => "attention scratch",
+            Slot::HeadRows | Slot::HeadG16 | Slot::HeadRowsum => "head chunk",
+            Slot::HeadH16 | Slot::HeadHsq | Slot::HeadWsq | Slot::HeadColsum => {
+                "head inputs (bf16 copy of h, norms)"
+            }
+            Slot::Partials | Slot::Scalar => "reductions",
+        }
+    }
+}
+
+/// The shape of a training step, for the scratch plan.
+#[derive(Clone, Copy, Debug)]
+pub struct StepShape {
+    pub b: usize,
+    pub t: usize,
+    pub c: usize,
+    pub nh: usize,
+    pub v: usize,
+    pub harmonic: bool,
+    pub precision: GpuPrecision,
+    /// The head's chunk of positions x vocabulary (`HEAD_CHUNK_FLOATS` by default).
+    pub head_chunk_floats: usize,
+}
+
+/// One scratch slot in the memory plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotBytes {
+    /// As `CudaBackend::scratch_bytes` names it ("HeadRows").
+    pub name: String,
+    /// What it is for ("head chunk").
+    pub role: &'static str,
+    pub bytes: usize,
+}
+
+/// Every scratch slot's bytes after a training step of shape `s` (0: never used).
+pub fn training_scratch_bytes(s: &StepShape) -> Vec<SlotBytes> {
+    Slot::ALL
+        .iter()
+        .map(|&slot| SlotBytes {
+            name: format!("{slot:?}"),
+            role: slot.role(),
+            bytes: slot.training_bytes(s),
+        })
+        .collect()
+}
+
+/// Bytes of bf16 weight shadows (see `shadow`) a model of `params` parameters holds:
+/// in bf16 mode one, of the parameter buffer, the only buffer whose spans are GEMM
+/// weights.
+pub fn weight_shadow_bytes(params: usize, precision: GpuPrecision) -> usize {
+    match precision {
+        GpuPrecision::Bf16 => 2 * params,
+        GpuPrecision::Fp32 => 0,
+    }
+}
+
+/// Floats of attention state kept per layer for the backward pass: each row's
+/// log-sum-exp of scores, [B, NH, T] (flash attention keeps nothing else).
+pub fn attention_state_len(b: usize, t: usize, nh: usize) -> usize {
+    b * nh * t
+}
+
 pub struct CudaBackend {
     precision: GpuPrecision,
     /// Floats of dot products the head holds at once (its chunk of positions x V).
     head_chunk_floats: Cell<usize>,
     name: String,
     arch: String,
+    cc_major: i32,
     sms: u32,
     floats: RefCell<Vec<Option<DeviceMem>>>,
     tokens: RefCell<Vec<Option<DeviceMem>>>,
     scratch: RefCell<Vec<Option<DeviceMem>>>,
+    /// bf16 shadows of float buffers (by buffer index) whose spans are GEMM weights.
+    shadows: RefCell<HashMap<usize, Shadow>>,
+    /// GEMMs whose epilogue cuBLASLt had no kernel for, run unfused instead.
+    epilogue_fallbacks: Cell<usize>,
     /// Bytes this backend holds now and at most (buffers, scratch, GEMM workspace).
     held: Cell<usize>,
     peak: Cell<usize>,
@@ -115,6 +243,10 @@ pub struct CudaBackend {
     // Last, so every allocation above is freed while the context still exists.
     ctx: Arc<CudaContext>,
 }
+
+/// The largest attention head size (n_embd / n_head) the flash attention kernels
+/// take: each thread accumulates 8 of a row's head dims, 16 threads to a row.
+pub const MAX_HEAD_SIZE: usize = 128;
 
 /// GPUs visible to the driver; an error says why there are none (no driver library,
 /// no device).
@@ -130,10 +262,10 @@ pub fn device_count() -> Result<usize> {
 
 /// Floats of dot products the head holds at once by default: chunks of positions
 /// keep B*T*V from ever being materialised (256 MiB in fp32).
-const HEAD_CHUNK_FLOATS: usize = 1 << 26;
+pub const HEAD_CHUNK_FLOATS: usize = 1 << 26;
 
 /// cuBLASLt workspace: what NVIDIA recommends for Hopper (32 MiB) and earlier (4 MiB).
-fn workspace_bytes(cc_major: i32) -> usize {
+pub fn workspace_bytes(cc_major: i32) -> usize {
     if cc_major >= 9 { 32 << 20 } else { 4 << 20 }
 }
 
@@ -164,10 +296,13 @@ impl CudaBackend {
             head_chunk_floats: Cell::new(HEAD_CHUNK_FLOATS),
             name,
             arch,
+            cc_major: major,
             sms,
             floats: RefCell::new(Vec::new()),
             tokens: RefCell::new(Vec::new()),
             scratch: RefCell::new((0..SLOTS).map(|_| None).collect()),
+            shadows: RefCell::new(HashMap::new()),
+            epilogue_fallbacks: Cell::new(0),
             held: Cell::new(held),
             peak: Cell::new(held),
             gemm,
@@ -181,15 +316,38 @@ impl CudaBackend {
         self.precision
     }
 
+    /// The GPU's compute capability major version (9 for H100 and H200).
+    pub fn cc_major(&self) -> i32 {
+        self.cc_major
+    }
+
     /// Caps the head's chunk of positions x vocabulary (tests use it to force several
     /// chunks on small inputs).
     pub fn set_head_chunk_floats(&self, floats: usize) {
         self.head_chunk_floats.set(floats.max(1));
     }
 
+    /// How many bias/GELU epilogue GEMMs cuBLASLt had no kernel for (they ran as
+    /// separate kernels instead): 0 when every fusion ran fused.
+    pub fn epilogue_fallbacks(&self) -> usize {
+        self.epilogue_fallbacks.get()
+    }
+
     /// The most device memory this backend has held at once, in bytes.
     pub fn peak_memory_bytes(&self) -> usize {
         self.peak.get()
+    }
+
+    /// Every scratch slot's bytes now (0: not allocated), named by slot.
+    pub fn scratch_bytes(&self) -> Vec<(String, usize)> {
+        let slots = self.scratch.borrow();
+        Slot::ALL
+            .iter()
+            .map(|&slot| {
+                let bytes = slots[slot as usize].as_ref().map_or(0, |m| m.bytes);
+                (format!("{slot:?}"), bytes)
+            })
+            .collect()
     }
 
     /// Waits for all queued GPU work (for timing).
@@ -257,9 +415,14 @@ impl CudaBackend {
         self.scratch.borrow()[i].as_ref().unwrap().ptr
     }
 
+    /// Launches a kernel; whatever it may write is marked written (see `shadow`).
     fn launch(&self, name: &str, grid: (u32, u32), block: (u32, u32), smem: u32, args: &[Arg]) {
-        self.kernels
+        for p in self
+            .kernels
             .launch(&self.stream, name, grid, block, smem, args)
+        {
+            self.written(p);
+        }
     }
 
     /// A 1-D grid-stride launch over `n` elements, 256 threads a block.

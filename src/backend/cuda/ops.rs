@@ -7,22 +7,40 @@ use std::time::Instant;
 use cudarc::driver::result as drv;
 use cudarc::driver::sys as cu;
 
-use super::gemm::{Batch, DType, Operand, Product};
+use super::gemm::{DType, Epilogue, Operand, Product};
+use super::kernels::Arg;
 use super::kernels::Arg::{F32, I32, I64, Ptr};
-use super::{CudaBackend, DeviceMem, GpuPrecision, Slot};
+use super::{CudaBackend, DeviceMem, GpuPrecision, MAX_HEAD_SIZE, Slot};
 use crate::backend::{AdamW, Backend, SgldStep, Span, TokenSpan};
 use crate::head::HeadKind;
 
-/// A GEMM operand before precision handling: fp32 data of `len` floats.
+/// A GEMM operand before precision handling (`trans`: its transpose is used).
 #[derive(Clone, Copy)]
 struct Mat {
-    ptr: u64,
-    len: usize,
+    src: Src,
     trans: bool,
 }
 
+#[derive(Clone, Copy)]
+enum Src {
+    /// fp32 activations, `len` floats: copied to bf16 scratch per GEMM in bf16 mode.
+    Act { ptr: u64, len: usize },
+    /// A weight span: read from its buffer's bf16 shadow in bf16 mode.
+    Weight(Span),
+}
+
 fn mat(ptr: u64, len: usize, trans: bool) -> Mat {
-    Mat { ptr, len, trans }
+    Mat {
+        src: Src::Act { ptr, len },
+        trans,
+    }
+}
+
+fn weight_mat(span: Span, trans: bool) -> Mat {
+    Mat {
+        src: Src::Weight(span),
+        trans,
+    }
 }
 
 fn product(m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Product {
@@ -32,21 +50,28 @@ fn product(m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Product {
         k,
         alpha,
         beta,
-        batch: None,
+        epilogue: Epilogue::None,
     }
 }
 
-/// `p` over `count` independent [T, *] slices (one per batch row and head).
-fn batched(p: Product, count: usize, stride_a: usize, stride_b: usize, stride_c: usize) -> Product {
-    Product {
-        batch: Some(Batch {
-            count,
-            stride_a,
-            stride_b,
-            stride_c,
-        }),
-        ..p
-    }
+/// Whether kernels may move float4s at all these addresses (16-byte aligned; see
+/// `load_floats` in cuda/common.cuh).
+fn aligned16(ptrs: &[u64]) -> bool {
+    ptrs.iter().all(|p| p.is_multiple_of(16))
+}
+
+/// Rows a flash attention block owns (FA_ROWS and FB_ROWS in cuda/flash_attention.cu).
+const FLASH_ROWS: usize = 64;
+
+/// The flash attention kernels of one precision, with their threads per block and
+/// bytes of shared memory (cuda/flash_attention.cu gives the tiles behind the sizes).
+struct Flash {
+    forward: &'static str,
+    dkdv: &'static str,
+    dq: &'static str,
+    threads: u32,
+    forward_smem: usize,
+    backward_smem: usize,
 }
 
 /// `p + bytes`, keeping a null pointer null (optional kernel inputs).
@@ -118,32 +143,109 @@ impl CudaBackend {
         dst
     }
 
-    /// A GEMM on fp32 data: in bf16 mode both operands are first copied to bf16.
+    /// A GEMM on fp32 data (in bf16 mode, on bf16 forms of the operands).
     fn gemm(&self, c: u64, a: Mat, b: Mat, p: Product) {
-        let (a_ptr, b_ptr) = match self.precision {
-            GpuPrecision::Fp32 => (a.ptr, b.ptr),
-            GpuPrecision::Bf16 => (
-                self.bf16_copy(a.ptr, a.len, Slot::OperandA),
-                self.bf16_copy(b.ptr, b.len, Slot::OperandB),
-            ),
-        };
-        let (a, b) = (
-            Operand {
-                ptr: a_ptr,
-                trans: a.trans,
-            },
-            Operand {
-                ptr: b_ptr,
-                trans: b.trans,
-            },
-        );
+        let (a, b) = self.operands(a, b);
         self.gemm_typed(self.dtype(), c, a, b, p)
+    }
+
+    /// The operands as cuBLASLt reads them. In bf16 mode activations are copied to
+    /// bf16 scratch (a's into OperandA, b's into OperandB) and weights come from their
+    /// buffers' shadows.
+    fn operands(&self, a: Mat, b: Mat) -> (Operand, Operand) {
+        let prepare = |m: Mat, slot: Slot| {
+            let ptr = match (self.precision, m.src) {
+                (GpuPrecision::Fp32, Src::Act { ptr, .. }) => ptr,
+                (GpuPrecision::Fp32, Src::Weight(s)) => self.ptr(s),
+                (GpuPrecision::Bf16, Src::Act { ptr, len }) => self.bf16_copy(ptr, len, slot),
+                (GpuPrecision::Bf16, Src::Weight(s)) => self.weight16(s),
+            };
+            Operand {
+                ptr,
+                trans: m.trans,
+            }
+        };
+        (prepare(a, Slot::OperandA), prepare(b, Slot::OperandB))
     }
 
     /// A GEMM on operands already in `dtype`.
     fn gemm_typed(&self, dtype: DType, c: u64, a: Operand, b: Operand, p: Product) {
+        self.written(c);
         self.gemm
             .run(self.stream.cu_stream() as _, dtype, c, a, b, p)
+    }
+
+    /// `p` finished by `epilogue` in cuBLASLt, on prepared operands; false, having run
+    /// nothing, where cuBLASLt has no kernel for it (the caller then runs the unfused
+    /// kernels, and `epilogue_fallbacks` counts it).
+    fn gemm_epilogue(&self, c: u64, a: Operand, b: Operand, p: Product, e: Epilogue) -> bool {
+        let p = Product {
+            beta: 0.0,
+            epilogue: e,
+            ..p
+        };
+        let stream = self.stream.cu_stream() as _;
+        if self.gemm.try_run(stream, self.dtype(), c, a, b, p).is_err() {
+            self.epilogue_fallbacks
+                .set(self.epilogue_fallbacks.get() + 1);
+            return false;
+        }
+        self.written(c);
+        if let Epilogue::GeluAux { pre, .. } = e {
+            self.written(pre);
+        }
+        true
+    }
+
+    /// out[n, oc] = x[n, c] w[oc, c]^T + bias, on prepared operands: the bias added in
+    /// cuBLASLt's epilogue, or, where it has none, broadcast into out and accumulated
+    /// onto by the GEMM.
+    fn linear(
+        &self,
+        out: u64,
+        x: Operand,
+        w: Operand,
+        bias: Option<u64>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
+        let p = product(n, oc, c, 1.0, 0.0);
+        let dtype = self.dtype();
+        let Some(bias) = bias else {
+            return self.gemm_typed(dtype, out, x, w, p);
+        };
+        if !self.gemm_epilogue(out, x, w, p, Epilogue::Bias { bias }) {
+            self.launch_elems(
+                "bias_broadcast",
+                n * oc,
+                &[Ptr(out), Ptr(bias), I32(n as i32), I32(oc as i32)],
+            );
+            self.gemm_typed(dtype, out, x, w, Product { beta: 1.0, ..p });
+        }
+    }
+
+    /// The parameter half of a dense layer's backward pass: dweight += dout^T inp,
+    /// dbias += column sums of dout.
+    fn weight_grads(
+        &self,
+        dweight: Span,
+        dbias: Option<Span>,
+        dout: u64,
+        inp: Span,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
+        self.gemm(
+            self.ptr(dweight),
+            mat(dout, n * oc, true),
+            mat(self.ptr(inp), n * c, false),
+            product(oc, c, n, 1.0, 1.0),
+        );
+        if let Some(db) = dbias {
+            self.column_sums_add(self.ptr(db), dout, n, oc);
+        }
     }
 
     /// dst[j] += sum over rows of src[rows, cols].
@@ -203,55 +305,55 @@ impl CudaBackend {
         );
     }
 
-    /// Splits the [B, T, stride] rows' columns offset..offset+C into [B, NH, T, HS].
-    #[allow(clippy::too_many_arguments)]
-    fn heads(
-        &self,
-        kernel: &str,
-        dst: u64,
-        src: u64,
-        b: usize,
-        t: usize,
-        nh: usize,
-        hs: usize,
-        stride: usize,
-        off: usize,
-    ) {
-        self.launch_elems(
-            kernel,
-            b * t * nh * hs,
-            &[
-                Ptr(dst),
-                Ptr(src),
-                I32(b as i32),
-                I32(t as i32),
-                I32(nh as i32),
-                I32(hs as i32),
-                I32(stride as i32),
-                I32(off as i32),
-            ],
+    /// The flash attention kernels for head size `hs`: fp32 SIMT math in fp32 mode,
+    /// bf16 tensor cores in bf16 mode.
+    fn flash(&self, hs: usize) -> Flash {
+        assert!(
+            hs <= MAX_HEAD_SIZE,
+            "flash attention supports head sizes up to {MAX_HEAD_SIZE}, not {hs}"
         );
+        match self.precision {
+            // fp32 tiles [HS][rows + 1]: the block's 64 rows of one tensor (forward) or
+            // two (backward), and 32 streamed rows of two.
+            GpuPrecision::Fp32 => Flash {
+                forward: "flash_attention_forward",
+                dkdv: "flash_attention_backward_dkdv",
+                dq: "flash_attention_backward_dq",
+                threads: 256,
+                forward_smem: 4 * hs * (65 + 2 * 33),
+                backward_smem: 4 * hs * (2 * 65 + 2 * 33),
+            },
+            // bf16 tiles with head dims padded to hp: [rows][hp + 8] or [hp][cols + 8].
+            GpuPrecision::Bf16 => {
+                let hp = hs.next_multiple_of(16);
+                let l = hp + 8;
+                Flash {
+                    forward: "flash_attention_forward_bf16",
+                    dkdv: "flash_attention_backward_dkdv_bf16",
+                    dq: "flash_attention_backward_dq_bf16",
+                    threads: 128,
+                    forward_smem: 2 * (128 * l + 72 * hp),
+                    backward_smem: 2 * (192 * l + 80 * hp) + 256,
+                }
+            }
+        }
     }
 
-    /// q, k, v of `qkv` [B, T, 3C] split by head into the AttQkv scratch.
-    fn split_qkv(&self, qkv: Span, b: usize, t: usize, c: usize, nh: usize) -> [u64; 3] {
-        let btc = b * t * c;
-        let base = self.scratch(Slot::AttQkv, 3 * btc * 4);
-        let parts = [base, base + 4 * btc as u64, base + 8 * btc as u64];
-        for (i, &p) in parts.iter().enumerate() {
-            self.heads(
-                "heads_split",
-                p,
-                self.ptr(qkv),
-                b,
-                t,
-                nh,
-                c / nh,
-                3 * c,
-                i * c,
-            );
+    /// One launch of a tiled flash attention kernel: a block per (batch row, head) of
+    /// the `bh` and tile of 64 rows of the `t`.
+    fn flash_launch(
+        &self,
+        name: &str,
+        bh: usize,
+        t: usize,
+        threads: u32,
+        smem: usize,
+        args: &[Arg],
+    ) {
+        if bh * t > 0 {
+            let grid = (bh as u32, t.div_ceil(FLASH_ROWS) as u32);
+            self.launch(name, grid, (threads, 1), smem as u32, args)
         }
-        parts
     }
 
     fn reduce(&self, src: Span, squares: bool) -> f64 {
@@ -271,6 +373,7 @@ impl CudaBackend {
                 Ptr(self.ptr(src)),
                 I64(src.len as i64),
                 I32(squares as i32),
+                I32(aligned16(&[self.ptr(src)]) as i32),
             ],
         );
         self.launch(
@@ -299,10 +402,7 @@ impl CudaBackend {
         let (hp, wp) = (self.ptr(h), self.ptr(w));
         let (h16, w16) = match self.precision {
             GpuPrecision::Fp32 => (0, 0),
-            GpuPrecision::Bf16 => (
-                self.bf16_copy(hp, n * c, Slot::HeadH16),
-                self.bf16_copy(wp, v * c, Slot::HeadW16),
-            ),
+            GpuPrecision::Bf16 => (self.bf16_copy(hp, n * c, Slot::HeadH16), self.weight16(w)),
         };
         let (harmonic, half_n, eps) = match kind {
             HeadKind::Softmax => (false, 0.0, 0.0),
@@ -403,6 +503,7 @@ impl Backend for CudaBackend {
 
     fn free(&self, span: Span) {
         assert_eq!(span.off, 0, "free takes whole buffers");
+        self.drop_shadow(span.buf);
         let m: Option<DeviceMem> = self.floats.borrow_mut()[span.buf].take();
         if let Some(m) = m {
             self.drop_mem(m);
@@ -419,6 +520,7 @@ impl Backend for CudaBackend {
 
     fn write(&self, dst: Span, src: &[f32]) {
         assert_eq!(dst.len, src.len(), "write length");
+        self.written(self.ptr(dst));
         // SAFETY: the span is in bounds (ptr checks); the copy is synchronous.
         unsafe { drv::memcpy_htod_sync(self.ptr(dst), src) }
             .unwrap_or_else(|e| panic!("CUDA error copying to the GPU: {e}"));
@@ -440,6 +542,7 @@ impl Backend for CudaBackend {
     }
 
     fn fill(&self, dst: Span, value: f32) {
+        self.written(self.ptr(dst));
         // SAFETY: dst.len 32-bit words inside the span's buffer.
         unsafe {
             cu::cuMemsetD32Async(
@@ -455,6 +558,7 @@ impl Backend for CudaBackend {
 
     fn copy(&self, dst: Span, src: Span) {
         assert_eq!(dst.len, src.len, "copy length");
+        self.written(self.ptr(dst));
         // SAFETY: both spans are in bounds and do not overlap (trait contract).
         unsafe {
             drv::memcpy_dtod_async(
@@ -546,19 +650,23 @@ impl Backend for CudaBackend {
         c: usize,
         eps: f32,
     ) {
+        let rows = [out, inp, weight, bias].map(|s| self.ptr(s));
+        let vec4 = c.is_multiple_of(4) && aligned16(&rows);
+        let [out, inp, weight, bias] = rows;
         self.launch_rows(
             "layernorm_forward",
             n,
             &[
-                Ptr(self.ptr(out)),
+                Ptr(out),
                 Ptr(self.ptr(mean)),
                 Ptr(self.ptr(rstd)),
-                Ptr(self.ptr(inp)),
-                Ptr(self.ptr(weight)),
-                Ptr(self.ptr(bias)),
+                Ptr(inp),
+                Ptr(weight),
+                Ptr(bias),
                 I32(n as i32),
                 I32(c as i32),
                 F32(eps),
+                I32(vec4 as i32),
             ],
         );
     }
@@ -615,22 +723,8 @@ impl Backend for CudaBackend {
         c: usize,
         oc: usize,
     ) {
-        let o = self.ptr(out);
-        if let Some(b) = bias {
-            // The GEMM then accumulates onto the broadcast bias.
-            self.launch_elems(
-                "bias_broadcast",
-                n * oc,
-                &[Ptr(o), Ptr(self.ptr(b)), I32(n as i32), I32(oc as i32)],
-            );
-        }
-        let beta = if bias.is_some() { 1.0 } else { 0.0 };
-        self.gemm(
-            o,
-            mat(self.ptr(inp), n * c, false),
-            mat(self.ptr(weight), oc * c, true),
-            product(n, oc, c, 1.0, beta),
-        );
+        let (x, w) = self.operands(mat(self.ptr(inp), n * c, false), weight_mat(weight, true));
+        self.linear(self.ptr(out), x, w, bias.map(|b| self.ptr(b)), n, c, oc);
     }
 
     fn matmul_backward(
@@ -650,24 +744,14 @@ impl Backend for CudaBackend {
         self.gemm(
             self.ptr(dinp),
             mat(d, n * oc, false),
-            mat(self.ptr(weight), oc * c, false),
+            weight_mat(weight, false),
             product(n, c, oc, 1.0, 0.0),
         );
-        // dW[oc, c] += dout^T inp
-        self.gemm(
-            self.ptr(dweight),
-            mat(d, n * oc, true),
-            mat(self.ptr(inp), n * c, false),
-            product(oc, c, n, 1.0, 1.0),
-        );
-        if let Some(db) = dbias {
-            self.column_sums_add(self.ptr(db), d, n, oc);
-        }
+        self.weight_grads(dweight, dbias, d, inp, n, c, oc);
     }
 
     fn attention_state_len(&self, b: usize, t: usize, nh: usize) -> usize {
-        // The attention probabilities, [B, NH, T, T].
-        b * nh * t * t
+        super::attention_state_len(b, t, nh)
     }
 
     fn attention_forward(
@@ -680,30 +764,25 @@ impl Backend for CudaBackend {
         c: usize,
         nh: usize,
     ) {
-        let (hs, bh, btc) = (c / nh, b * nh, b * t * c);
-        let scale = 1.0 / (hs as f32).sqrt();
-        let [q, k, v] = self.split_qkv(qkv, b, t, c, nh);
-        let att = self.ptr(state);
-        let (tt, ths) = (t * t, t * hs);
-        self.gemm(
-            att,
-            mat(q, btc, false),
-            mat(k, btc, true),
-            batched(product(t, t, hs, scale, 0.0), bh, ths, ths, tt),
+        let hs = c / nh;
+        assert_eq!(state.len, b * nh * t, "attention state size");
+        let flash = self.flash(hs);
+        self.flash_launch(
+            flash.forward,
+            b * nh,
+            t,
+            flash.threads,
+            flash.forward_smem,
+            &[
+                Ptr(self.ptr(out)),
+                Ptr(self.ptr(state)),
+                Ptr(self.ptr(qkv)),
+                I32(t as i32),
+                I32(nh as i32),
+                I32(hs as i32),
+                F32(1.0 / (hs as f32).sqrt()),
+            ],
         );
-        self.launch_rows(
-            "attention_softmax_forward",
-            bh * t,
-            &[Ptr(att), I64((bh * t) as i64), I32(t as i32)],
-        );
-        let y = self.scratch(Slot::AttY, 4 * btc);
-        self.gemm(
-            y,
-            mat(att, bh * tt, false),
-            mat(v, btc, false),
-            batched(product(t, hs, t, 1.0, 0.0), bh, tt, ths, ths),
-        );
-        self.heads("heads_merge", self.ptr(out), y, b, t, nh, hs, c, 0);
     }
 
     fn attention_decode(
@@ -751,63 +830,46 @@ impl Backend for CudaBackend {
         dqkv: Span,
         dout: Span,
         qkv: Span,
-        _out: Span,
+        out: Span,
         state: Span,
         b: usize,
         t: usize,
         c: usize,
         nh: usize,
     ) {
-        let (hs, bh, btc) = (c / nh, b * nh, b * t * c);
-        let scale = 1.0 / (hs as f32).sqrt();
-        let (tt, ths) = (t * t, t * hs);
-        let [q, k, v] = self.split_qkv(qkv, b, t, c, nh);
-        let att = self.ptr(state);
-        let dy = self.scratch(Slot::AttY, 4 * btc);
-        self.heads("heads_split", dy, self.ptr(dout), b, t, nh, hs, c, 0);
-        let datt = self.scratch(Slot::AttDatt, 4 * bh * tt);
-        let base = self.scratch(Slot::AttDqkv, 3 * btc * 4);
-        let [dq, dk, dv] = [base, base + 4 * btc as u64, base + 8 * btc as u64];
-        // datt = dy v^T, dv = att^T dy
-        self.gemm(
-            datt,
-            mat(dy, btc, false),
-            mat(v, btc, true),
-            batched(product(t, t, hs, 1.0, 0.0), bh, ths, ths, tt),
-        );
-        self.gemm(
-            dv,
-            mat(att, bh * tt, true),
-            mat(dy, btc, false),
-            batched(product(t, hs, t, 1.0, 0.0), bh, tt, ths, ths),
-        );
-        // datt becomes d(scores) in place
+        let hs = c / nh;
+        let rows = b * t * nh;
+        assert_eq!(state.len, rows, "attention state size");
+        let flash = self.flash(hs);
+        let row_dots = self.scratch(Slot::AttRowDots, 4 * rows);
+        let dy = self.ptr(dout);
         self.launch_rows(
-            "attention_softmax_backward",
-            bh * t,
+            "flash_attention_backward_preprocess",
+            rows,
             &[
-                Ptr(datt),
-                Ptr(att),
-                Ptr(datt),
-                I64((bh * t) as i64),
+                Ptr(row_dots),
+                Ptr(dy),
+                Ptr(self.ptr(out)),
+                I64(rows as i64),
                 I32(t as i32),
+                I32(nh as i32),
+                I32(hs as i32),
             ],
         );
-        // dq = scale dpre k, dk = scale dpre^T q
-        self.gemm(
-            dq,
-            mat(datt, bh * tt, false),
-            mat(k, btc, false),
-            batched(product(t, hs, t, scale, 0.0), bh, tt, ths, ths),
-        );
-        self.gemm(
-            dk,
-            mat(datt, bh * tt, true),
-            mat(q, btc, false),
-            batched(product(t, hs, t, scale, 0.0), bh, tt, ths, ths),
-        );
-        for (i, d) in [dq, dk, dv].into_iter().enumerate() {
-            self.heads("heads_merge", self.ptr(dqkv), d, b, t, nh, hs, 3 * c, i * c);
+        let args = [
+            Ptr(self.ptr(dqkv)),
+            Ptr(dy),
+            Ptr(self.ptr(qkv)),
+            Ptr(self.ptr(state)),
+            Ptr(row_dots),
+            I32(t as i32),
+            I32(nh as i32),
+            I32(hs as i32),
+            F32(1.0 / (hs as f32).sqrt()),
+        ];
+        for kernel in [flash.dkdv, flash.dq] {
+            let smem = flash.backward_smem;
+            self.flash_launch(kernel, b * nh, t, flash.threads, smem, &args);
         }
     }
 
@@ -843,6 +905,99 @@ impl Backend for CudaBackend {
                 I64(out.len as i64),
             ],
         );
+    }
+
+    fn residual_layernorm_forward(
+        &self,
+        residual: Span,
+        out: Span,
+        mean: Span,
+        rstd: Span,
+        a: Span,
+        b: Span,
+        weight: Span,
+        bias: Span,
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) {
+        let rows = [residual, out, a, b, weight, bias].map(|s| self.ptr(s));
+        let vec4 = c.is_multiple_of(4) && aligned16(&rows);
+        let [residual, out, a, b, weight, bias] = rows;
+        self.launch_rows(
+            "residual_layernorm_forward",
+            n,
+            &[
+                Ptr(residual),
+                Ptr(out),
+                Ptr(self.ptr(mean)),
+                Ptr(self.ptr(rstd)),
+                Ptr(a),
+                Ptr(b),
+                Ptr(weight),
+                Ptr(bias),
+                I32(n as i32),
+                I32(c as i32),
+                F32(eps),
+                I32(vec4 as i32),
+            ],
+        );
+    }
+
+    /// One GEMM: cuBLASLt's GELU_AUX_BIAS epilogue adds the bias and writes both
+    /// gelu(x W^T + b) and the pre-activation, so no kernel broadcasts the bias first
+    /// or reads pre back to apply GELU.
+    fn matmul_gelu_forward(
+        &self,
+        pre: Span,
+        out: Span,
+        inp: Span,
+        weight: Span,
+        bias: Option<Span>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
+        let (x, w) = self.operands(mat(self.ptr(inp), n * c, false), weight_mat(weight, true));
+        let bias = bias.map(|b| self.ptr(b));
+        let epilogue = Epilogue::GeluAux {
+            bias: bias.unwrap_or(0),
+            pre: self.ptr(pre),
+        };
+        let p = product(n, oc, c, 1.0, 0.0);
+        if !self.gemm_epilogue(self.ptr(out), x, w, p, epilogue) {
+            self.linear(self.ptr(pre), x, w, bias, n, c, oc);
+            self.gelu_forward(out, pre);
+        }
+    }
+
+    /// dpre = gelu'(pre) * (dout W) in one GEMM, through cuBLASLt's DGELU epilogue
+    /// (which reads pre): dact = dout W is never written and read back, and
+    /// gelu_backward's launch goes. The bias gradient stays a column-sum kernel:
+    /// cuBLASLt's BGRAD epilogues overwrite it, while the trait accumulates it.
+    fn gelu_matmul_backward(
+        &self,
+        dpre: Span,
+        dact: Span,
+        dweight: Span,
+        dbias: Option<Span>,
+        dout: Span,
+        act: Span,
+        pre: Span,
+        weight: Span,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
+        let d = self.ptr(dout);
+        let (dy, w) = self.operands(mat(d, n * oc, false), weight_mat(weight, false));
+        let p = product(n, c, oc, 1.0, 0.0);
+        let epilogue = Epilogue::DGelu { pre: self.ptr(pre) };
+        if !self.gemm_epilogue(self.ptr(dpre), dy, w, p, epilogue) {
+            self.gemm_typed(self.dtype(), self.ptr(dact), dy, w, p);
+            self.gelu_backward(dpre, pre, dact);
+        }
+        self.weight_grads(dweight, dbias, d, act, n, c, oc);
     }
 
     fn head_loss(
@@ -963,15 +1118,22 @@ impl Backend for CudaBackend {
         // Bias corrections in f64 on the host, as the CPU backend computes them.
         let c1 = (1.0 - (hp.beta1 as f64).powi(hp.step as i32)) as f32;
         let c2 = (1.0 - (hp.beta2 as f64).powi(hp.step as i32)) as f32;
+        let p16 = self.fresh_shadow_of(params);
+        let fp32 = [params, grads, m, v].map(|s| self.ptr(s));
+        let vec4 = aligned16(&fp32);
+        let [p, g, m, v] = fp32;
+        let n = params.len;
+        // Threads for the float4 quads and the scalar tail (cuda/adamw.cu).
         self.launch_elems(
             "adamw_update",
-            params.len,
+            if vec4 { n / 4 + n % 4 } else { n },
             &[
-                Ptr(self.ptr(params)),
-                Ptr(self.ptr(grads)),
-                Ptr(self.ptr(m)),
-                Ptr(self.ptr(v)),
-                I64(params.len as i64),
+                Ptr(p),
+                Ptr(p16),
+                Ptr(g),
+                Ptr(m),
+                Ptr(v),
+                I64(n as i64),
                 F32(hp.lr),
                 F32(hp.beta1),
                 F32(hp.beta2),
@@ -980,8 +1142,13 @@ impl Backend for CudaBackend {
                 F32(hp.eps),
                 F32(hp.weight_decay),
                 F32(hp.grad_scale),
+                I32(vec4 as i32),
             ],
         );
+        // The launch marked the parameters written; a fresh shadow got its values too.
+        if p16 != 0 {
+            self.mark_fresh(params.buf);
+        }
     }
 
     fn sgld_update(&self, params: Span, grads: Span, anchor: Span, step: SgldStep) {

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# hgpt against its PyTorch reference (tools/torch_ref.py), both heads, in one call:
+# runs `hgpt bench --json` and `torch_ref.py --json` with the same arguments, once
+# per head (--set model.head=...), then prints tokens/s, ms/step, MFU and peak
+# memory for hgpt harmonic, hgpt softmax, torch harmonic and torch softmax, and the
+# ratios the performance issue sets targets for: hgpt/torch throughput (>= 1.15)
+# and harmonic/softmax step time (<= 1.03).
+#
+# Usage: tools/bench_vs_torch.sh [ARGS...]
+#   ARGS go to both tools: --config F, --set k=v, --micro-batch B, --steps N,
+#   --warmup W, --device cuda|cpu, --peak-tflops X.
+#   e.g. tools/bench_vs_torch.sh --device cuda --config configs/gpt2-124m-harmonic.toml \
+#            --micro-batch 16 --steps 10 --warmup 3 --set train.grad_accum=1
+# Environment: HGPT (default .devbin/hgpt if there, else target/release/hgpt),
+# PYTHON (a Python with torch; default python3), OUT (where the JSON reports go;
+# default a temporary directory).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+HGPT=${HGPT:-$([ -x .devbin/hgpt ] && echo .devbin/hgpt || echo target/release/hgpt)}
+PYTHON=${PYTHON:-python3}
+DIR=${OUT:-$(mktemp -d)}
+mkdir -p "$DIR"
+source tools/cuda_env.sh
+export HGPT_CACHE=${HGPT_CACHE:-$DIR/kernel-cache}
+
+for head in harmonic softmax; do
+    echo "== hgpt $head" >&2
+    "$HGPT" bench "$@" --set model.head=$head --json >"$DIR/hgpt-$head.json"
+    echo "== torch $head" >&2
+    "$PYTHON" tools/torch_ref.py "$@" --set model.head=$head --json >"$DIR/torch-$head.json"
+done
+
+"$PYTHON" - "$DIR" <<'EOF'
+import json, sys
+d = sys.argv[1]
+r = {f"{impl} {head}": json.load(open(f"{d}/{impl}-{head}.json"))
+     for impl in ("hgpt", "torch") for head in ("harmonic", "softmax")}
+first = r["hgpt harmonic"]
+print(f"\n{first['params'] / 1e6:.2f}M parameters, {first['micro_batch']} x {first['seq_len']} tokens x "
+      f"{first['grad_accum']} micro-batches per step, {first['warmup_steps']} warm-up + {first['steps']} timed steps")
+for name, x in r.items():
+    print(f"  {name:<15} {x['device']}")
+# One peak for every row (hgpt's), so the MFU column compares like with like.
+peak = first["peak_tflops"]
+print(f"\n{'':<15} {'tokens/s':>12} {'ms/step':>10} {'MFU':>7} {'peak MiB':>10}")
+for name, x in r.items():
+    mem = "-" if x["peak_memory_mib"] is None else f"{x['peak_memory_mib']:.0f}"
+    mfu = x["model_tflops"] / peak
+    print(f"{name:<15} {x['tokens_per_s']:>12.0f} {x['ms_per_step']:>10.2f} {100 * mfu:>6.1f}% {mem:>10}")
+print(f"MFU: model FLOP/s (6 N + 6 L C T per token) over {peak:.3f} TFLOP/s ({first['peak_source']})")
+for head in ("harmonic", "softmax"):
+    ratio = r[f"hgpt {head}"]["tokens_per_s"] / r[f"torch {head}"]["tokens_per_s"]
+    print(f"hgpt/torch throughput, {head}: {ratio:.3f}x (target >= 1.15x)")
+for impl in ("hgpt", "torch"):
+    ratio = r[f"{impl} harmonic"]["ms_per_step"] / r[f"{impl} softmax"]["ms_per_step"]
+    target = " (target <= 1.03)" if impl == "hgpt" else ""
+    print(f"harmonic/softmax step time, {impl}: {ratio:.3f}{target}")
+print(f"reports: {d}")
+EOF
