@@ -7,6 +7,8 @@
 #   3. GPT-2 124M (configs/gpt2-124m-harmonic.toml) trains a few steps, loss falling
 #   4. hgpt bench --device cuda on the same model: tokens/s, MFU, peak memory beside
 #      the memory plan's figure
+#   5. hgpt llc through the CUDA backend: a tiny checkpoint's estimate against the
+#      CPU's, and the time of a short estimate of the 124M checkpoint
 # then prints a table. Logs go to $OUT (or .devbin/gpu-check). Exit status: failures.
 # Usage: tools/gpu_check.sh [steps]   (training steps for check 3, default 30)
 set -uo pipefail
@@ -77,6 +79,28 @@ if [ -n "$(field tokens_per_s)" ]; then
         "$(field tokens_per_s)" "$(field ms_per_step)" "$(field mfu)" "$(field peak_memory_mib)" \
         "$(field planned_memory_mib)" "$(field gemm_peak_tflops)")"
 fi
+
+# LLC through the CUDA backend (sgld_update on the device): on a tiny checkpoint the
+# estimate must agree with the CPU's (same noise and batches; bf16 GEMMs, so within
+# 10%, not bit for bit), then the time of a short estimate of the 124M checkpoint.
+llc_run="$LOGS/llc-tiny"
+rm -rf "$llc_run"
+"$BIN/hgpt" train --device cpu --steps 50 --out "$llc_run" --set train.eval_every=0 \
+    >"$LOGS/llc-tiny-train.log" 2>&1
+llc_short() { "$BIN/hgpt" llc --checkpoint "$1" --device "$2" --chains 2 --draws 20 \
+    --burnin 20 --json --out "$3"; }
+check llc-tiny-cpu llc_short "$llc_run" cpu "$llc_run/llc-cpu"
+check llc-tiny-cuda llc_short "$llc_run" cuda "$llc_run/llc-cuda"
+estimate() { grep -o '"estimate": [0-9.e+-]*' "$LOGS/$1.log" | head -n1 | awk '{ print $2 }'; }
+cpu_llc=$(estimate llc-tiny-cpu) cuda_llc=$(estimate llc-tiny-cuda)
+if [ -n "$cpu_llc" ] && [ -n "$cuda_llc" ]; then
+    agree=$(awk -v a="$cpu_llc" -v b="$cuda_llc" 'BEGIN { d = (a - b) / a; print (d < 0.1 && d > -0.1) ? "yes" : "NO" }')
+    rows[-1]="${rows[-1]}LLC cuda $cuda_llc vs cpu $cpu_llc (within 10%: $agree)"
+    if [ "$agree" != yes ]; then failed=$((failed + 1)); rows[-1]="${rows[-1]/PASS/FAIL}"; fi
+fi
+check llc-124m llc_short "$run_dir" cuda "$LOGS/llc-124m"
+seconds=$(grep -o '"seconds": [0-9.e+-]*' "$LOGS/llc-124m.log" | head -n1 | awk '{ print $2 }')
+[ -n "$seconds" ] && rows[-1]="${rows[-1]}2 chains x 40 steps: ${seconds} s (a default estimate is 10 x 200)"
 
 echo
 echo "== summary ($(date -u +%FT%TZ), logs in $LOGS)"
