@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use cudarc::cublaslt::sys::cublasStatus_t as Status;
 use cudarc::driver::result as drv;
 use cudarc::driver::sys as cu;
 
@@ -185,10 +186,24 @@ impl CudaBackend {
             ..p
         };
         let stream = self.stream.cu_stream() as _;
-        if self.gemm.try_run(stream, self.dtype(), c, a, b, p).is_err() {
-            self.epilogue_fallbacks
-                .set(self.epilogue_fallbacks.get() + 1);
-            return false;
+        match self.gemm.try_run(stream, self.dtype(), c, a, b, p) {
+            Ok(()) => {}
+            // No kernel for this epilogue (or these attributes) here: fall back.
+            Err(e)
+                if matches!(
+                    e.0,
+                    Status::CUBLAS_STATUS_NOT_SUPPORTED | Status::CUBLAS_STATUS_INVALID_VALUE
+                ) =>
+            {
+                self.epilogue_fallbacks
+                    .set(self.epilogue_fallbacks.get() + 1);
+                return false;
+            }
+            // Anything else is a failure a fallback would only hide.
+            Err(e) => panic!(
+                "cuBLASLt GEMM with epilogue {:?} failed (m={} n={} k={}): {e:?}",
+                p.epilogue, p.m, p.n, p.k
+            ),
         }
         self.written(c);
         if let Epilogue::GeluAux { pre, .. } = e {
