@@ -11,8 +11,9 @@
 //! - the fused ops (residual + LayerNorm, matmul + GELU and its backward) on both of
 //!   their paths: float4 rows and scalar ones, cuBLASLt's epilogues and the unfused
 //!   fallback; AdamW and the norm over float4s with a tail and misaligned;
-//! - bf16 weight shadows: after AdamW steps and after writes into the parameters, the
-//!   loss and gradients equal those of a fresh backend that converts the weights anew;
+//! - bf16 weight shadows: after AdamW and SGLD steps and after writes into the
+//!   parameters, the loss and gradients equal those of a fresh backend that converts
+//!   the weights anew;
 //! - the memory plan (src/memory.rs) against the backend's slots and peak;
 //! - the SGLD step, its noise included (within 1e-5).
 //!
@@ -798,7 +799,7 @@ fn fused_ops_match_the_cpu_on_every_path() {
 /// other write to the parameters makes stale. Whatever happened to the parameters,
 /// the model must compute what a fresh backend computes from the same fp32 values.
 #[test]
-fn bf16_weight_shadows_follow_adamw_and_every_write() {
+fn bf16_weight_shadows_follow_adamw_sgld_and_every_write() {
     let Some(gpu) = open_gpu(GpuPrecision::Bf16) else {
         return;
     };
@@ -872,6 +873,17 @@ fn bf16_weight_shadows_follow_adamw_and_every_write() {
         tr.train_step();
     }
     check("after a write then 2 AdamW steps", &mut tr.model);
+
+    // SGLD steps (hgpt llc) keep a fresh shadow fresh too: two of them, on the
+    // gradients the last check left, localised at the parameters they start from.
+    let m = &mut tr.model;
+    let anchor = m.backend.alloc(m.params.len);
+    m.backend.copy(anchor, m.params);
+    for step in 0..2 {
+        let sgld = SgldStep::new(1e-4, 10.0, 100.0, 7, 0, step);
+        m.backend.sgld_update(m.params, m.grads, anchor, sgld);
+    }
+    check("after 2 SGLD steps", m);
 }
 
 /// A small model: 2 layers, 4 heads, 64 channels, vocabulary 97 (odd, so tensor

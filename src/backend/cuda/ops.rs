@@ -1133,37 +1133,34 @@ impl Backend for CudaBackend {
         // Bias corrections in f64 on the host, as the CPU backend computes them.
         let c1 = (1.0 - (hp.beta1 as f64).powi(hp.step as i32)) as f32;
         let c2 = (1.0 - (hp.beta2 as f64).powi(hp.step as i32)) as f32;
-        let p16 = self.fresh_shadow_of(params);
         let fp32 = [params, grads, m, v].map(|s| self.ptr(s));
         let vec4 = aligned16(&fp32);
         let [p, g, m, v] = fp32;
         let n = params.len;
-        // Threads for the float4 quads and the scalar tail (cuda/adamw.cu).
-        self.launch_elems(
-            "adamw_update",
-            if vec4 { n / 4 + n % 4 } else { n },
-            &[
-                Ptr(p),
-                Ptr(p16),
-                Ptr(g),
-                Ptr(m),
-                Ptr(v),
-                I64(n as i64),
-                F32(hp.lr),
-                F32(hp.beta1),
-                F32(hp.beta2),
-                F32(c1),
-                F32(c2),
-                F32(hp.eps),
-                F32(hp.weight_decay),
-                F32(hp.grad_scale),
-                I32(vec4 as i32),
-            ],
-        );
-        // The launch marked the parameters written; a fresh shadow got its values too.
-        if p16 != 0 {
-            self.mark_fresh(params.buf);
-        }
+        self.update_in_place(params, |p16| {
+            // Threads for the float4 quads and the scalar tail (cuda/adamw.cu).
+            self.launch_elems(
+                "adamw_update",
+                if vec4 { n / 4 + n % 4 } else { n },
+                &[
+                    Ptr(p),
+                    Ptr(p16),
+                    Ptr(g),
+                    Ptr(m),
+                    Ptr(v),
+                    I64(n as i64),
+                    F32(hp.lr),
+                    F32(hp.beta1),
+                    F32(hp.beta2),
+                    F32(c1),
+                    F32(c2),
+                    F32(hp.eps),
+                    F32(hp.weight_decay),
+                    F32(hp.grad_scale),
+                    I32(vec4 as i32),
+                ],
+            )
+        });
     }
 
     fn sgld_update(&self, params: Span, grads: Span, anchor: Span, step: SgldStep) {
@@ -1171,20 +1168,24 @@ impl Backend for CudaBackend {
             grads.len == params.len && anchor.len == params.len,
             "sgld_update lengths"
         );
-        self.launch_elems(
-            "sgld_update",
-            params.len,
-            &[
-                Ptr(self.ptr(params)),
-                Ptr(self.ptr(grads)),
-                Ptr(self.ptr(anchor)),
-                I64(params.len as i64),
-                F32(step.half_eps()),
-                F32(step.nbeta),
-                F32(step.gamma),
-                F32(step.noise_std()),
-                I64(step.noise_key as i64),
-            ],
-        );
+        let [w, g, anchor] = [params, grads, anchor].map(|s| self.ptr(s));
+        self.update_in_place(params, |w16| {
+            self.launch_elems(
+                "sgld_update",
+                params.len,
+                &[
+                    Ptr(w),
+                    Ptr(w16),
+                    Ptr(g),
+                    Ptr(anchor),
+                    I64(params.len as i64),
+                    F32(step.half_eps()),
+                    F32(step.nbeta),
+                    F32(step.gamma),
+                    F32(step.noise_std()),
+                    I64(step.noise_key as i64),
+                ],
+            )
+        });
     }
 }

@@ -8,8 +8,9 @@
 //!   non-const pointer arguments (`CudaBackend::launch` reports them), a GEMM's output,
 //!   `write`, `fill` and `copy`;
 //! - a stale shadow is refreshed whole, on the stream, just before a GEMM reads it;
-//! - `adamw_update` keeps a fresh shadow fresh: its kernel writes the bf16 value in
-//!   the same pass as the fp32 master update, so training never refreshes;
+//! - `adamw_update` and `sgld_update` keep a fresh shadow fresh: their kernels write
+//!   the bf16 value in the same pass as the fp32 update (`update_in_place`), so
+//!   neither training nor an LLC chain ever refreshes;
 //! - freeing the buffer frees its shadow.
 
 use super::kernels::Arg::{I64, Ptr};
@@ -74,10 +75,22 @@ impl CudaBackend {
         }
     }
 
+    /// Runs `launch`, which launches a kernel that updates span `s` in place, with
+    /// where that kernel should also write its bf16 values (`fresh_shadow_of`, 0 for
+    /// none); a fresh shadow the kernel wrote stays fresh.
+    pub(super) fn update_in_place(&self, s: Span, launch: impl FnOnce(u64)) {
+        let s16 = self.fresh_shadow_of(s);
+        launch(s16);
+        // The launch marked the span written; a fresh shadow got its values too.
+        if s16 != 0 {
+            self.mark_fresh(s.buf);
+        }
+    }
+
     /// Where a kernel that updates span `s` should also write its bf16 values: the
     /// span's place in a fresh shadow, or 0 (no shadow, or a stale one, which the next
     /// GEMM refreshes whole anyway).
-    pub(super) fn fresh_shadow_of(&self, s: Span) -> u64 {
+    fn fresh_shadow_of(&self, s: Span) -> u64 {
         match self.shadows.borrow().get(&s.buf) {
             Some(sh) if sh.fresh => sh.mem.ptr + 2 * s.off as u64,
             _ => 0,
@@ -85,7 +98,7 @@ impl CudaBackend {
     }
 
     /// After a kernel wrote both a span and its place in the shadow.
-    pub(super) fn mark_fresh(&self, buf: usize) {
+    fn mark_fresh(&self, buf: usize) {
         if let Some(sh) = self.shadows.borrow_mut().get_mut(&buf) {
             sh.fresh = true;
         }
