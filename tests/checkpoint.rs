@@ -107,6 +107,9 @@ fn a_checkpoint_holds_named_tensors_state_and_config() {
     assert_eq!(latest.trim(), "step_00000003");
     let ckpt = Checkpoint::open(&run).unwrap();
     assert_eq!(ckpt.dir, run.join("checkpoints/step_00000003"));
+    // The `latest` pointer file names the same checkpoint (shells complete to it).
+    let via_pointer = Checkpoint::open(&run.join("checkpoints/latest")).unwrap();
+    assert_eq!(via_pointer.dir, ckpt.dir);
     assert_eq!(ckpt.state.step, 3);
     assert_eq!(ckpt.state.adam_step, 3);
     assert_eq!(ckpt.state.hgpt_version, env!("CARGO_PKG_VERSION"));

@@ -295,10 +295,17 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens a step directory, or a run directory's latest checkpoint.
+    /// Opens a step directory, or a run directory's latest checkpoint (also named by
+    /// the run's `checkpoints/latest` pointer file).
     pub fn open(path: &Path) -> Result<Checkpoint> {
+        let run_of_pointer = path
+            .file_name()
+            .filter(|name| *name == LATEST_FILE && path.is_file())
+            .and_then(|_| path.parent()?.parent());
         let dir = if path.join(STATE_FILE).exists() {
             path.to_path_buf()
+        } else if let Some(run) = run_of_pointer {
+            latest(run)?
         } else if checkpoints_dir(path).is_dir() {
             latest(path)?
         } else if path.exists() {
