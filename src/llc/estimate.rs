@@ -185,7 +185,7 @@ impl LlcEstimate {
     }
 }
 
-fn mean(xs: &[f64]) -> f64 {
+pub(super) fn mean(xs: &[f64]) -> f64 {
     if xs.is_empty() {
         return f64::NAN;
     }
@@ -193,7 +193,7 @@ fn mean(xs: &[f64]) -> f64 {
 }
 
 /// Sample standard deviation (n - 1); 0 for fewer than two values.
-fn std_dev(xs: &[f64]) -> f64 {
+pub(super) fn std_dev(xs: &[f64]) -> f64 {
     if xs.len() < 2 {
         return 0.0;
     }

@@ -21,6 +21,7 @@ use anyhow::{Result, bail};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
+use super::estimate::{mean, std_dev};
 use crate::backend::SgldStep;
 
 /// A model SGLD can sample. Its parameters w, the anchor w* and the last gradient
@@ -238,10 +239,8 @@ fn precise_enough(traces: &[ChainTrace], s: &SgldSettings) -> bool {
     if per_chain.iter().any(|e| !e.is_finite()) {
         return true;
     }
-    let n = per_chain.len() as f64;
-    let mean = per_chain.iter().sum::<f64>() / n;
-    let var = per_chain.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (var / n).sqrt() <= RELATIVE_STANDARD_ERROR * mean.abs()
+    let standard_error = std_dev(&per_chain) / (per_chain.len() as f64).sqrt();
+    standard_error <= RELATIVE_STANDARD_ERROR * mean(&per_chain).abs()
 }
 
 /// eps times the measured curvature that the tuned step aims at.
