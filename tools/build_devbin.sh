@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds hgpt and the GPU test binaries (release) and copies them, stripped, into
-# .devbin/ (gitignored), so tools/gpu_check.sh can run them on a GPU machine that has
-# no Rust toolchain. Usage: tools/build_devbin.sh
+# Builds hgpt and the GPU test binaries (release) and copies them into .devbin/
+# (gitignored), so tools/gpu_check.sh can run them on a GPU machine that has no Rust
+# toolchain. Debug info is stripped but symbols are kept, so a panic's backtrace
+# names its functions. .devbin/BUILD records the commit (and "+dirty" when the
+# working tree differs from it). Usage: tools/build_devbin.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,7 @@ cargo test --release --no-run --message-format=json 2>/dev/null |
         name=$(basename "$exe" | sed 's/-[0-9a-f]*$//')
         cp "$exe" ".devbin/tests/$name"
     done
-command -v strip >/dev/null && strip .devbin/hgpt .devbin/tests/* || true
+strip --strip-debug .devbin/hgpt .devbin/tests/*
+echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!.devbin' || echo +dirty)" >.devbin/BUILD
 ls -l .devbin .devbin/tests
 du -sh .devbin
