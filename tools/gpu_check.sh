@@ -280,4 +280,5 @@ fi
 
 say "total $((SECONDS - start))s; failed steps (stages 0-2): $failed"
 pack
+echo; echo "== summary"; cat "$SUMMARY"
 exit "$failed"
