@@ -47,7 +47,7 @@ impl Slot {
     /// Bytes this slot grows to over one training step of shape `s` (forward with
     /// the head's gradients, backward, gradient norm): the largest request the ops
     /// make of it. The match is exhaustive, so a new slot cannot be left out of the
-    /// memory plan; tests/cuda_parity.rs checks every figure against the backend.
+    /// memory plan; tests/cuda_parity/ checks every figure against the backend.
     fn training_bytes(self, s: &StepShape) -> usize {
         let (n, c, v) = (s.b * s.t, s.c, s.v);
         let btc = n * c;
