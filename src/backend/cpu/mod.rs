@@ -22,7 +22,9 @@ use std::time::Instant;
 use num_traits::{Float, FromPrimitive};
 use rayon::prelude::*;
 
-use super::{AdamW, Backend, OpStats, SgldStep, Span, Target, TokenSpan};
+use super::{
+    AdamW, Backend, OpStats, ScratchItem, ScratchKind, SgldStep, Span, StepShape, Target, TokenSpan,
+};
 use crate::head::HeadKind;
 
 /// Float types the CPU ops run in: f32 for training, f64 for gradient checks.
@@ -178,6 +180,16 @@ impl<F: Real> CpuBackend<F> {
         }
         r
     }
+}
+
+/// What the backend holds over a training step of shape `s` beyond the model's
+/// buffers: the head's chunk, host scratch of `head_loss` outside the byte count.
+pub fn step_scratch(s: &StepShape) -> Vec<ScratchItem> {
+    vec![ScratchItem {
+        kind: ScratchKind::HeadChunk,
+        bytes: size_of::<f32>() * head::scratch_floats(s.b * s.t, s.v),
+        host: true,
+    }]
 }
 
 /// Sum of f(x) in f64 over fixed-size blocks, added in order.
