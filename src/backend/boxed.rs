@@ -12,57 +12,75 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     fn describe(&self) -> String {
         (**self).describe()
     }
+
     fn target(&self) -> Target {
         (**self).target()
     }
+
     fn synchronize(&self) {
         (**self).synchronize()
     }
+
     fn peak_memory_bytes(&self) -> usize {
         (**self).peak_memory_bytes()
     }
+
     fn epilogue_fallbacks(&self) -> usize {
         (**self).epilogue_fallbacks()
     }
+
     fn start_profile(&self) {
         (**self).start_profile()
     }
+
     fn take_profile(&self) -> BTreeMap<&'static str, OpStats> {
         (**self).take_profile()
     }
+
     fn alloc(&self, len: usize) -> Span {
         (**self).alloc(len)
     }
+
     fn alloc_tokens(&self, len: usize) -> TokenSpan {
         (**self).alloc_tokens(len)
     }
+
     fn free(&self, span: Span) {
         (**self).free(span)
     }
+
     fn free_tokens(&self, span: TokenSpan) {
         (**self).free_tokens(span)
     }
+
     fn write(&self, dst: Span, src: &[f32]) {
         (**self).write(dst, src)
     }
+
     fn read(&self, src: Span) -> Vec<f32> {
         (**self).read(src)
     }
+
     fn write_tokens(&self, dst: TokenSpan, src: &[u32]) {
         (**self).write_tokens(dst, src)
     }
+
     fn fill(&self, dst: Span, value: f32) {
         (**self).fill(dst, value)
     }
+
     fn copy(&self, dst: Span, src: Span) {
         (**self).copy(dst, src)
     }
+
     fn mean(&self, src: Span) -> f64 {
         (**self).mean(src)
     }
+
     fn sum_squares(&self, src: Span) -> f64 {
         (**self).sum_squares(src)
     }
+
     fn encoder_forward(
         &self,
         out: Span,
@@ -75,6 +93,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     ) {
         (**self).encoder_forward(out, tokens, wte, wpe, b, t, c)
     }
+
     fn encoder_backward(
         &self,
         dwte: Span,
@@ -87,6 +106,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     ) {
         (**self).encoder_backward(dwte, dwpe, dout, tokens, b, t, c)
     }
+
     fn layernorm_forward(
         &self,
         out: Span,
@@ -101,6 +121,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     ) {
         (**self).layernorm_forward(out, mean, rstd, inp, weight, bias, n, c, eps)
     }
+
     fn layernorm_backward(
         &self,
         dinp: Span,
@@ -116,6 +137,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     ) {
         (**self).layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c)
     }
+
     fn matmul_forward(
         &self,
         out: Span,
@@ -128,6 +150,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     ) {
         (**self).matmul_forward(out, inp, weight, bias, n, c, oc)
     }
+
     fn matmul_backward(
         &self,
         dinp: Span,
@@ -142,9 +165,11 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     ) {
         (**self).matmul_backward(dinp, dweight, dbias, dout, inp, weight, n, c, oc)
     }
+
     fn attention_state_len(&self, b: usize, t: usize, nh: usize) -> usize {
         (**self).attention_state_len(b, t, nh)
     }
+
     fn attention_forward(
         &self,
         out: Span,
@@ -157,6 +182,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     ) {
         (**self).attention_forward(out, state, qkv, b, t, c, nh)
     }
+
     fn attention_backward(
         &self,
         dqkv: Span,
@@ -171,6 +197,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     ) {
         (**self).attention_backward(dqkv, dout, qkv, out, state, b, t, c, nh)
     }
+
     fn attention_decode(
         &self,
         out: Span,
@@ -183,15 +210,19 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     ) {
         (**self).attention_decode(out, q, k, v, t, c, nh)
     }
+
     fn gelu_forward(&self, out: Span, inp: Span) {
         (**self).gelu_forward(out, inp)
     }
+
     fn gelu_backward(&self, dinp: Span, inp: Span, dout: Span) {
         (**self).gelu_backward(dinp, inp, dout)
     }
+
     fn add(&self, out: Span, a: Span, b: Span) {
         (**self).add(out, a, b)
     }
+
     fn residual_layernorm_forward(
         &self,
         residual: Span,
@@ -209,6 +240,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self)
             .residual_layernorm_forward(residual, out, mean, rstd, a, b, weight, bias, n, c, eps)
     }
+
     fn matmul_gelu_forward(
         &self,
         pre: Span,
@@ -222,6 +254,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     ) {
         (**self).matmul_gelu_forward(pre, out, inp, weight, bias, n, c, oc)
     }
+
     fn gelu_matmul_backward(
         &self,
         dpre: Span,
@@ -238,6 +271,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     ) {
         (**self).gelu_matmul_backward(dpre, dact, dweight, dbias, dout, act, pre, weight, n, c, oc)
     }
+
     fn head_loss(
         &self,
         losses: Span,
@@ -252,6 +286,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     ) {
         (**self).head_loss(losses, grads, h, w, targets, n, c, v, kind)
     }
+
     fn head_logits(
         &self,
         out: Span,
@@ -264,9 +299,11 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     ) {
         (**self).head_logits(out, h, w, n, c, v, kind)
     }
+
     fn adamw_update(&self, params: Span, grads: Span, m: Span, v: Span, hp: AdamW) {
         (**self).adamw_update(params, grads, m, v, hp)
     }
+
     fn sgld_update(&self, params: Span, grads: Span, anchor: Span, step: SgldStep) {
         (**self).sgld_update(params, grads, anchor, step)
     }
