@@ -2,8 +2,9 @@
 //! CUDA backend's slots and peak in tests/cuda_parity.rs), and the planner's search
 //! for the largest micro-batch.
 
+use hgpt::backend::Backend;
+use hgpt::backend::GpuPrecision;
 use hgpt::backend::cpu::CpuBackend;
-use hgpt::backend::cuda::GpuPrecision;
 use hgpt::config::Config;
 use hgpt::data;
 use hgpt::memory::{Target, largest_micro_batch, plan};

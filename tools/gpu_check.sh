@@ -38,7 +38,6 @@ SUMMARY=$RESULTS/summary.txt
 chmod +x "$BIN/hgpt" "$BIN"/tests/* 2>/dev/null
 
 export HGPT_CACHE=/tmp/hgpt-kernel-cache
-export HGPT_REQUIRE_GPU=1
 # shellcheck source=tools/cuda_env.sh
 source tools/cuda_env.sh
 

@@ -1,0 +1,137 @@
+//! The CUDA backend's scratch slots and the bytes each grows to over a training
+//! step, and the backend's whole step memory beyond the model's buffers (slots, the
+//! bf16 weight shadow, the cuBLASLt workspace) for the memory plan (src/memory.rs).
+
+use super::{CudaBackend, GpuPrecision, HEAD_CHUNK_FLOATS, weight_shadow_bytes, workspace_bytes};
+use crate::backend::{ScratchItem, ScratchKind, StepShape};
+
+/// Scratch memory the ops keep between calls, grown on demand.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Slot {
+    /// bf16 copies of a GEMM's activation operands (weights have their shadows).
+    OperandA,
+    OperandB,
+    /// Flash attention's backward: D = rowsum(dy * y) per row, [B, NH, T].
+    AttRowDots,
+    /// The head: a chunk of dot products / G, and its bf16 copy.
+    HeadRows,
+    HeadG16,
+    /// The bf16 copy of the head's input h [N, C] (w comes from its shadow).
+    HeadH16,
+    /// |h|^2, |w|^2, rowsum(G), colsum(G).
+    HeadHsq,
+    HeadWsq,
+    HeadRowsum,
+    HeadColsum,
+    /// f64 partial sums of a reduction and its result.
+    Partials,
+    Scalar,
+}
+pub(super) const SLOTS: usize = Slot::Scalar as usize + 1;
+
+impl Slot {
+    /// Every slot, in order (the length check makes a new slot a compile error here).
+    pub(super) const ALL: [Slot; SLOTS] = [
+        Slot::OperandA,
+        Slot::OperandB,
+        Slot::AttRowDots,
+        Slot::HeadRows,
+        Slot::HeadG16,
+        Slot::HeadH16,
+        Slot::HeadHsq,
+        Slot::HeadWsq,
+        Slot::HeadRowsum,
+        Slot::HeadColsum,
+        Slot::Partials,
+        Slot::Scalar,
+    ];
+
+    /// Bytes this slot grows to over one training step of shape `s` (forward with
+    /// the head's gradients, backward, gradient norm): the largest request the ops
+    /// make of it. The match is exhaustive, so a new slot cannot be left out of the
+    /// memory plan; tests/cuda_parity/ checks every figure against the backend.
+    /// The head's chunk is the default, `HEAD_CHUNK_FLOATS`.
+    fn training_bytes(self, s: &StepShape, precision: GpuPrecision) -> usize {
+        let (n, c, v) = (s.b * s.t, s.c, s.v);
+        let btc = n * c;
+        let bf16 = precision == GpuPrecision::Bf16;
+        let rows = (HEAD_CHUNK_FLOATS / v).clamp(1, n);
+        let bf16_only = |bytes: usize| if bf16 { bytes } else { 0 };
+        let harmonic_only = |bytes: usize| if s.harmonic { bytes } else { 0 };
+        match self {
+            // The widest activation operands (weights come from their shadows): the
+            // MLP's [N, 4C] as A (fc_proj's input, fc's output gradient) and as B.
+            Slot::OperandA | Slot::OperandB => bf16_only(2 * 4 * btc),
+            Slot::AttRowDots => 4 * s.b * s.nh * s.t,
+            Slot::HeadRows => 4 * rows * v,
+            Slot::HeadG16 => bf16_only(2 * rows * v),
+            Slot::HeadH16 => bf16_only(2 * btc),
+            Slot::HeadHsq => harmonic_only(4 * n),
+            Slot::HeadWsq | Slot::HeadColsum => harmonic_only(4 * v),
+            Slot::HeadRowsum => harmonic_only(4 * rows),
+            Slot::Partials => 1024 * 8,
+            Slot::Scalar => 8,
+        }
+    }
+}
+
+impl Slot {
+    /// What the slot is for, as the memory plan groups it.
+    fn kind(self) -> ScratchKind {
+        match self {
+            Slot::OperandA | Slot::OperandB => ScratchKind::GemmOperands,
+            Slot::AttRowDots => ScratchKind::Attention,
+            Slot::HeadRows | Slot::HeadG16 | Slot::HeadRowsum => ScratchKind::HeadChunk,
+            Slot::HeadH16 | Slot::HeadHsq | Slot::HeadWsq | Slot::HeadColsum => {
+                ScratchKind::HeadInputs
+            }
+            Slot::Partials | Slot::Scalar => ScratchKind::Reductions,
+        }
+    }
+}
+
+/// Every scratch slot's bytes after a training step of shape `s` in `precision`
+/// (0: never used), named as `CudaBackend::scratch_bytes` names them.
+pub fn training_slot_bytes(s: &StepShape, precision: GpuPrecision) -> Vec<(String, usize)> {
+    Slot::ALL
+        .iter()
+        .map(|&slot| (format!("{slot:?}"), slot.training_bytes(s, precision)))
+        .collect()
+}
+
+/// What the backend holds over a training step of shape `s` beyond the model's
+/// buffers, on a GPU of compute capability `cc_major`: every scratch slot, the bf16
+/// weight shadow and the cuBLASLt workspace.
+pub fn step_scratch(s: &StepShape, precision: GpuPrecision, cc_major: i32) -> Vec<ScratchItem> {
+    let item = |kind, bytes| ScratchItem {
+        kind,
+        bytes,
+        host: false,
+    };
+    let slots = Slot::ALL
+        .iter()
+        .map(|&slot| item(slot.kind(), slot.training_bytes(s, precision)));
+    slots
+        .chain([
+            item(
+                ScratchKind::WeightShadow,
+                weight_shadow_bytes(s.params, precision),
+            ),
+            item(ScratchKind::GemmWorkspace, workspace_bytes(cc_major)),
+        ])
+        .collect()
+}
+
+impl CudaBackend {
+    /// Every scratch slot's bytes now (0: not allocated), named by slot.
+    pub fn scratch_bytes(&self) -> Vec<(String, usize)> {
+        let slots = self.scratch.borrow();
+        Slot::ALL
+            .iter()
+            .map(|&slot| {
+                let bytes = slots[slot as usize].as_ref().map_or(0, |m| m.bytes);
+                (format!("{slot:?}"), bytes)
+            })
+            .collect()
+    }
+}
