@@ -812,7 +812,7 @@ fn bf16_weight_shadows_follow_adamw_sgld_and_every_write() {
     let (inp, tgt) = (&tokens[..b * t], &tokens[1..]);
     let loss_and_grads = |m: &mut Gpt<CudaBackend>| {
         m.zero_grads();
-        let loss = m.forward(inp, tgt, b, t, Some(1.0));
+        let loss = m.loss_and_head_grad(inp, tgt, b, t, 1.0);
         m.backward();
         (loss, m.read_grads())
     };
@@ -923,8 +923,8 @@ fn model_loss_and_every_gradient_match_the_cpu() {
             let mut rng = ChaCha8Rng::seed_from_u64(3);
             let tokens: Vec<u32> = (0..b * t + 1).map(|_| rng.random_range(0..97)).collect();
             let (inp, tgt) = (&tokens[..b * t], &tokens[1..]);
-            let lc = cpu.forward(inp, tgt, b, t, Some(1.0));
-            let lg = gpu.forward(inp, tgt, b, t, Some(1.0));
+            let lc = cpu.loss_and_head_grad(inp, tgt, b, t, 1.0);
+            let lg = gpu.loss_and_head_grad(inp, tgt, b, t, 1.0);
             cpu.backward();
             gpu.backward();
             let err = ((lg - lc) / lc).abs();

@@ -289,7 +289,7 @@ fn check_model(head: &str, tie: bool) {
     let inputs: Vec<u32> = (0..b * t).map(|_| rng.random_range(0..11)).collect();
     let targets: Vec<u32> = (0..b * t).map(|_| rng.random_range(0..11)).collect();
     model.zero_grads();
-    model.forward(&inputs, &targets, b, t, Some(1.0));
+    model.loss_and_head_grad(&inputs, &targets, b, t, 1.0);
     model.backward();
     let analytic = model.backend.slice(model.grads).to_vec();
     let params = model.backend.slice(model.params).to_vec();
@@ -298,7 +298,7 @@ fn check_model(head: &str, tie: bool) {
     let loss_at = |p: &[f64]| {
         let mut g = probe.borrow_mut();
         g.backend.slice_mut(g.params).copy_from_slice(p);
-        g.forward(&inputs, &targets, b, t, None)
+        g.loss(&inputs, &targets, b, t)
     };
     for (name, shape, offset) in model.layout.named() {
         let len: usize = shape.iter().product();

@@ -6,27 +6,22 @@
 //! token costs one position's worth of work instead of a forward pass over the
 //! whole context.
 
-use super::{Gpt, idx};
+use super::{Attend, Gpt, LayerActs, NextLn, ln_weights_after};
 use crate::backend::{Backend, Span};
 
-/// Per-layer key and value caches [block_size, c] and one position's scratch.
+/// Per-layer key and value caches and one position's activations. C = n_embd,
+/// maxT = block_size, V = vocab_size.
 pub struct KvCache {
     /// Positions cached so far.
     len: usize,
-    keys: Vec<Span>,
-    values: Vec<Span>,
-    embed: Span,
-    residual: Span,
-    residual2: Span,
-    ln: Span,
-    mean: Span,
-    rstd: Span,
-    qkv: Span,
-    atty: Span,
-    proj: Span,
-    fch: Span,
-    fch_gelu: Span,
-    logits: Span,
+    keys: Vec<Span>,   // L x (maxT, C)
+    values: Vec<Span>, // L x (maxT, C)
+    embed: Span,       // (C) the new token's wte row
+    /// The block's activations at N = 1, reused by every layer: the LayerNorm
+    /// outputs share one span (ln1 = ln2 = the next block's ln_1), so do the two
+    /// projections (attproj = fcproj), and `residual3` is also the block's input.
+    step: LayerActs,
+    logits: Span, // (V)
 }
 
 impl KvCache {
@@ -38,6 +33,18 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// The LayerNorm after `l` blocks, into the step's shared LayerNorm output.
+    fn ln_after(&self, (w, b): (Span, Span)) -> NextLn {
+        let s = &self.step;
+        NextLn {
+            w,
+            b,
+            out: s.ln1,
+            mean: s.ln1_mean,
+            rstd: s.ln1_rstd,
+        }
+    }
 }
 
 impl<B: Backend> Gpt<B> {
@@ -46,21 +53,28 @@ impl<B: Backend> Gpt<B> {
         let m = &self.config;
         let (c, t) = (m.n_embd, m.block_size);
         let alloc = |len| self.backend.alloc(len);
+        let (ln, mean, rstd, proj) = (alloc(c), alloc(1), alloc(1), alloc(c));
         KvCache {
             len: 0,
             keys: (0..m.n_layer).map(|_| alloc(t * c)).collect(),
             values: (0..m.n_layer).map(|_| alloc(t * c)).collect(),
             embed: alloc(c),
-            residual: alloc(c),
-            residual2: alloc(c),
-            ln: alloc(c),
-            mean: alloc(1),
-            rstd: alloc(1),
-            qkv: alloc(3 * c),
-            atty: alloc(c),
-            proj: alloc(c),
-            fch: alloc(4 * c),
-            fch_gelu: alloc(4 * c),
+            step: LayerActs {
+                ln1: ln,
+                ln1_mean: mean,
+                ln1_rstd: rstd,
+                qkv: alloc(3 * c),
+                atty: alloc(c),
+                attproj: proj,
+                residual2: alloc(c),
+                ln2: ln,
+                ln2_mean: mean,
+                ln2_rstd: rstd,
+                fch: alloc(4 * c),
+                fch_gelu: alloc(4 * c),
+                fcproj: proj,
+                residual3: alloc(c),
+            },
             logits: alloc(m.vocab_size),
         }
     }
@@ -87,78 +101,53 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// Appends `token` at the next position (which must be < block_size) and
-    /// returns the logits that predict the token after it.
+    /// returns the logits that predict the token after it: the blocks of
+    /// `trunk_forward` at N = 1, attending over the cache.
     pub fn decode_step(&self, cache: &mut KvCache, token: u32) -> Vec<f32> {
         let m = &self.config;
-        let (c, nh, pos) = (m.n_embd, m.n_head, cache.len);
+        let (c, pos) = (m.n_embd, cache.len);
         assert!(pos < m.block_size, "KV cache full ({pos} positions)");
         let eps = m.ln_eps as f32;
-        let be = &self.backend;
-        let kc = &*cache;
-        be.copy(kc.embed, self.p(idx::WTE).slice(token as usize * c, c));
-        // residual = the embedding, then ln = the LayerNorm that reads it; each later
-        // residual add is fused with the LayerNorm after it, as in `trunk_forward`.
-        let residual_ln = |residual: Span, a: Span, b: Span, after: usize| {
-            let (w, bias) = self.ln_params_after(after);
-            be.residual_layernorm_forward(
-                residual, kc.ln, kc.mean, kc.rstd, a, b, w, bias, 1, c, eps,
-            )
-        };
-        residual_ln(kc.residual, kc.embed, self.p(idx::WPE).slice(pos * c, c), 0);
-        for l in 0..m.n_layer {
-            let linear = |out: Span, inp: Span, w: usize, b: usize, ic: usize, oc: usize| {
-                be.matmul_forward(out, inp, self.pl(w, l), Some(self.pl(b, l)), 1, ic, oc)
+        let p = self.layout.tensors(self.params);
+        let (be, kc) = (&self.backend, &*cache);
+        let residual = kc.step.residual3;
+        // residual = wte[token] + wpe[pos], fused with block 0's ln_1.
+        be.copy(kc.embed, p.wte.slice(token as usize * c, c));
+        let ln1 = kc.ln_after(ln_weights_after(&p, 0));
+        be.residual_layernorm_forward(
+            residual,
+            ln1.out,
+            ln1.mean,
+            ln1.rstd,
+            kc.embed,
+            p.wpe.slice(pos * c, c),
+            ln1.w,
+            ln1.b,
+            1,
+            c,
+            eps,
+        );
+        for (l, lp) in p.layers.iter().enumerate() {
+            let attend = Attend::Cached {
+                keys: kc.keys[l],
+                values: kc.values[l],
+                pos,
             };
-            linear(kc.qkv, kc.ln, idx::QKVW, idx::QKVB, c, 3 * c);
-            be.copy(kc.keys[l].slice(pos * c, c), kc.qkv.slice(c, c));
-            be.copy(kc.values[l].slice(pos * c, c), kc.qkv.slice(2 * c, c));
-            be.attention_decode(
-                kc.atty,
-                kc.qkv.slice(0, c),
-                kc.keys[l].slice(0, (pos + 1) * c),
-                kc.values[l].slice(0, (pos + 1) * c),
-                pos + 1,
-                c,
-                nh,
-            );
-            linear(kc.proj, kc.atty, idx::ATTPROJW, idx::ATTPROJB, c, c);
-            be.residual_layernorm_forward(
-                kc.residual2,
-                kc.ln,
-                kc.mean,
-                kc.rstd,
-                kc.residual,
-                kc.proj,
-                self.pl(idx::LN2W, l),
-                self.pl(idx::LN2B, l),
-                1,
-                c,
-                eps,
-            );
-            be.matmul_gelu_forward(
-                kc.fch,
-                kc.fch_gelu,
-                kc.ln,
-                self.pl(idx::FCW, l),
-                Some(self.pl(idx::FCB, l)),
-                1,
-                c,
-                4 * c,
-            );
-            linear(kc.proj, kc.fch_gelu, idx::FCPROJW, idx::FCPROJB, 4 * c, c);
-            residual_ln(kc.residual, kc.residual2, kc.proj, l + 1);
+            let next = kc.ln_after(ln_weights_after(&p, l + 1));
+            self.block_forward(lp, &kc.step, residual, &next, attend);
         }
         cache.len += 1;
-        self.head_row(cache, cache.ln)
+        self.head_row(cache, cache.step.ln1)
     }
 
     /// Logits of one final hidden state h[c].
     fn head_row(&self, cache: &KvCache, h: Span) -> Vec<f32> {
         let m = &self.config;
+        let w = self.layout.tensors(self.params).head;
         self.backend.head_logits(
             cache.logits,
             h,
-            self.p(self.layout.head_index()),
+            w,
             1,
             m.n_embd,
             m.vocab_size,

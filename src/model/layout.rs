@@ -2,7 +2,8 @@
 //!
 //! Parameters are stored as in llm.c: sixteen tensors (seventeen with an untied
 //! lm_head), each stacked over layers, so the optimizer touches a handful of
-//! contiguous ranges. `named()` gives the per-layer GPT-2 names and shapes that
+//! contiguous ranges. `tensors()` carves a buffer (parameters or gradients) into
+//! llm.c's named views; `named()` gives the per-layer GPT-2 names and shapes that
 //! checkpoints and exports use.
 
 use crate::backend::Span;
@@ -43,6 +44,37 @@ impl Tensor {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// One block's slice of the parameters (or of their gradients), llm.c's `l_*`
+/// pointers. C = n_embd.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerParams {
+    pub ln1w: Span,     // (C)
+    pub ln1b: Span,     // (C)
+    pub qkvw: Span,     // (3C, C)
+    pub qkvb: Span,     // (3C)
+    pub attprojw: Span, // (C, C)
+    pub attprojb: Span, // (C)
+    pub ln2w: Span,     // (C)
+    pub ln2b: Span,     // (C)
+    pub fcw: Span,      // (4C, C)
+    pub fcb: Span,      // (4C)
+    pub fcprojw: Span,  // (C, 4C)
+    pub fcprojb: Span,  // (C)
+}
+
+/// A whole parameter (or gradient) buffer as named views, llm.c's
+/// `ParameterTensors`. V = vocab_size, maxT = block_size.
+#[derive(Clone, Debug)]
+pub struct ParamTensors {
+    pub wte: Span, // (V, C)
+    pub wpe: Span, // (maxT, C)
+    pub layers: Vec<LayerParams>,
+    pub lnfw: Span, // (C)
+    pub lnfb: Span, // (C)
+    /// The class centres / unembedding (V, C): wte when tied, else lm_head.
+    pub head: Span,
 }
 
 #[derive(Clone, Debug)]
@@ -168,6 +200,37 @@ impl ParamLayout {
     pub fn layer(&self, buf: Span, i: usize, layer: usize) -> Span {
         let t = &self.tensors[i];
         buf.slice(t.offset + layer * t.layer_len(), t.layer_len())
+    }
+
+    /// `buf` (laid out as this layout: parameters, gradients or moments) as named views.
+    pub fn tensors(&self, buf: Span) -> ParamTensors {
+        let layers = self.tensors[idx::LN1W].layers;
+        ParamTensors {
+            wte: self.span(buf, idx::WTE),
+            wpe: self.span(buf, idx::WPE),
+            layers: (0..layers)
+                .map(|l| {
+                    let at = |i| self.layer(buf, i, l);
+                    LayerParams {
+                        ln1w: at(idx::LN1W),
+                        ln1b: at(idx::LN1B),
+                        qkvw: at(idx::QKVW),
+                        qkvb: at(idx::QKVB),
+                        attprojw: at(idx::ATTPROJW),
+                        attprojb: at(idx::ATTPROJB),
+                        ln2w: at(idx::LN2W),
+                        ln2b: at(idx::LN2B),
+                        fcw: at(idx::FCW),
+                        fcb: at(idx::FCB),
+                        fcprojw: at(idx::FCPROJW),
+                        fcprojb: at(idx::FCPROJB),
+                    }
+                })
+                .collect(),
+            lnfw: self.span(buf, idx::LNFW),
+            lnfb: self.span(buf, idx::LNFB),
+            head: self.span(buf, self.head_index()),
+        }
     }
 
     /// The class centres / unembedding: wte when tied, else lm_head.

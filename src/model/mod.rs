@@ -22,51 +22,100 @@ use crate::backend::{Backend, Span, TokenSpan};
 use crate::config::ModelConfig;
 use crate::head::HeadKind;
 pub use decode::KvCache;
-pub use layout::{Init, ParamLayout, idx};
+pub use layout::{Init, LayerParams, ParamLayout, ParamTensors, idx};
 
-/// Activations of one forward pass at a given (batch, time) shape.
+/// Activations of one forward pass at a given (B, T) shape, llm.c's
+/// `ActivationTensors`: N = B*T positions, C = n_embd, L = n_layer.
 struct Activations {
     b: usize,
     t: usize,
+    /// The one allocation every float span below is carved from.
     all: Span,
-    inputs: TokenSpan,
-    targets: TokenSpan,
-    encoded: Span,
+    inputs: TokenSpan,  // (B, T)
+    targets: TokenSpan, // (B, T)
+    encoded: Span,      // (N, C) wte + wpe
     layers: Vec<LayerActs>,
-    lnf: Span,
-    lnf_mean: Span,
-    lnf_rstd: Span,
-    losses: Span,
-    grads: GradActs,
+    /// Per layer, what `attention_backward` needs (`Backend::attention_state_len`).
+    att_states: Vec<Span>,
+    lnf: Span,      // (N, C)
+    lnf_mean: Span, // (N)
+    lnf_rstd: Span, // (N)
+    losses: Span,   // (N)
+    dacts: ActGrads,
 }
 
+/// One block's activations (N rows; the decoder's one position has N = 1).
 struct LayerActs {
-    ln1: Span,
-    ln1_mean: Span,
-    ln1_rstd: Span,
-    qkv: Span,
-    atty: Span,
-    att_state: Span,
-    attproj: Span,
-    residual2: Span,
-    ln2: Span,
-    ln2_mean: Span,
-    ln2_rstd: Span,
-    fch: Span,
-    fch_gelu: Span,
-    fcproj: Span,
-    residual3: Span,
+    ln1: Span,       // (N, C)
+    ln1_mean: Span,  // (N)
+    ln1_rstd: Span,  // (N)
+    qkv: Span,       // (N, 3C)
+    atty: Span,      // (N, C) attention output, heads side by side
+    attproj: Span,   // (N, C)
+    residual2: Span, // (N, C) residual + attproj
+    ln2: Span,       // (N, C)
+    ln2_mean: Span,  // (N)
+    ln2_rstd: Span,  // (N)
+    fch: Span,       // (N, 4C)
+    fch_gelu: Span,  // (N, 4C)
+    fcproj: Span,    // (N, C)
+    residual3: Span, // (N, C) residual2 + fcproj: the block's output
 }
 
-/// Gradient scratch for the backward pass, reused by every layer in turn.
-struct GradActs {
-    residual: Span,
-    lnf: Span,
-    ln: Span,
-    qkv: Span,
-    atty: Span,
-    fch: Span,
-    fch_gelu: Span,
+/// Gradients of activations: scratch for the backward pass, reused by every layer
+/// in turn (the parameters' gradients are `Gpt::grads`).
+struct ActGrads {
+    residual: Span, // (N, C) the residual stream's, accumulated through the blocks
+    lnf: Span,      // (N, C) of ln_f's output, written by the head
+    ln: Span,       // (N, C) of ln_1's or ln_2's output
+    qkv: Span,      // (N, 3C)
+    atty: Span,     // (N, C)
+    fch: Span,      // (N, 4C)
+    fch_gelu: Span, // (N, 4C) scratch of `gelu_matmul_backward`
+}
+
+/// The LayerNorm that reads a block's output, with its weights: the next block's
+/// ln_1, or ln_f after the last block.
+struct NextLn {
+    w: Span,    // (C)
+    b: Span,    // (C)
+    out: Span,  // (N, C)
+    mean: Span, // (N)
+    rstd: Span, // (N)
+}
+
+/// How a block's attention sees the sequence.
+#[derive(Clone, Copy)]
+enum Attend {
+    /// Causal self-attention within each of B sequences of T positions, keeping
+    /// `state` for the backward pass (training, prefill).
+    Full { state: Span, b: usize, t: usize },
+    /// One new position `pos` over the KV cache (maxT, C): its key and value go to
+    /// row `pos` of `keys` and `values`, then its query attends over rows 0..=pos.
+    Cached {
+        keys: Span,
+        values: Span,
+        pos: usize,
+    },
+}
+
+impl Attend {
+    /// Positions the block processes (its N).
+    fn rows(self) -> usize {
+        match self {
+            Attend::Full { b, t, .. } => b * t,
+            Attend::Cached { .. } => 1,
+        }
+    }
+}
+
+/// Weight and bias of the LayerNorm that reads the residual stream after `l`
+/// blocks: block l's ln_1, or ln_f after the last block.
+fn ln_weights_after(p: &ParamTensors, l: usize) -> (Span, Span) {
+    match p.layers.get(l) {
+        Some(lp) => (lp.ln1w, lp.ln1b),
+        None => (p.lnfw, p.lnfb),
+    }
 }
 
 /// Hands out consecutive pieces of one allocation.
@@ -100,30 +149,35 @@ impl Activations {
         let (n, c) = (b * t, m.n_embd);
         let mut k = Carver { base, off: 0 };
         let encoded = k.take(n * c);
-        let layers = (0..m.n_layer)
-            .map(|_| LayerActs {
-                ln1: k.take(n * c),
-                ln1_mean: k.take(n),
-                ln1_rstd: k.take(n),
-                qkv: k.take(n * 3 * c),
-                atty: k.take(n * c),
-                att_state: k.take(state_len),
-                attproj: k.take(n * c),
-                residual2: k.take(n * c),
-                ln2: k.take(n * c),
-                ln2_mean: k.take(n),
-                ln2_rstd: k.take(n),
-                fch: k.take(n * 4 * c),
-                fch_gelu: k.take(n * 4 * c),
-                fcproj: k.take(n * c),
-                residual3: k.take(n * c),
+        let (layers, att_states) = (0..m.n_layer)
+            .map(|_| {
+                let (ln1, ln1_mean, ln1_rstd) = (k.take(n * c), k.take(n), k.take(n));
+                let (qkv, atty) = (k.take(n * 3 * c), k.take(n * c));
+                let att_state = k.take(state_len);
+                let la = LayerActs {
+                    ln1,
+                    ln1_mean,
+                    ln1_rstd,
+                    qkv,
+                    atty,
+                    attproj: k.take(n * c),
+                    residual2: k.take(n * c),
+                    ln2: k.take(n * c),
+                    ln2_mean: k.take(n),
+                    ln2_rstd: k.take(n),
+                    fch: k.take(n * 4 * c),
+                    fch_gelu: k.take(n * 4 * c),
+                    fcproj: k.take(n * c),
+                    residual3: k.take(n * c),
+                };
+                (la, att_state)
             })
-            .collect();
+            .unzip();
         let lnf = k.take(n * c);
         let lnf_mean = k.take(n);
         let lnf_rstd = k.take(n);
         let losses = k.take(n);
-        let grads = GradActs {
+        let dacts = ActGrads {
             residual: k.take(n * c),
             lnf: k.take(n * c),
             ln: k.take(n * c),
@@ -145,11 +199,36 @@ impl Activations {
             targets: no_tokens,
             encoded,
             layers,
+            att_states,
             lnf,
             lnf_mean,
             lnf_rstd,
             losses,
-            grads,
+            dacts,
+        }
+    }
+
+    /// The residual stream entering block `l`: the embeddings, or block l-1's output.
+    fn residual_before(&self, l: usize) -> Span {
+        match l {
+            0 => self.encoded,
+            _ => self.layers[l - 1].residual3,
+        }
+    }
+
+    /// The LayerNorm that reads the residual stream after `l` blocks.
+    fn ln_after(&self, p: &ParamTensors, l: usize) -> NextLn {
+        let (w, b) = ln_weights_after(p, l);
+        let (out, mean, rstd) = match self.layers.get(l) {
+            Some(la) => (la.ln1, la.ln1_mean, la.ln1_rstd),
+            None => (self.lnf, self.lnf_mean, self.lnf_rstd),
+        };
+        NextLn {
+            w,
+            b,
+            out,
+            mean,
+            rstd,
         }
     }
 }
@@ -180,12 +259,11 @@ impl ActivationFloats {
         };
         let a = Activations::carve(m, b, t, state_len, unbounded);
         let end = |s: Span| s.off + s.len;
-        let layers_end = a.layers.last().map_or(end(a.encoded), |l| end(l.residual3));
-        let layers = layers_end - end(a.encoded);
-        let backward = a.all.len - a.grads.residual.off;
+        let layers = end(a.residual_before(m.n_layer)) - end(a.encoded);
+        let backward = a.all.len - a.dacts.residual.off;
         ActivationFloats {
             layers,
-            attention_state: a.layers.iter().map(|l| l.att_state.len).sum(),
+            attention_state: a.att_states.iter().map(|s| s.len).sum(),
             trunk: a.all.len - layers - backward,
             backward,
             total: a.all.len,
@@ -253,18 +331,6 @@ impl<B: Backend> Gpt<B> {
         self.config.head_kind()
     }
 
-    fn p(&self, i: usize) -> Span {
-        self.layout.span(self.params, i)
-    }
-
-    fn pl(&self, i: usize, l: usize) -> Span {
-        self.layout.layer(self.params, i, l)
-    }
-
-    fn gl(&self, i: usize, l: usize) -> Span {
-        self.layout.layer(self.grads, i, l)
-    }
-
     fn ensure_acts(&mut self, b: usize, t: usize) {
         if let Some(a) = &self.acts {
             if (a.b, a.t) == (b, t) {
@@ -277,7 +343,8 @@ impl<B: Backend> Gpt<B> {
         self.acts = Some(Activations::new(&self.backend, &self.config, b, t));
     }
 
-    /// Runs the trunk (embeddings, blocks, ln_f) on `inputs` [b, t].
+    /// Runs the trunk (embeddings, blocks, ln_f) on `inputs` (B, T), llm.c's
+    /// gpt2_forward up to the head.
     fn trunk_forward(&mut self, inputs: &[u32], b: usize, t: usize) {
         assert_eq!(inputs.len(), b * t, "inputs must be b*t tokens");
         assert!(
@@ -286,118 +353,123 @@ impl<B: Backend> Gpt<B> {
         );
         self.ensure_acts(b, t);
         let a = self.acts.as_ref().unwrap();
-        let (n, c, nh) = (b * t, self.config.n_embd, self.config.n_head);
+        let (n, c) = (b * t, self.config.n_embd);
         let eps = self.config.ln_eps as f32;
+        let p = self.layout.tensors(self.params);
         let be = &self.backend;
         be.write_tokens(a.inputs, inputs);
-        be.encoder_forward(
-            a.encoded,
-            a.inputs,
-            self.p(idx::WTE),
-            self.p(idx::WPE),
-            b,
-            t,
+        be.encoder_forward(a.encoded, a.inputs, p.wte, p.wpe, b, t, c);
+        let ln1 = a.ln_after(&p, 0);
+        be.layernorm_forward(
+            ln1.out, ln1.mean, ln1.rstd, a.encoded, ln1.w, ln1.b, n, c, eps,
+        );
+        for (l, la) in a.layers.iter().enumerate() {
+            let attend = Attend::Full {
+                state: a.att_states[l],
+                b,
+                t,
+            };
+            let next = a.ln_after(&p, l + 1);
+            self.block_forward(&p.layers[l], la, a.residual_before(l), &next, attend);
+        }
+    }
+
+    /// One transformer block. `residual` (N, C) is the block's input and `la.ln1`
+    /// its ln_1, already computed; writes the rest of `la` and `next`. Each residual
+    /// add is fused with the LayerNorm that reads its result.
+    fn block_forward(
+        &self,
+        lp: &LayerParams,
+        la: &LayerActs,
+        residual: Span,
+        next: &NextLn,
+        attend: Attend,
+    ) {
+        let (n, c, nh) = (attend.rows(), self.config.n_embd, self.config.n_head);
+        let eps = self.config.ln_eps as f32;
+        let be = &self.backend;
+        be.matmul_forward(la.qkv, la.ln1, lp.qkvw, Some(lp.qkvb), n, c, 3 * c);
+        match attend {
+            Attend::Full { state, b, t } => {
+                be.attention_forward(la.atty, state, la.qkv, b, t, c, nh)
+            }
+            Attend::Cached { keys, values, pos } => {
+                be.copy(keys.slice(pos * c, c), la.qkv.slice(c, c));
+                be.copy(values.slice(pos * c, c), la.qkv.slice(2 * c, c));
+                let (seen_k, seen_v) =
+                    (keys.slice(0, (pos + 1) * c), values.slice(0, (pos + 1) * c));
+                be.attention_decode(la.atty, la.qkv.slice(0, c), seen_k, seen_v, pos + 1, c, nh);
+            }
+        }
+        be.matmul_forward(la.attproj, la.atty, lp.attprojw, Some(lp.attprojb), n, c, c);
+        be.residual_layernorm_forward(
+            la.residual2,
+            la.ln2,
+            la.ln2_mean,
+            la.ln2_rstd,
+            residual,
+            la.attproj,
+            lp.ln2w,
+            lp.ln2b,
+            n,
+            c,
+            eps,
+        );
+        be.matmul_gelu_forward(
+            la.fch,
+            la.fch_gelu,
+            la.ln2,
+            lp.fcw,
+            Some(lp.fcb),
+            n,
+            c,
+            4 * c,
+        );
+        be.matmul_forward(
+            la.fcproj,
+            la.fch_gelu,
+            lp.fcprojw,
+            Some(lp.fcprojb),
+            n,
+            4 * c,
             c,
         );
-        // Each residual add is fused with the LayerNorm that reads its result: x + attn
-        // with ln_2, x + mlp with the next block's ln_1 (ln_f after the last block).
-        let ln_acts = |l: usize| match a.layers.get(l) {
-            Some(la) => (la.ln1, la.ln1_mean, la.ln1_rstd),
-            None => (a.lnf, a.lnf_mean, a.lnf_rstd),
-        };
-        let (ln, ln_mean, ln_rstd) = ln_acts(0);
-        let (ln_w, ln_b) = self.ln_params_after(0);
-        be.layernorm_forward(ln, ln_mean, ln_rstd, a.encoded, ln_w, ln_b, n, c, eps);
-        for (l, la) in a.layers.iter().enumerate() {
-            let residual = if l == 0 {
-                a.encoded
-            } else {
-                a.layers[l - 1].residual3
-            };
-            be.matmul_forward(
-                la.qkv,
-                la.ln1,
-                self.pl(idx::QKVW, l),
-                Some(self.pl(idx::QKVB, l)),
-                n,
-                c,
-                3 * c,
-            );
-            be.attention_forward(la.atty, la.att_state, la.qkv, b, t, c, nh);
-            be.matmul_forward(
-                la.attproj,
-                la.atty,
-                self.pl(idx::ATTPROJW, l),
-                Some(self.pl(idx::ATTPROJB, l)),
-                n,
-                c,
-                c,
-            );
-            be.residual_layernorm_forward(
-                la.residual2,
-                la.ln2,
-                la.ln2_mean,
-                la.ln2_rstd,
-                residual,
-                la.attproj,
-                self.pl(idx::LN2W, l),
-                self.pl(idx::LN2B, l),
-                n,
-                c,
-                eps,
-            );
-            be.matmul_gelu_forward(
-                la.fch,
-                la.fch_gelu,
-                la.ln2,
-                self.pl(idx::FCW, l),
-                Some(self.pl(idx::FCB, l)),
-                n,
-                c,
-                4 * c,
-            );
-            be.matmul_forward(
-                la.fcproj,
-                la.fch_gelu,
-                self.pl(idx::FCPROJW, l),
-                Some(self.pl(idx::FCPROJB, l)),
-                n,
-                4 * c,
-                c,
-            );
-            let (ln, ln_mean, ln_rstd) = ln_acts(l + 1);
-            let (ln_w, ln_b) = self.ln_params_after(l + 1);
-            be.residual_layernorm_forward(
-                la.residual3,
-                ln,
-                ln_mean,
-                ln_rstd,
-                la.residual2,
-                la.fcproj,
-                ln_w,
-                ln_b,
-                n,
-                c,
-                eps,
-            );
-        }
+        be.residual_layernorm_forward(
+            la.residual3,
+            next.out,
+            next.mean,
+            next.rstd,
+            la.residual2,
+            la.fcproj,
+            next.w,
+            next.b,
+            n,
+            c,
+            eps,
+        );
     }
 
-    /// Weight and bias of the LayerNorm that reads the residual stream after `l`
-    /// blocks: block l's ln_1, or ln_f after the last block.
-    fn ln_params_after(&self, l: usize) -> (Span, Span) {
-        if l < self.config.n_layer {
-            (self.pl(idx::LN1W, l), self.pl(idx::LN1B, l))
-        } else {
-            (self.p(idx::LNFW), self.p(idx::LNFB))
-        }
+    /// Mean loss over the b*t positions of `inputs` (B, T) predicting `targets` (B, T).
+    pub fn loss(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> f64 {
+        self.forward(inputs, targets, b, t, None)
     }
 
-    /// Forward pass with targets; returns the mean loss over the b*t positions. With
-    /// `grad_scale = Some(k)` the head's gradients (of k times the mean loss) are
-    /// computed too, ready for `backward`: k = 1/grad_accum sums micro-batches into
-    /// the gradient of the mean over the whole step.
-    pub fn forward(
+    /// Mean loss, as `loss`, and the head's share of the backward pass: the gradient
+    /// of `scale` times the mean loss is added to the head's weights in `grads` and
+    /// left at ln_f's output for `backward` (llm.c's fused classifier). scale =
+    /// 1/grad_accum sums micro-batches into the gradient of the mean over the step.
+    pub fn loss_and_head_grad(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+        scale: f32,
+    ) -> f64 {
+        self.forward(inputs, targets, b, t, Some(scale))
+    }
+
+    fn forward(
         &mut self,
         inputs: &[u32],
         targets: &[u32],
@@ -409,11 +481,12 @@ impl<B: Backend> Gpt<B> {
         self.trunk_forward(inputs, b, t);
         let a = self.acts.as_ref().unwrap();
         let (n, c, v) = (b * t, self.config.n_embd, self.config.vocab_size);
-        self.backend.write_tokens(a.targets, targets);
-        let head_w = self.p(self.layout.head_index());
-        let head_dw = self.layout.span(self.grads, self.layout.head_index());
-        let grads = grad_scale.map(|k| (a.grads.lnf, head_dw, k / n as f32));
-        self.backend.head_loss(
+        let head_w = self.layout.tensors(self.params).head;
+        let head_dw = self.layout.tensors(self.grads).head;
+        let grads = grad_scale.map(|k| (a.dacts.lnf, head_dw, k / n as f32));
+        let be = &self.backend;
+        be.write_tokens(a.targets, targets);
+        be.head_loss(
             a.losses,
             grads,
             a.lnf,
@@ -424,10 +497,10 @@ impl<B: Backend> Gpt<B> {
             v,
             self.head_kind(),
         );
-        self.backend.mean(a.losses)
+        be.mean(a.losses)
     }
 
-    /// Per-position losses of the last `forward` (for evaluation tools).
+    /// Per-position losses of the last `loss` (for evaluation tools).
     pub fn position_losses(&self) -> Vec<f32> {
         let a = self.acts.as_ref().expect("forward first");
         self.backend.read(a.losses)
@@ -438,85 +511,65 @@ impl<B: Backend> Gpt<B> {
         self.trunk_forward(inputs, b, t);
         let a = self.acts.as_ref().unwrap();
         let (n, c, v) = (b * t, self.config.n_embd, self.config.vocab_size);
+        let head_w = self.layout.tensors(self.params).head;
         let out = self.backend.alloc(n * v);
-        self.backend.head_logits(
-            out,
-            a.lnf,
-            self.p(self.layout.head_index()),
-            n,
-            c,
-            v,
-            self.head_kind(),
-        );
+        self.backend
+            .head_logits(out, a.lnf, head_w, n, c, v, self.head_kind());
         let logits = self.backend.read(out);
         self.backend.free(out);
         logits
     }
 
-    /// Adds the gradient of the last `forward` (which must have had a grad_scale)
-    /// into `grads`.
+    /// Adds the gradient of the last `loss_and_head_grad` into `grads`, llm.c's
+    /// gpt2_backward after the head: ln_f, the blocks in reverse, the embeddings.
     pub fn backward(&mut self) {
         let a = self.acts.as_ref().expect("forward before backward");
         let (b, t) = (a.b, a.t);
         let (n, c, nh) = (b * t, self.config.n_embd, self.config.n_head);
-        let be = &self.backend;
-        let g = &a.grads;
-        be.fill(g.residual, 0.0);
-        let last = a.layers.last().map_or(a.encoded, |la| la.residual3);
-        let (lnfw, lnfb) = (
-            self.layout.span(self.grads, idx::LNFW),
-            self.layout.span(self.grads, idx::LNFB),
+        let (p, g) = (
+            self.layout.tensors(self.params),
+            self.layout.tensors(self.grads),
         );
+        let (be, d) = (&self.backend, &a.dacts);
+        be.fill(d.residual, 0.0);
+        let last = a.residual_before(a.layers.len());
         be.layernorm_backward(
-            g.residual,
-            lnfw,
-            lnfb,
-            g.lnf,
-            last,
-            self.p(idx::LNFW),
-            a.lnf_mean,
-            a.lnf_rstd,
-            n,
-            c,
+            d.residual, g.lnfw, g.lnfb, d.lnf, last, p.lnfw, a.lnf_mean, a.lnf_rstd, n, c,
         );
         for (l, la) in a.layers.iter().enumerate().rev() {
-            let residual = if l == 0 {
-                a.encoded
-            } else {
-                a.layers[l - 1].residual3
-            };
+            let (lp, lg) = (&p.layers[l], &g.layers[l]);
             // MLP: residual3 = residual2 + fcproj(gelu(fc(ln_2(residual2))))
             be.gelu_matmul_backward(
-                g.fch,
-                g.fch_gelu,
-                self.gl(idx::FCPROJW, l),
-                Some(self.gl(idx::FCPROJB, l)),
-                g.residual,
+                d.fch,
+                d.fch_gelu,
+                lg.fcprojw,
+                Some(lg.fcprojb),
+                d.residual,
                 la.fch_gelu,
                 la.fch,
-                self.pl(idx::FCPROJW, l),
+                lp.fcprojw,
                 n,
                 4 * c,
                 c,
             );
             be.matmul_backward(
-                g.ln,
-                self.gl(idx::FCW, l),
-                Some(self.gl(idx::FCB, l)),
-                g.fch,
+                d.ln,
+                lg.fcw,
+                Some(lg.fcb),
+                d.fch,
                 la.ln2,
-                self.pl(idx::FCW, l),
+                lp.fcw,
                 n,
                 c,
                 4 * c,
             );
             be.layernorm_backward(
-                g.residual,
-                self.gl(idx::LN2W, l),
-                self.gl(idx::LN2B, l),
-                g.ln,
+                d.residual,
+                lg.ln2w,
+                lg.ln2b,
+                d.ln,
                 la.residual2,
-                self.pl(idx::LN2W, l),
+                lp.ln2w,
                 la.ln2_mean,
                 la.ln2_rstd,
                 n,
@@ -524,46 +577,42 @@ impl<B: Backend> Gpt<B> {
             );
             // attention: residual2 = residual + attproj(attn(qkv(ln_1(residual))))
             be.matmul_backward(
-                g.atty,
-                self.gl(idx::ATTPROJW, l),
-                Some(self.gl(idx::ATTPROJB, l)),
-                g.residual,
+                d.atty,
+                lg.attprojw,
+                Some(lg.attprojb),
+                d.residual,
                 la.atty,
-                self.pl(idx::ATTPROJW, l),
+                lp.attprojw,
                 n,
                 c,
                 c,
             );
-            be.attention_backward(g.qkv, g.atty, la.qkv, la.atty, la.att_state, b, t, c, nh);
+            be.attention_backward(d.qkv, d.atty, la.qkv, la.atty, a.att_states[l], b, t, c, nh);
             be.matmul_backward(
-                g.ln,
-                self.gl(idx::QKVW, l),
-                Some(self.gl(idx::QKVB, l)),
-                g.qkv,
+                d.ln,
+                lg.qkvw,
+                Some(lg.qkvb),
+                d.qkv,
                 la.ln1,
-                self.pl(idx::QKVW, l),
+                lp.qkvw,
                 n,
                 c,
                 3 * c,
             );
             be.layernorm_backward(
-                g.residual,
-                self.gl(idx::LN1W, l),
-                self.gl(idx::LN1B, l),
-                g.ln,
-                residual,
-                self.pl(idx::LN1W, l),
+                d.residual,
+                lg.ln1w,
+                lg.ln1b,
+                d.ln,
+                a.residual_before(l),
+                lp.ln1w,
                 la.ln1_mean,
                 la.ln1_rstd,
                 n,
                 c,
             );
         }
-        let (dwte, dwpe) = (
-            self.layout.span(self.grads, idx::WTE),
-            self.layout.span(self.grads, idx::WPE),
-        );
-        be.encoder_backward(dwte, dwpe, g.residual, a.inputs, b, t, c);
+        be.encoder_backward(g.wte, g.wpe, d.residual, a.inputs, b, t, c);
     }
 
     pub fn zero_grads(&self) {
