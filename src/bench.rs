@@ -90,7 +90,7 @@ pub fn gemm_peak_gflops(n: usize, reps: usize) -> f64 {
     let mut best = f64::INFINITY;
     for _ in 0..reps {
         let t0 = Instant::now();
-        gemm(&mut c, n, n, n, (&a, n, 1), (&b, n, 1), false, 1.0);
+        gemm(&mut c, (n, n, n), (&a, n, 1), (&b, n, 1), false, 1.0);
         best = best.min(t0.elapsed().as_secs_f64());
     }
     2.0 * (n * n * n) as f64 / best / 1e9

@@ -33,10 +33,9 @@ pub fn head_loss<F: Real>(
     w: &[F],
     targets: &[u32],
     c: usize,
-    v: usize,
     kind: HeadKind,
 ) {
-    let n = losses.len();
+    let (n, v) = (losses.len(), w.len() / c);
     let harmonic = matches!(kind, HeadKind::Harmonic { .. });
     let w_sq = squared_norms(w, c);
     let mut colsum = vec![F::zero(); v];
@@ -45,7 +44,7 @@ pub fn head_loss<F: Real>(
         let rows = CHUNK.min(n - r0);
         let hc = &h[r0 * c..(r0 + rows) * c];
         let d = &mut dots[..rows * v];
-        gemm(d, rows, v, c, (hc, c, 1), (w, 1, c), false, F::one());
+        gemm(d, (rows, v, c), (hc, c, 1), (w, 1, c), false, F::one());
         let h_sq = squared_norms(hc, c);
         let scale = grads.as_ref().map(|g| g.2);
         losses[r0..r0 + rows]
@@ -62,9 +61,9 @@ pub fn head_loss<F: Real>(
         let two: F = real(2.0);
         let gw_coef = if harmonic { -two } else { F::one() };
         // dH = gw_coef * G W, then the harmonic head adds 2 rowsum(G) h.
-        gemm(dhc, rows, c, v, (d, v, 1), (w, c, 1), false, gw_coef);
+        gemm(dhc, (rows, c, v), (d, v, 1), (w, c, 1), false, gw_coef);
         // dW += gw_coef * G^T H
-        gemm(dw, v, c, rows, (d, 1, v), (hc, c, 1), true, gw_coef);
+        gemm(dw, (v, c, rows), (d, 1, v), (hc, c, 1), true, gw_coef);
         if harmonic {
             dhc.par_chunks_mut(c)
                 .zip(d.par_chunks(v))
@@ -100,7 +99,7 @@ pub fn head_logits<F: Real>(
     v: usize,
     kind: HeadKind,
 ) {
-    gemm(out, n, v, c, (h, c, 1), (w, 1, c), false, F::one());
+    gemm(out, (n, v, c), (h, c, 1), (w, 1, c), false, F::one());
     let w_sq = squared_norms(w, c);
     let h_sq = squared_norms(h, c);
     out.par_chunks_mut(v)

@@ -345,7 +345,7 @@ impl<F: Real> Backend for CpuBackend<F> {
         weight: Span,
         bias: Span,
         _n: usize,
-        c: usize,
+        _c: usize,
         eps: f32,
     ) {
         self.timed("layernorm_forward", 0.0, || {
@@ -356,7 +356,6 @@ impl<F: Real> Backend for CpuBackend<F> {
                 self.slice(inp),
                 self.slice(weight),
                 self.slice(bias),
-                c,
                 eps,
             )
         })
@@ -373,7 +372,7 @@ impl<F: Real> Backend for CpuBackend<F> {
         mean: Span,
         rstd: Span,
         _n: usize,
-        c: usize,
+        _c: usize,
     ) {
         self.timed("layernorm_backward", 0.0, || {
             layernorm::layernorm_backward(
@@ -383,9 +382,7 @@ impl<F: Real> Backend for CpuBackend<F> {
                 self.slice(dout),
                 self.slice(inp),
                 self.slice(weight),
-                self.slice(mean),
-                self.slice(rstd),
-                c,
+                (self.slice(mean), self.slice(rstd)),
             )
         })
     }
@@ -406,9 +403,7 @@ impl<F: Real> Backend for CpuBackend<F> {
                 self.slice(inp),
                 self.slice(weight),
                 bias.map(|b| self.slice(b)),
-                n,
                 c,
-                oc,
             )
         })
     }
@@ -433,9 +428,7 @@ impl<F: Real> Backend for CpuBackend<F> {
                 self.slice(dout),
                 self.slice(inp),
                 self.slice(weight),
-                n,
                 c,
-                oc,
             )
         })
     }
@@ -487,7 +480,6 @@ impl<F: Real> Backend for CpuBackend<F> {
                 self.slice(dout),
                 self.slice(qkv),
                 self.slice(state),
-                b,
                 t,
                 c,
                 nh,
@@ -569,7 +561,6 @@ impl<F: Real> Backend for CpuBackend<F> {
                 self.slice(w),
                 self.toks(targets),
                 c,
-                v,
                 kind,
             )
         })
