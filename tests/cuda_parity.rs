@@ -27,7 +27,10 @@ use rand_chacha::ChaCha8Rng;
 
 use hgpt::backend::cpu::CpuBackend;
 use hgpt::backend::cuda::{self, CudaBackend, GpuPrecision};
-use hgpt::backend::{AdamW, Backend, SgldStep, Span, TokenSpan};
+use hgpt::backend::{
+    AdamW, AttnShape, Backend, Gelu, HeadGrads, Linear, Mat, Norm, Normed, SgldStep, Span,
+    TokenSpan,
+};
 use hgpt::config::Config;
 use hgpt::data;
 use hgpt::head::HeadKind;
@@ -59,6 +62,29 @@ fn rel_err(cpu: &[f32], gpu: &[f32]) -> f64 {
         r += (c as f64).powi(2);
     }
     d.sqrt() / r.sqrt().max(1e-30)
+}
+
+/// `s` as a matrix of `cols` columns.
+fn mat(s: Span, cols: usize) -> Mat {
+    Mat::new(s, s.len / cols, cols)
+}
+
+/// A LayerNorm's output `out` of `cols` columns with its statistics.
+fn normed(out: Span, mean: Span, rstd: Span, cols: usize) -> Normed {
+    Normed {
+        out: mat(out, cols),
+        mean,
+        rstd,
+    }
+}
+
+/// The head's (dh, dw, scale) for hidden states of `c` channels.
+fn head_grads(g: Option<(Span, Span, f32)>, c: usize) -> Option<HeadGrads> {
+    g.map(|(dh, dw, scale)| HeadGrads {
+        dh: mat(dh, c),
+        dw: mat(dw, c),
+        scale,
+    })
 }
 
 /// The same buffers on both backends.
@@ -183,31 +209,53 @@ fn every_op_matches_the_cpu() {
 
         let (tok, wte, wpe) = (x.tokens(N, V), x.input(V * C), x.input(TT * C));
         let enc = x.poisoned(N * C);
-        x.cpu.encoder_forward(enc.c, tok.c, wte.c, wpe.c, B, TT, C);
-        x.gpu.encoder_forward(enc.g, tok.g, wte.g, wpe.g, B, TT, C);
+        x.cpu
+            .encoder_forward(mat(enc.c, C), tok.c, mat(wte.c, C), mat(wpe.c, C), TT);
+        x.gpu
+            .encoder_forward(mat(enc.g, C), tok.g, mat(wte.g, C), mat(wpe.g, C), TT);
         x.check("encoder_forward", enc);
         let (dwte, dwpe, dout) = (x.input(V * C), x.input(TT * C), x.input(N * C));
         x.cpu
-            .encoder_backward(dwte.c, dwpe.c, dout.c, tok.c, B, TT, C);
+            .encoder_backward(mat(dwte.c, C), mat(dwpe.c, C), mat(dout.c, C), tok.c, TT);
         x.gpu
-            .encoder_backward(dwte.g, dwpe.g, dout.g, tok.g, B, TT, C);
+            .encoder_backward(mat(dwte.g, C), mat(dwpe.g, C), mat(dout.g, C), tok.g, TT);
         x.check("encoder_backward dwte", dwte);
         x.check("encoder_backward dwpe", dwpe);
 
         let (inp, w, b) = (x.input(N * C), x.input(C), x.input(C));
         let (out, mean, rstd) = (x.poisoned(N * C), x.poisoned(N), x.poisoned(N));
-        x.cpu
-            .layernorm_forward(out.c, mean.c, rstd.c, inp.c, w.c, b.c, N, C, 1e-5);
-        x.gpu
-            .layernorm_forward(out.g, mean.g, rstd.g, inp.g, w.g, b.g, N, C, 1e-5);
+        x.cpu.layernorm_forward(
+            normed(out.c, mean.c, rstd.c, C),
+            mat(inp.c, C),
+            Norm { w: w.c, b: b.c },
+            1e-5,
+        );
+        x.gpu.layernorm_forward(
+            normed(out.g, mean.g, rstd.g, C),
+            mat(inp.g, C),
+            Norm { w: w.g, b: b.g },
+            1e-5,
+        );
         for (what, p) in [("layernorm out", out), ("mean", mean), ("rstd", rstd)] {
             x.check(what, p);
         }
         let (dinp, dw, db, dout) = (x.input(N * C), x.input(C), x.input(C), x.input(N * C));
-        x.cpu
-            .layernorm_backward(dinp.c, dw.c, db.c, dout.c, inp.c, w.c, mean.c, rstd.c, N, C);
-        x.gpu
-            .layernorm_backward(dinp.g, dw.g, db.g, dout.g, inp.g, w.g, mean.g, rstd.g, N, C);
+        x.cpu.layernorm_backward(
+            mat(dinp.c, C),
+            Norm { w: dw.c, b: db.c },
+            mat(dout.c, C),
+            mat(inp.c, C),
+            w.c,
+            normed(out.c, mean.c, rstd.c, C),
+        );
+        x.gpu.layernorm_backward(
+            mat(dinp.g, C),
+            Norm { w: dw.g, b: db.g },
+            mat(dout.g, C),
+            mat(inp.g, C),
+            w.g,
+            normed(out.g, mean.g, rstd.g, C),
+        );
         for (what, p) in [
             ("layernorm dinp (+=)", dinp),
             ("dweight", dw),
@@ -221,10 +269,22 @@ fn every_op_matches_the_cpu() {
             let (inp, w, bias) = (x.input(N * C), x.input(oc * C), x.input(oc));
             let out = x.poisoned(N * oc);
             let bias_of = |p: P| with_bias.then_some(p);
-            x.cpu
-                .matmul_forward(out.c, inp.c, w.c, bias_of(bias).map(|p| p.c), N, C, oc);
-            x.gpu
-                .matmul_forward(out.g, inp.g, w.g, bias_of(bias).map(|p| p.g), N, C, oc);
+            x.cpu.matmul_forward(
+                mat(out.c, oc),
+                mat(inp.c, C),
+                Linear {
+                    w: mat(w.c, C),
+                    b: bias_of(bias).map(|p| p.c),
+                },
+            );
+            x.gpu.matmul_forward(
+                mat(out.g, oc),
+                mat(inp.g, C),
+                Linear {
+                    w: mat(w.g, C),
+                    b: bias_of(bias).map(|p| p.g),
+                },
+            );
             x.check(&format!("matmul_forward (bias {with_bias})"), out);
             let (dinp, dw, db, dout) = (
                 x.poisoned(N * C),
@@ -233,26 +293,24 @@ fn every_op_matches_the_cpu() {
                 x.input(N * oc),
             );
             x.cpu.matmul_backward(
-                dinp.c,
-                dw.c,
-                bias_of(db).map(|p| p.c),
-                dout.c,
-                inp.c,
-                w.c,
-                N,
-                C,
-                oc,
+                mat(dinp.c, C),
+                Linear {
+                    w: mat(dw.c, C),
+                    b: bias_of(db).map(|p| p.c),
+                },
+                mat(dout.c, oc),
+                mat(inp.c, C),
+                mat(w.c, C),
             );
             x.gpu.matmul_backward(
-                dinp.g,
-                dw.g,
-                bias_of(db).map(|p| p.g),
-                dout.g,
-                inp.g,
-                w.g,
-                N,
-                C,
-                oc,
+                mat(dinp.g, C),
+                Linear {
+                    w: mat(dw.g, C),
+                    b: bias_of(db).map(|p| p.g),
+                },
+                mat(dout.g, oc),
+                mat(inp.g, C),
+                mat(w.g, C),
             );
             x.check("matmul_backward dinp", dinp);
             x.check("matmul_backward dweight (+=)", dw);
@@ -274,7 +332,8 @@ fn every_op_matches_the_cpu() {
         };
         let (q1, k1, v1) = (x.from(row(last, 0)), x.from(&kv(1)), x.from(&kv(2)));
         let dec = x.poisoned(C);
-        x.gpu.attention_decode(dec.g, q1.g, k1.g, v1.g, TT, C, NH);
+        x.gpu
+            .attention_decode(dec.g, q1.g, mat(k1.g, C), mat(v1.g, C), NH);
         let want = x.cpu.read(out.c.slice(last * C, C));
         let err = rel_err(&want, &x.gpu.read(dec.g));
         println!("attention_decode vs the last forward row: relative error {err:.2e}");
@@ -355,15 +414,27 @@ fn check_attention(x: &mut Both, b: usize, t: usize, nh: usize, hs: usize) -> (P
     let qkv = x.input(b * t * 3 * c);
     let out = x.poisoned(b * t * c);
     assert_eq!(
-        x.gpu.attention_state_len(b, t, nh),
+        x.gpu.attention_state_len(AttnShape { b, t, nh }),
         b * nh * t,
         "GPU state size"
     );
-    let state_c = x.cpu.alloc(x.cpu.attention_state_len(b, t, nh));
+    let state_c = x
+        .cpu
+        .alloc(x.cpu.attention_state_len(AttnShape { b, t, nh }));
     let state_g = x.gpu.alloc(b * nh * t);
     x.gpu.fill(state_g, f32::NAN);
-    x.cpu.attention_forward(out.c, state_c, qkv.c, b, t, c, nh);
-    x.gpu.attention_forward(out.g, state_g, qkv.g, b, t, c, nh);
+    x.cpu.attention_forward(
+        mat(out.c, c),
+        state_c,
+        mat(qkv.c, 3 * c),
+        AttnShape { b, t, nh },
+    );
+    x.gpu.attention_forward(
+        mat(out.g, c),
+        state_g,
+        mat(qkv.g, 3 * c),
+        AttnShape { b, t, nh },
+    );
     x.check(&format!("{what} forward"), out);
 
     let host = x.cpu.read(qkv.c);
@@ -398,10 +469,22 @@ fn check_attention(x: &mut Both, b: usize, t: usize, nh: usize, hs: usize) -> (P
     );
 
     let (dqkv, dout) = (x.poisoned(b * t * 3 * c), x.input(b * t * c));
-    x.cpu
-        .attention_backward(dqkv.c, dout.c, qkv.c, out.c, state_c, b, t, c, nh);
-    x.gpu
-        .attention_backward(dqkv.g, dout.g, qkv.g, out.g, state_g, b, t, c, nh);
+    x.cpu.attention_backward(
+        mat(dqkv.c, 3 * c),
+        mat(dout.c, c),
+        mat(qkv.c, 3 * c),
+        mat(out.c, c),
+        state_c,
+        AttnShape { b, t, nh },
+    );
+    x.gpu.attention_backward(
+        mat(dqkv.g, 3 * c),
+        mat(dout.g, c),
+        mat(qkv.g, 3 * c),
+        mat(out.g, c),
+        state_g,
+        AttnShape { b, t, nh },
+    );
     x.check(&format!("{what} backward"), dqkv);
     x.cpu.free(state_c);
     x.gpu.free(state_g);
@@ -462,10 +545,23 @@ fn flash_attention_at_gpt2_shapes_matches_and_is_timed() {
                 })
                 .fold(f64::INFINITY, f64::min)
         };
-        let forward = best_ms(&|| x.gpu.attention_forward(out.g, state, qkv.g, b, t, c, nh));
+        let forward = best_ms(&|| {
+            x.gpu.attention_forward(
+                mat(out.g, c),
+                state,
+                mat(qkv.g, 3 * c),
+                AttnShape { b, t, nh },
+            )
+        });
         let backward = best_ms(&|| {
-            x.gpu
-                .attention_backward(dqkv, dout, qkv.g, out.g, state, b, t, c, nh)
+            x.gpu.attention_backward(
+                mat(dqkv, 3 * c),
+                mat(dout, c),
+                mat(qkv.g, 3 * c),
+                mat(out.g, c),
+                state,
+                AttnShape { b, t, nh },
+            )
         });
         // One causal tile product: 2 HS per (query, key <= query) pair, per (b, head).
         let product = 2.0 * (hs * b * nh) as f64 * (t * (t + 1) / 2) as f64;
@@ -493,15 +589,35 @@ fn large_shapes_take_the_grid_stride_paths() {
 
     let (inp, w, b) = (x.input(n * c), x.input(c), x.input(c));
     let (out, mean, rstd) = (x.poisoned(n * c), x.poisoned(n), x.poisoned(n));
-    x.cpu
-        .layernorm_forward(out.c, mean.c, rstd.c, inp.c, w.c, b.c, n, c, 1e-5);
-    x.gpu
-        .layernorm_forward(out.g, mean.g, rstd.g, inp.g, w.g, b.g, n, c, 1e-5);
+    x.cpu.layernorm_forward(
+        normed(out.c, mean.c, rstd.c, c),
+        mat(inp.c, c),
+        Norm { w: w.c, b: b.c },
+        1e-5,
+    );
+    x.gpu.layernorm_forward(
+        normed(out.g, mean.g, rstd.g, c),
+        mat(inp.g, c),
+        Norm { w: w.g, b: b.g },
+        1e-5,
+    );
     let (dinp, dw, db, dout) = (x.input(n * c), x.input(c), x.input(c), x.input(n * c));
-    x.cpu
-        .layernorm_backward(dinp.c, dw.c, db.c, dout.c, inp.c, w.c, mean.c, rstd.c, n, c);
-    x.gpu
-        .layernorm_backward(dinp.g, dw.g, db.g, dout.g, inp.g, w.g, mean.g, rstd.g, n, c);
+    x.cpu.layernorm_backward(
+        mat(dinp.c, c),
+        Norm { w: dw.c, b: db.c },
+        mat(dout.c, c),
+        mat(inp.c, c),
+        w.c,
+        normed(out.c, mean.c, rstd.c, c),
+    );
+    x.gpu.layernorm_backward(
+        mat(dinp.g, c),
+        Norm { w: dw.g, b: db.g },
+        mat(dout.g, c),
+        mat(inp.g, c),
+        w.g,
+        normed(out.g, mean.g, rstd.g, c),
+    );
     for (what, p) in [("layernorm dinp", dinp), ("dweight", dw), ("dbias", db)] {
         x.check(what, p);
     }
@@ -513,10 +629,26 @@ fn large_shapes_take_the_grid_stride_paths() {
         x.input(n * oc),
     );
     let dinp = x.poisoned(n * c);
-    x.cpu
-        .matmul_backward(dinp.c, dw.c, Some(db.c), dout.c, inp.c, w.c, n, c, oc);
-    x.gpu
-        .matmul_backward(dinp.g, dw.g, Some(db.g), dout.g, inp.g, w.g, n, c, oc);
+    x.cpu.matmul_backward(
+        mat(dinp.c, c),
+        Linear {
+            w: mat(dw.c, c),
+            b: Some(db.c),
+        },
+        mat(dout.c, oc),
+        mat(inp.c, c),
+        mat(w.c, c),
+    );
+    x.gpu.matmul_backward(
+        mat(dinp.g, c),
+        Linear {
+            w: mat(dw.g, c),
+            b: Some(db.g),
+        },
+        mat(dout.g, oc),
+        mat(inp.g, c),
+        mat(w.g, c),
+    );
     x.check("matmul_backward dinp", dinp);
     x.check("matmul_backward dweight", dw);
     x.check("matmul_backward dbias over 16 row ranges", db);
@@ -538,9 +670,9 @@ fn large_shapes_take_the_grid_stride_paths() {
     let tok = x.tokens(bb * t, v);
     let (dwte, dwpe, dout) = (x.input(v * c), x.input(t * c), x.input(bb * t * c));
     x.cpu
-        .encoder_backward(dwte.c, dwpe.c, dout.c, tok.c, bb, t, c);
+        .encoder_backward(mat(dwte.c, c), mat(dwpe.c, c), mat(dout.c, c), tok.c, t);
     x.gpu
-        .encoder_backward(dwte.g, dwpe.g, dout.g, tok.g, bb, t, c);
+        .encoder_backward(mat(dwte.g, c), mat(dwpe.g, c), mat(dout.g, c), tok.g, t);
     x.check("encoder_backward dwte, repeated tokens", dwte);
     x.check("encoder_backward dwpe", dwpe);
 }
@@ -558,10 +690,22 @@ fn both_heads_match_the_cpu_over_several_chunks() {
             for with_grads in [false, true] {
                 let (losses, dh, dw) = (x.poisoned(N), x.poisoned(N * C), x.input(V * C));
                 let g = |dh: Span, dw: Span| with_grads.then_some((dh, dw, 1.0 / N as f32));
-                x.cpu
-                    .head_loss(losses.c, g(dh.c, dw.c), h.c, w.c, tg.c, N, C, V, kind);
-                x.gpu
-                    .head_loss(losses.g, g(dh.g, dw.g), h.g, w.g, tg.g, N, C, V, kind);
+                x.cpu.head_loss(
+                    losses.c,
+                    head_grads(g(dh.c, dw.c), C),
+                    mat(h.c, C),
+                    mat(w.c, C),
+                    tg.c,
+                    kind,
+                );
+                x.gpu.head_loss(
+                    losses.g,
+                    head_grads(g(dh.g, dw.g), C),
+                    mat(h.g, C),
+                    mat(w.g, C),
+                    tg.g,
+                    kind,
+                );
                 x.check("head losses", losses);
                 if with_grads {
                     x.check("head dh", dh);
@@ -569,8 +713,10 @@ fn both_heads_match_the_cpu_over_several_chunks() {
                 }
             }
             let logits = x.poisoned(N * V);
-            x.cpu.head_logits(logits.c, h.c, w.c, N, C, V, kind);
-            x.gpu.head_logits(logits.g, h.g, w.g, N, C, V, kind);
+            x.cpu
+                .head_logits(mat(logits.c, V), mat(h.c, C), mat(w.c, C), kind);
+            x.gpu
+                .head_logits(mat(logits.g, V), mat(h.g, C), mat(w.g, C), kind);
             x.check("head logits", logits);
         }
     }
@@ -600,24 +746,18 @@ fn harmonic_head_is_finite_with_h_on_a_class_centre() {
         let kind = harmonic();
         x.cpu.head_loss(
             losses.c,
-            Some((dh.c, dw.c, 1.0)),
-            h.c,
-            w.c,
+            head_grads(Some((dh.c, dw.c, 1.0)), C),
+            mat(h.c, C),
+            mat(w.c, C),
             tg.c,
-            N,
-            C,
-            V,
             kind,
         );
         x.gpu.head_loss(
             losses.g,
-            Some((dh.g, dw.g, 1.0)),
-            h.g,
-            w.g,
+            head_grads(Some((dh.g, dw.g, 1.0)), C),
+            mat(h.g, C),
+            mat(w.g, C),
             tg.g,
-            N,
-            C,
-            V,
             kind,
         );
         let (lc, lg) = (x.cpu.read(losses.c), x.gpu.read(losses.g));
@@ -660,20 +800,38 @@ fn fused_ops_match_the_cpu_on_every_path() {
             let (res, out) = (x.poisoned_at(N * c, off), x.poisoned_at(N * c, off));
             let (mean, rstd) = (x.poisoned(N), x.poisoned(N));
             x.cpu.residual_layernorm_forward(
-                res.c, out.c, mean.c, rstd.c, a.c, b.c, w.c, bias.c, N, c, 1e-5,
+                mat(res.c, c),
+                normed(out.c, mean.c, rstd.c, c),
+                mat(a.c, c),
+                mat(b.c, c),
+                Norm { w: w.c, b: bias.c },
+                1e-5,
             );
             x.gpu.residual_layernorm_forward(
-                res.g, out.g, mean.g, rstd.g, a.g, b.g, w.g, bias.g, N, c, 1e-5,
+                mat(res.g, c),
+                normed(out.g, mean.g, rstd.g, c),
+                mat(a.g, c),
+                mat(b.g, c),
+                Norm { w: w.g, b: bias.g },
+                1e-5,
             );
             x.check(&format!("residual_layernorm residual, {what}"), res);
             x.check(&format!("residual_layernorm out, {what}"), out);
             x.check(&format!("residual_layernorm mean, {what}"), mean);
             x.check(&format!("residual_layernorm rstd, {what}"), rstd);
             let out = x.poisoned_at(N * c, off);
-            x.cpu
-                .layernorm_forward(out.c, mean.c, rstd.c, a.c, w.c, bias.c, N, c, 1e-5);
-            x.gpu
-                .layernorm_forward(out.g, mean.g, rstd.g, a.g, w.g, bias.g, N, c, 1e-5);
+            x.cpu.layernorm_forward(
+                normed(out.c, mean.c, rstd.c, c),
+                mat(a.c, c),
+                Norm { w: w.c, b: bias.c },
+                1e-5,
+            );
+            x.gpu.layernorm_forward(
+                normed(out.g, mean.g, rstd.g, c),
+                mat(a.g, c),
+                Norm { w: w.g, b: bias.g },
+                1e-5,
+            );
             x.check(&format!("layernorm out, {what}"), out);
         }
 
@@ -688,24 +846,26 @@ fn fused_ops_match_the_cpu_on_every_path() {
                 let (pre, out) = (x.poisoned(N * width), x.poisoned(N * width));
                 let b = |p: P| with_bias.then_some(p);
                 x.cpu.matmul_gelu_forward(
-                    pre.c,
-                    out.c,
-                    inp.c,
-                    w.c,
-                    b(bias).map(|p| p.c),
-                    N,
-                    C,
-                    width,
+                    Gelu {
+                        pre: mat(pre.c, width),
+                        out: mat(out.c, width),
+                    },
+                    mat(inp.c, C),
+                    Linear {
+                        w: mat(w.c, C),
+                        b: b(bias).map(|p| p.c),
+                    },
                 );
                 x.gpu.matmul_gelu_forward(
-                    pre.g,
-                    out.g,
-                    inp.g,
-                    w.g,
-                    b(bias).map(|p| p.g),
-                    N,
-                    C,
-                    width,
+                    Gelu {
+                        pre: mat(pre.g, width),
+                        out: mat(out.g, width),
+                    },
+                    mat(inp.g, C),
+                    Linear {
+                        w: mat(w.g, C),
+                        b: b(bias).map(|p| p.g),
+                    },
                 );
                 x.check(&format!("matmul_gelu_forward pre, {what}"), pre);
                 x.check(&format!("matmul_gelu_forward out, {what}"), out);
@@ -719,30 +879,36 @@ fn fused_ops_match_the_cpu_on_every_path() {
                 );
                 let (dpre, dact) = (x.poisoned(N * width), x.poisoned(N * width));
                 x.cpu.gelu_matmul_backward(
-                    dpre.c,
-                    dact.c,
-                    dw2.c,
-                    b(db2).map(|p| p.c),
-                    dout.c,
-                    out.c,
-                    pre.c,
-                    w2.c,
-                    N,
-                    width,
-                    C,
+                    Gelu {
+                        pre: mat(dpre.c, width),
+                        out: mat(dact.c, width),
+                    },
+                    Linear {
+                        w: mat(dw2.c, width),
+                        b: b(db2).map(|p| p.c),
+                    },
+                    mat(dout.c, C),
+                    Gelu {
+                        pre: mat(pre.c, width),
+                        out: mat(out.c, width),
+                    },
+                    mat(w2.c, width),
                 );
                 x.gpu.gelu_matmul_backward(
-                    dpre.g,
-                    dact.g,
-                    dw2.g,
-                    b(db2).map(|p| p.g),
-                    dout.g,
-                    out.g,
-                    pre.g,
-                    w2.g,
-                    N,
-                    width,
-                    C,
+                    Gelu {
+                        pre: mat(dpre.g, width),
+                        out: mat(dact.g, width),
+                    },
+                    Linear {
+                        w: mat(dw2.g, width),
+                        b: b(db2).map(|p| p.g),
+                    },
+                    mat(dout.g, C),
+                    Gelu {
+                        pre: mat(pre.g, width),
+                        out: mat(out.g, width),
+                    },
+                    mat(w2.g, width),
                 );
                 x.check(&format!("gelu_matmul_backward dpre, {what}"), dpre);
                 x.check(&format!("gelu_matmul_backward dweight (+=), {what}"), dw2);

@@ -6,22 +6,22 @@
 //! token costs one position's worth of work instead of a forward pass over the
 //! whole context.
 
-use super::{Attend, Gpt, LayerActs, NextLn, ln_weights_after};
-use crate::backend::{Backend, Span};
+use super::{Attend, Gpt, LayerActs, ln_after};
+use crate::backend::{Backend, Gelu, Mat, Normed, Span};
 
 /// Per-layer key and value caches and one position's activations. C = n_embd,
 /// maxT = block_size, V = vocab_size.
 pub struct KvCache {
     /// Positions cached so far.
     len: usize,
-    keys: Vec<Span>,   // L x (maxT, C)
-    values: Vec<Span>, // L x (maxT, C)
-    embed: Span,       // (C) the new token's wte row
+    keys: Vec<Mat>,   // L x (maxT, C)
+    values: Vec<Mat>, // L x (maxT, C)
+    embed: Mat,       // (1, C) the new token's wte row
     /// The block's activations at N = 1, reused by every layer: the LayerNorm
     /// outputs share one span (ln1 = ln2 = the next block's ln_1), so do the two
     /// projections (attproj = fcproj), and `residual3` is also the block's input.
     step: LayerActs,
-    logits: Span, // (V)
+    logits: Mat, // (1, V)
 }
 
 impl KvCache {
@@ -33,18 +33,12 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
 
-    /// The LayerNorm after `l` blocks, into the step's shared LayerNorm output.
-    fn ln_after(&self, (w, b): (Span, Span)) -> NextLn {
-        let s = &self.step;
-        NextLn {
-            w,
-            b,
-            out: s.ln1,
-            mean: s.ln1_mean,
-            rstd: s.ln1_rstd,
-        }
-    }
+/// The query, key and value of one position's qkv row (3C).
+pub(super) fn qkv_parts(row: Span) -> (Span, Span, Span) {
+    let c = row.len / 3;
+    (row.piece(0, c), row.piece(1, c), row.piece(2, c))
 }
 
 impl<B: Backend> Gpt<B> {
@@ -52,30 +46,33 @@ impl<B: Backend> Gpt<B> {
     pub fn kv_cache(&self) -> KvCache {
         let m = &self.config;
         let (c, t) = (m.n_embd, m.block_size);
-        let alloc = |len| self.backend.alloc(len);
-        let (ln, mean, rstd, proj) = (alloc(c), alloc(1), alloc(1), alloc(c));
+        let mat = |rows, cols| Mat::new(self.backend.alloc(rows * cols), rows, cols);
+        let ln = Normed {
+            out: mat(1, c),
+            mean: self.backend.alloc(1),
+            rstd: self.backend.alloc(1),
+        };
+        let proj = mat(1, c);
         KvCache {
             len: 0,
-            keys: (0..m.n_layer).map(|_| alloc(t * c)).collect(),
-            values: (0..m.n_layer).map(|_| alloc(t * c)).collect(),
-            embed: alloc(c),
+            keys: (0..m.n_layer).map(|_| mat(t, c)).collect(),
+            values: (0..m.n_layer).map(|_| mat(t, c)).collect(),
+            embed: mat(1, c),
             step: LayerActs {
                 ln1: ln,
-                ln1_mean: mean,
-                ln1_rstd: rstd,
-                qkv: alloc(3 * c),
-                atty: alloc(c),
+                qkv: mat(1, 3 * c),
+                atty: mat(1, c),
                 attproj: proj,
-                residual2: alloc(c),
+                residual2: mat(1, c),
                 ln2: ln,
-                ln2_mean: mean,
-                ln2_rstd: rstd,
-                fch: alloc(4 * c),
-                fch_gelu: alloc(4 * c),
+                fch: Gelu {
+                    pre: mat(1, 4 * c),
+                    out: mat(1, 4 * c),
+                },
                 fcproj: proj,
-                residual3: alloc(c),
+                residual3: mat(1, c),
             },
-            logits: alloc(m.vocab_size),
+            logits: mat(1, m.vocab_size),
         }
     }
 
@@ -86,18 +83,15 @@ impl<B: Backend> Gpt<B> {
         let t = tokens.len();
         self.trunk_forward(tokens, 1, t);
         let a = self.acts.as_ref().expect("trunk_forward sets activations");
-        let c = self.config.n_embd;
         for (l, la) in a.layers.iter().enumerate() {
             for p in 0..t {
-                let row = la.qkv.slice(p * 3 * c, 3 * c);
-                self.backend
-                    .copy(cache.keys[l].slice(p * c, c), row.slice(c, c));
-                self.backend
-                    .copy(cache.values[l].slice(p * c, c), row.slice(2 * c, c));
+                let (_, k, v) = qkv_parts(la.qkv.row(p));
+                self.backend.copy(cache.keys[l].row(p), k);
+                self.backend.copy(cache.values[l].row(p), v);
             }
         }
         cache.len = t;
-        self.head_row(cache, a.lnf.slice((t - 1) * c, c))
+        self.head_row(cache, a.lnf.out.rows(t - 1, 1))
     }
 
     /// Appends `token` at the next position (which must be < block_size) and
@@ -105,54 +99,34 @@ impl<B: Backend> Gpt<B> {
     /// `trunk_forward` at N = 1, attending over the cache.
     pub fn decode_step(&self, cache: &mut KvCache, token: u32) -> Vec<f32> {
         let m = &self.config;
-        let (c, pos) = (m.n_embd, cache.len);
+        let pos = cache.len;
         assert!(pos < m.block_size, "KV cache full ({pos} positions)");
         let eps = m.ln_eps as f32;
         let p = self.layout.tensors(self.params);
         let (be, kc) = (&self.backend, &*cache);
-        let residual = kc.step.residual3;
+        let (residual, ln) = (kc.step.residual3, kc.step.ln1);
         // residual = wte[token] + wpe[pos], fused with block 0's ln_1.
-        be.copy(kc.embed, p.wte.slice(token as usize * c, c));
-        let ln1 = kc.ln_after(ln_weights_after(&p, 0));
-        be.residual_layernorm_forward(
-            residual,
-            ln1.out,
-            ln1.mean,
-            ln1.rstd,
-            kc.embed,
-            p.wpe.slice(pos * c, c),
-            ln1.w,
-            ln1.b,
-            1,
-            c,
-            eps,
-        );
+        be.copy(kc.embed.span, p.wte.row(token as usize));
+        let wpe = p.wpe.rows(pos, 1);
+        be.residual_layernorm_forward(residual, ln, kc.embed, wpe, ln_after(&p, 0), eps);
         for (l, lp) in p.layers.iter().enumerate() {
             let attend = Attend::Cached {
                 keys: kc.keys[l],
                 values: kc.values[l],
                 pos,
             };
-            let next = kc.ln_after(ln_weights_after(&p, l + 1));
-            self.block_forward(lp, &kc.step, residual, &next, attend);
+            let next = (ln, ln_after(&p, l + 1));
+            self.block_forward(lp, &kc.step, residual, next, attend);
         }
         cache.len += 1;
-        self.head_row(cache, cache.step.ln1)
+        self.head_row(cache, ln.out)
     }
 
-    /// Logits of one final hidden state h[c].
-    fn head_row(&self, cache: &KvCache, h: Span) -> Vec<f32> {
-        let m = &self.config;
+    /// Logits of one final hidden state h (1, C).
+    fn head_row(&self, cache: &KvCache, h: Mat) -> Vec<f32> {
         let w = self.layout.tensors(self.params).head;
-        self.backend.head_logits(
-            cache.logits,
-            h,
-            w,
-            1,
-            m.n_embd,
-            m.vocab_size,
-            self.head_kind(),
-        );
-        self.backend.read(cache.logits)
+        let be = &self.backend;
+        be.head_logits(cache.logits, h, w, self.head_kind());
+        be.read(cache.logits.span)
     }
 }

@@ -6,7 +6,7 @@
 //! llm.c's named views; `named()` gives the per-layer GPT-2 names and shapes that
 //! checkpoints and exports use.
 
-use crate::backend::Span;
+use crate::backend::{Linear, Mat, Norm, Span};
 use crate::config::ModelConfig;
 
 /// One stacked parameter tensor.
@@ -46,35 +46,28 @@ impl Tensor {
     }
 }
 
-/// One block's slice of the parameters (or of their gradients), llm.c's `l_*`
-/// pointers. C = n_embd.
+/// One block's slice of the parameters (or of their gradients): llm.c's `l_*`
+/// pointers, grouped by layer. C = n_embd.
 #[derive(Clone, Copy, Debug)]
 pub struct LayerParams {
-    pub ln1w: Span,     // (C)
-    pub ln1b: Span,     // (C)
-    pub qkvw: Span,     // (3C, C)
-    pub qkvb: Span,     // (3C)
-    pub attprojw: Span, // (C, C)
-    pub attprojb: Span, // (C)
-    pub ln2w: Span,     // (C)
-    pub ln2b: Span,     // (C)
-    pub fcw: Span,      // (4C, C)
-    pub fcb: Span,      // (4C)
-    pub fcprojw: Span,  // (C, 4C)
-    pub fcprojb: Span,  // (C)
+    pub ln1: Norm,       // ln1w, ln1b (C)
+    pub qkv: Linear,     // qkvw (3C, C), qkvb (3C)
+    pub attproj: Linear, // attprojw (C, C), attprojb (C)
+    pub ln2: Norm,       // ln2w, ln2b (C)
+    pub fc: Linear,      // fcw (4C, C), fcb (4C)
+    pub fcproj: Linear,  // fcprojw (C, 4C), fcprojb (C)
 }
 
 /// A whole parameter (or gradient) buffer as named views, llm.c's
 /// `ParameterTensors`. V = vocab_size, maxT = block_size.
 #[derive(Clone, Debug)]
 pub struct ParamTensors {
-    pub wte: Span, // (V, C)
-    pub wpe: Span, // (maxT, C)
+    pub wte: Mat, // (V, C)
+    pub wpe: Mat, // (maxT, C)
     pub layers: Vec<LayerParams>,
-    pub lnfw: Span, // (C)
-    pub lnfb: Span, // (C)
+    pub lnf: Norm, // lnfw, lnfb (C)
     /// The class centres / unembedding (V, C): wte when tied, else lm_head.
-    pub head: Span,
+    pub head: Mat,
 }
 
 #[derive(Clone, Debug)]
@@ -204,32 +197,33 @@ impl ParamLayout {
 
     /// `buf` (laid out as this layout: parameters, gradients or moments) as named views.
     pub fn tensors(&self, buf: Span) -> ParamTensors {
-        let layers = self.tensors[idx::LN1W].layers;
+        let mat = |i: usize, l: usize| {
+            let shape = &self.tensors[i].shape;
+            Mat::new(self.layer(buf, i, l), shape[0], shape[1])
+        };
+        let norm = |w, b, l| Norm {
+            w: self.layer(buf, w, l),
+            b: self.layer(buf, b, l),
+        };
+        let linear = |w, b, l| Linear {
+            w: mat(w, l),
+            b: Some(self.layer(buf, b, l)),
+        };
         ParamTensors {
-            wte: self.span(buf, idx::WTE),
-            wpe: self.span(buf, idx::WPE),
-            layers: (0..layers)
-                .map(|l| {
-                    let at = |i| self.layer(buf, i, l);
-                    LayerParams {
-                        ln1w: at(idx::LN1W),
-                        ln1b: at(idx::LN1B),
-                        qkvw: at(idx::QKVW),
-                        qkvb: at(idx::QKVB),
-                        attprojw: at(idx::ATTPROJW),
-                        attprojb: at(idx::ATTPROJB),
-                        ln2w: at(idx::LN2W),
-                        ln2b: at(idx::LN2B),
-                        fcw: at(idx::FCW),
-                        fcb: at(idx::FCB),
-                        fcprojw: at(idx::FCPROJW),
-                        fcprojb: at(idx::FCPROJB),
-                    }
+            wte: mat(idx::WTE, 0),
+            wpe: mat(idx::WPE, 0),
+            layers: (0..self.tensors[idx::LN1W].layers)
+                .map(|l| LayerParams {
+                    ln1: norm(idx::LN1W, idx::LN1B, l),
+                    qkv: linear(idx::QKVW, idx::QKVB, l),
+                    attproj: linear(idx::ATTPROJW, idx::ATTPROJB, l),
+                    ln2: norm(idx::LN2W, idx::LN2B, l),
+                    fc: linear(idx::FCW, idx::FCB, l),
+                    fcproj: linear(idx::FCPROJW, idx::FCPROJB, l),
                 })
                 .collect(),
-            lnfw: self.span(buf, idx::LNFW),
-            lnfb: self.span(buf, idx::LNFB),
-            head: self.span(buf, self.head_index()),
+            lnf: norm(idx::LNFW, idx::LNFB, 0),
+            head: mat(self.head_index(), 0),
         }
     }
 

@@ -18,10 +18,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use crate::backend::{Backend, Span, TokenSpan};
+use crate::backend::{AttnShape, Backend, Gelu, HeadGrads, Mat, Norm, Normed, Span, TokenSpan};
 use crate::config::ModelConfig;
 use crate::head::HeadKind;
 pub use decode::KvCache;
+use decode::qkv_parts;
 pub use layout::{Init, LayerParams, ParamLayout, ParamTensors, idx};
 
 /// Activations of one forward pass at a given (B, T) shape, llm.c's
@@ -33,55 +34,37 @@ struct Activations {
     all: Span,
     inputs: TokenSpan,  // (B, T)
     targets: TokenSpan, // (B, T)
-    encoded: Span,      // (N, C) wte + wpe
+    encoded: Mat,       // (N, C) wte + wpe
     layers: Vec<LayerActs>,
     /// Per layer, what `attention_backward` needs (`Backend::attention_state_len`).
     att_states: Vec<Span>,
-    lnf: Span,      // (N, C)
-    lnf_mean: Span, // (N)
-    lnf_rstd: Span, // (N)
-    losses: Span,   // (N)
+    lnf: Normed,  // (N, C), mean and rstd (N)
+    losses: Span, // (N)
     dacts: ActGrads,
 }
 
 /// One block's activations (N rows; the decoder's one position has N = 1).
 struct LayerActs {
-    ln1: Span,       // (N, C)
-    ln1_mean: Span,  // (N)
-    ln1_rstd: Span,  // (N)
-    qkv: Span,       // (N, 3C)
-    atty: Span,      // (N, C) attention output, heads side by side
-    attproj: Span,   // (N, C)
-    residual2: Span, // (N, C) residual + attproj
-    ln2: Span,       // (N, C)
-    ln2_mean: Span,  // (N)
-    ln2_rstd: Span,  // (N)
-    fch: Span,       // (N, 4C)
-    fch_gelu: Span,  // (N, 4C)
-    fcproj: Span,    // (N, C)
-    residual3: Span, // (N, C) residual2 + fcproj: the block's output
+    ln1: Normed,    // (N, C), mean and rstd (N)
+    qkv: Mat,       // (N, 3C)
+    atty: Mat,      // (N, C) attention output, heads side by side
+    attproj: Mat,   // (N, C)
+    residual2: Mat, // (N, C) residual + attproj
+    ln2: Normed,    // (N, C), mean and rstd (N)
+    fch: Gelu,      // (N, 4C) pre = fc(ln2), out = gelu(pre)
+    fcproj: Mat,    // (N, C)
+    residual3: Mat, // (N, C) residual2 + fcproj: the block's output
 }
 
 /// Gradients of activations: scratch for the backward pass, reused by every layer
 /// in turn (the parameters' gradients are `Gpt::grads`).
 struct ActGrads {
-    residual: Span, // (N, C) the residual stream's, accumulated through the blocks
-    lnf: Span,      // (N, C) of ln_f's output, written by the head
-    ln: Span,       // (N, C) of ln_1's or ln_2's output
-    qkv: Span,      // (N, 3C)
-    atty: Span,     // (N, C)
-    fch: Span,      // (N, 4C)
-    fch_gelu: Span, // (N, 4C) scratch of `gelu_matmul_backward`
-}
-
-/// The LayerNorm that reads a block's output, with its weights: the next block's
-/// ln_1, or ln_f after the last block.
-struct NextLn {
-    w: Span,    // (C)
-    b: Span,    // (C)
-    out: Span,  // (N, C)
-    mean: Span, // (N)
-    rstd: Span, // (N)
+    residual: Mat, // (N, C) the residual stream's, accumulated through the blocks
+    lnf: Mat,      // (N, C) of ln_f's output, written by the head
+    ln: Mat,       // (N, C) of ln_1's or ln_2's output
+    qkv: Mat,      // (N, 3C)
+    atty: Mat,     // (N, C)
+    fch: Gelu,     // (N, 4C) of fch's pre; `out` is `gelu_matmul_backward`'s scratch
 }
 
 /// How a block's attention sees the sequence.
@@ -89,33 +72,16 @@ struct NextLn {
 enum Attend {
     /// Causal self-attention within each of B sequences of T positions, keeping
     /// `state` for the backward pass (training, prefill).
-    Full { state: Span, b: usize, t: usize },
-    /// One new position `pos` over the KV cache (maxT, C): its key and value go to
-    /// row `pos` of `keys` and `values`, then its query attends over rows 0..=pos.
-    Cached {
-        keys: Span,
-        values: Span,
-        pos: usize,
-    },
+    Full { state: Span, shape: AttnShape },
+    /// One new position `pos` over the KV cache: its key and value go to row `pos`
+    /// of `keys` and `values` (maxT, C), then its query attends over rows 0..=pos.
+    Cached { keys: Mat, values: Mat, pos: usize },
 }
 
-impl Attend {
-    /// Positions the block processes (its N).
-    fn rows(self) -> usize {
-        match self {
-            Attend::Full { b, t, .. } => b * t,
-            Attend::Cached { .. } => 1,
-        }
-    }
-}
-
-/// Weight and bias of the LayerNorm that reads the residual stream after `l`
-/// blocks: block l's ln_1, or ln_f after the last block.
-fn ln_weights_after(p: &ParamTensors, l: usize) -> (Span, Span) {
-    match p.layers.get(l) {
-        Some(lp) => (lp.ln1w, lp.ln1b),
-        None => (p.lnfw, p.lnfb),
-    }
+/// The LayerNorm that reads the residual stream after `l` blocks: block l's ln_1,
+/// or ln_f after the last block.
+fn ln_after(p: &ParamTensors, l: usize) -> Norm {
+    p.layers.get(l).map_or(p.lnf, |lp| lp.ln1)
 }
 
 /// Hands out consecutive pieces of one allocation.
@@ -130,12 +96,31 @@ impl Carver {
         self.off += len;
         s
     }
+
+    fn mat(&mut self, rows: usize, cols: usize) -> Mat {
+        Mat::new(self.take(rows * cols), rows, cols)
+    }
+
+    fn normed(&mut self, rows: usize, cols: usize) -> Normed {
+        Normed {
+            out: self.mat(rows, cols),
+            mean: self.take(rows),
+            rstd: self.take(rows),
+        }
+    }
+
+    fn gelu(&mut self, rows: usize, cols: usize) -> Gelu {
+        Gelu {
+            pre: self.mat(rows, cols),
+            out: self.mat(rows, cols),
+        }
+    }
 }
 
 impl Activations {
     /// Allocates and carves the activations of a (b, t) forward and backward pass.
     fn new<B: Backend>(backend: &B, m: &ModelConfig, b: usize, t: usize) -> Activations {
-        let state_len = backend.attention_state_len(b, t, m.n_head);
+        let state_len = backend.attention_state_len(AttnShape { b, t, nh: m.n_head });
         let total = ActivationFloats::new(m, b, t, state_len).total;
         let all = backend.alloc(total);
         let mut acts = Self::carve(m, b, t, state_len, all);
@@ -148,43 +133,34 @@ impl Activations {
     fn carve(m: &ModelConfig, b: usize, t: usize, state_len: usize, base: Span) -> Activations {
         let (n, c) = (b * t, m.n_embd);
         let mut k = Carver { base, off: 0 };
-        let encoded = k.take(n * c);
+        let encoded = k.mat(n, c);
         let (layers, att_states) = (0..m.n_layer)
             .map(|_| {
-                let (ln1, ln1_mean, ln1_rstd) = (k.take(n * c), k.take(n), k.take(n));
-                let (qkv, atty) = (k.take(n * 3 * c), k.take(n * c));
+                let (ln1, qkv, atty) = (k.normed(n, c), k.mat(n, 3 * c), k.mat(n, c));
                 let att_state = k.take(state_len);
                 let la = LayerActs {
                     ln1,
-                    ln1_mean,
-                    ln1_rstd,
                     qkv,
                     atty,
-                    attproj: k.take(n * c),
-                    residual2: k.take(n * c),
-                    ln2: k.take(n * c),
-                    ln2_mean: k.take(n),
-                    ln2_rstd: k.take(n),
-                    fch: k.take(n * 4 * c),
-                    fch_gelu: k.take(n * 4 * c),
-                    fcproj: k.take(n * c),
-                    residual3: k.take(n * c),
+                    attproj: k.mat(n, c),
+                    residual2: k.mat(n, c),
+                    ln2: k.normed(n, c),
+                    fch: k.gelu(n, 4 * c),
+                    fcproj: k.mat(n, c),
+                    residual3: k.mat(n, c),
                 };
                 (la, att_state)
             })
             .unzip();
-        let lnf = k.take(n * c);
-        let lnf_mean = k.take(n);
-        let lnf_rstd = k.take(n);
+        let lnf = k.normed(n, c);
         let losses = k.take(n);
         let dacts = ActGrads {
-            residual: k.take(n * c),
-            lnf: k.take(n * c),
-            ln: k.take(n * c),
-            qkv: k.take(n * 3 * c),
-            atty: k.take(n * c),
-            fch: k.take(n * 4 * c),
-            fch_gelu: k.take(n * 4 * c),
+            residual: k.mat(n, c),
+            lnf: k.mat(n, c),
+            ln: k.mat(n, c),
+            qkv: k.mat(n, 3 * c),
+            atty: k.mat(n, c),
+            fch: k.gelu(n, 4 * c),
         };
         let no_tokens = TokenSpan {
             buf: usize::MAX,
@@ -201,35 +177,22 @@ impl Activations {
             layers,
             att_states,
             lnf,
-            lnf_mean,
-            lnf_rstd,
             losses,
             dacts,
         }
     }
 
     /// The residual stream entering block `l`: the embeddings, or block l-1's output.
-    fn residual_before(&self, l: usize) -> Span {
+    fn residual_before(&self, l: usize) -> Mat {
         match l {
             0 => self.encoded,
             _ => self.layers[l - 1].residual3,
         }
     }
 
-    /// The LayerNorm that reads the residual stream after `l` blocks.
-    fn ln_after(&self, p: &ParamTensors, l: usize) -> NextLn {
-        let (w, b) = ln_weights_after(p, l);
-        let (out, mean, rstd) = match self.layers.get(l) {
-            Some(la) => (la.ln1, la.ln1_mean, la.ln1_rstd),
-            None => (self.lnf, self.lnf_mean, self.lnf_rstd),
-        };
-        NextLn {
-            w,
-            b,
-            out,
-            mean,
-            rstd,
-        }
+    /// Where the LayerNorm after `l` blocks writes: block l's ln1, or lnf.
+    fn ln_out_after(&self, l: usize) -> Normed {
+        self.layers.get(l).map_or(self.lnf, |la| la.ln1)
     }
 }
 
@@ -258,9 +221,9 @@ impl ActivationFloats {
             len: usize::MAX,
         };
         let a = Activations::carve(m, b, t, state_len, unbounded);
-        let end = |s: Span| s.off + s.len;
+        let end = |m: Mat| m.span.off + m.span.len;
         let layers = end(a.residual_before(m.n_layer)) - end(a.encoded);
-        let backward = a.all.len - a.dacts.residual.off;
+        let backward = a.all.len - a.dacts.residual.span.off;
         ActivationFloats {
             layers,
             attention_state: a.att_states.iter().map(|s| s.len).sum(),
@@ -353,100 +316,56 @@ impl<B: Backend> Gpt<B> {
         );
         self.ensure_acts(b, t);
         let a = self.acts.as_ref().unwrap();
-        let (n, c) = (b * t, self.config.n_embd);
         let eps = self.config.ln_eps as f32;
+        let shape = AttnShape {
+            b,
+            t,
+            nh: self.config.n_head,
+        };
         let p = self.layout.tensors(self.params);
         let be = &self.backend;
         be.write_tokens(a.inputs, inputs);
-        be.encoder_forward(a.encoded, a.inputs, p.wte, p.wpe, b, t, c);
-        let ln1 = a.ln_after(&p, 0);
-        be.layernorm_forward(
-            ln1.out, ln1.mean, ln1.rstd, a.encoded, ln1.w, ln1.b, n, c, eps,
-        );
+        be.encoder_forward(a.encoded, a.inputs, p.wte, p.wpe, t);
+        be.layernorm_forward(a.ln_out_after(0), a.encoded, ln_after(&p, 0), eps);
         for (l, la) in a.layers.iter().enumerate() {
+            let next = (a.ln_out_after(l + 1), ln_after(&p, l + 1));
             let attend = Attend::Full {
                 state: a.att_states[l],
-                b,
-                t,
+                shape,
             };
-            let next = a.ln_after(&p, l + 1);
-            self.block_forward(&p.layers[l], la, a.residual_before(l), &next, attend);
+            self.block_forward(&p.layers[l], la, a.residual_before(l), next, attend);
         }
     }
 
     /// One transformer block. `residual` (N, C) is the block's input and `la.ln1`
-    /// its ln_1, already computed; writes the rest of `la` and `next`. Each residual
-    /// add is fused with the LayerNorm that reads its result.
+    /// its ln_1, already computed; writes the rest of `la` and `next`, the LayerNorm
+    /// that reads the block's output. Each residual add is fused with that LayerNorm.
     fn block_forward(
         &self,
         lp: &LayerParams,
         la: &LayerActs,
-        residual: Span,
-        next: &NextLn,
+        residual: Mat,
+        (next, next_ln): (Normed, Norm),
         attend: Attend,
     ) {
-        let (n, c, nh) = (attend.rows(), self.config.n_embd, self.config.n_head);
         let eps = self.config.ln_eps as f32;
         let be = &self.backend;
-        be.matmul_forward(la.qkv, la.ln1, lp.qkvw, Some(lp.qkvb), n, c, 3 * c);
+        be.matmul_forward(la.qkv, la.ln1.out, lp.qkv);
         match attend {
-            Attend::Full { state, b, t } => {
-                be.attention_forward(la.atty, state, la.qkv, b, t, c, nh)
-            }
+            Attend::Full { state, shape } => be.attention_forward(la.atty, state, la.qkv, shape),
             Attend::Cached { keys, values, pos } => {
-                be.copy(keys.slice(pos * c, c), la.qkv.slice(c, c));
-                be.copy(values.slice(pos * c, c), la.qkv.slice(2 * c, c));
-                let (seen_k, seen_v) =
-                    (keys.slice(0, (pos + 1) * c), values.slice(0, (pos + 1) * c));
-                be.attention_decode(la.atty, la.qkv.slice(0, c), seen_k, seen_v, pos + 1, c, nh);
+                let (q, k, v) = qkv_parts(la.qkv.row(0));
+                be.copy(keys.row(pos), k);
+                be.copy(values.row(pos), v);
+                let (k, v) = (keys.rows(0, pos + 1), values.rows(0, pos + 1));
+                be.attention_decode(la.atty.row(0), q, k, v, self.config.n_head);
             }
         }
-        be.matmul_forward(la.attproj, la.atty, lp.attprojw, Some(lp.attprojb), n, c, c);
-        be.residual_layernorm_forward(
-            la.residual2,
-            la.ln2,
-            la.ln2_mean,
-            la.ln2_rstd,
-            residual,
-            la.attproj,
-            lp.ln2w,
-            lp.ln2b,
-            n,
-            c,
-            eps,
-        );
-        be.matmul_gelu_forward(
-            la.fch,
-            la.fch_gelu,
-            la.ln2,
-            lp.fcw,
-            Some(lp.fcb),
-            n,
-            c,
-            4 * c,
-        );
-        be.matmul_forward(
-            la.fcproj,
-            la.fch_gelu,
-            lp.fcprojw,
-            Some(lp.fcprojb),
-            n,
-            4 * c,
-            c,
-        );
-        be.residual_layernorm_forward(
-            la.residual3,
-            next.out,
-            next.mean,
-            next.rstd,
-            la.residual2,
-            la.fcproj,
-            next.w,
-            next.b,
-            n,
-            c,
-            eps,
-        );
+        be.matmul_forward(la.attproj, la.atty, lp.attproj);
+        be.residual_layernorm_forward(la.residual2, la.ln2, residual, la.attproj, lp.ln2, eps);
+        be.matmul_gelu_forward(la.fch, la.ln2.out, lp.fc);
+        be.matmul_forward(la.fcproj, la.fch.out, lp.fcproj);
+        be.residual_layernorm_forward(la.residual3, next, la.residual2, la.fcproj, next_ln, eps);
     }
 
     /// Mean loss over the b*t positions of `inputs` (B, T) predicting `targets` (B, T).
@@ -480,23 +399,18 @@ impl<B: Backend> Gpt<B> {
         assert_eq!(targets.len(), b * t, "targets must be b*t tokens");
         self.trunk_forward(inputs, b, t);
         let a = self.acts.as_ref().unwrap();
-        let (n, c, v) = (b * t, self.config.n_embd, self.config.vocab_size);
-        let head_w = self.layout.tensors(self.params).head;
-        let head_dw = self.layout.tensors(self.grads).head;
-        let grads = grad_scale.map(|k| (a.dacts.lnf, head_dw, k / n as f32));
-        let be = &self.backend;
-        be.write_tokens(a.targets, targets);
-        be.head_loss(
-            a.losses,
-            grads,
-            a.lnf,
-            head_w,
-            a.targets,
-            n,
-            c,
-            v,
+        let grads = grad_scale.map(|k| HeadGrads {
+            dh: a.dacts.lnf,
+            dw: self.layout.tensors(self.grads).head,
+            scale: k / (b * t) as f32,
+        });
+        let (w, kind, be) = (
+            self.layout.tensors(self.params).head,
             self.head_kind(),
+            &self.backend,
         );
+        be.write_tokens(a.targets, targets);
+        be.head_loss(a.losses, grads, a.lnf.out, w, a.targets, kind);
         be.mean(a.losses)
     }
 
@@ -510,13 +424,12 @@ impl<B: Backend> Gpt<B> {
     pub fn logits(&mut self, inputs: &[u32], b: usize, t: usize) -> Vec<f32> {
         self.trunk_forward(inputs, b, t);
         let a = self.acts.as_ref().unwrap();
-        let (n, c, v) = (b * t, self.config.n_embd, self.config.vocab_size);
         let head_w = self.layout.tensors(self.params).head;
-        let out = self.backend.alloc(n * v);
-        self.backend
-            .head_logits(out, a.lnf, head_w, n, c, v, self.head_kind());
-        let logits = self.backend.read(out);
-        self.backend.free(out);
+        let out = Mat::new(self.backend.alloc(b * t * head_w.rows), b * t, head_w.rows);
+        let be = &self.backend;
+        be.head_logits(out, a.lnf.out, head_w, self.head_kind());
+        let logits = be.read(out.span);
+        be.free(out.span);
         logits
     }
 
@@ -524,95 +437,33 @@ impl<B: Backend> Gpt<B> {
     /// gpt2_backward after the head: ln_f, the blocks in reverse, the embeddings.
     pub fn backward(&mut self) {
         let a = self.acts.as_ref().expect("forward before backward");
-        let (b, t) = (a.b, a.t);
-        let (n, c, nh) = (b * t, self.config.n_embd, self.config.n_head);
+        let shape = AttnShape {
+            b: a.b,
+            t: a.t,
+            nh: self.config.n_head,
+        };
         let (p, g) = (
             self.layout.tensors(self.params),
             self.layout.tensors(self.grads),
         );
         let (be, d) = (&self.backend, &a.dacts);
-        be.fill(d.residual, 0.0);
+        be.fill(d.residual.span, 0.0);
         let last = a.residual_before(a.layers.len());
-        be.layernorm_backward(
-            d.residual, g.lnfw, g.lnfb, d.lnf, last, p.lnfw, a.lnf_mean, a.lnf_rstd, n, c,
-        );
+        be.layernorm_backward(d.residual, g.lnf, d.lnf, last, p.lnf.w, a.lnf);
         for (l, la) in a.layers.iter().enumerate().rev() {
             let (lp, lg) = (&p.layers[l], &g.layers[l]);
             // MLP: residual3 = residual2 + fcproj(gelu(fc(ln_2(residual2))))
-            be.gelu_matmul_backward(
-                d.fch,
-                d.fch_gelu,
-                lg.fcprojw,
-                Some(lg.fcprojb),
-                d.residual,
-                la.fch_gelu,
-                la.fch,
-                lp.fcprojw,
-                n,
-                4 * c,
-                c,
-            );
-            be.matmul_backward(
-                d.ln,
-                lg.fcw,
-                Some(lg.fcb),
-                d.fch,
-                la.ln2,
-                lp.fcw,
-                n,
-                c,
-                4 * c,
-            );
-            be.layernorm_backward(
-                d.residual,
-                lg.ln2w,
-                lg.ln2b,
-                d.ln,
-                la.residual2,
-                lp.ln2w,
-                la.ln2_mean,
-                la.ln2_rstd,
-                n,
-                c,
-            );
+            be.gelu_matmul_backward(d.fch, lg.fcproj, d.residual, la.fch, lp.fcproj.w);
+            be.matmul_backward(d.ln, lg.fc, d.fch.pre, la.ln2.out, lp.fc.w);
+            be.layernorm_backward(d.residual, lg.ln2, d.ln, la.residual2, lp.ln2.w, la.ln2);
             // attention: residual2 = residual + attproj(attn(qkv(ln_1(residual))))
-            be.matmul_backward(
-                d.atty,
-                lg.attprojw,
-                Some(lg.attprojb),
-                d.residual,
-                la.atty,
-                lp.attprojw,
-                n,
-                c,
-                c,
-            );
-            be.attention_backward(d.qkv, d.atty, la.qkv, la.atty, a.att_states[l], b, t, c, nh);
-            be.matmul_backward(
-                d.ln,
-                lg.qkvw,
-                Some(lg.qkvb),
-                d.qkv,
-                la.ln1,
-                lp.qkvw,
-                n,
-                c,
-                3 * c,
-            );
-            be.layernorm_backward(
-                d.residual,
-                lg.ln1w,
-                lg.ln1b,
-                d.ln,
-                a.residual_before(l),
-                lp.ln1w,
-                la.ln1_mean,
-                la.ln1_rstd,
-                n,
-                c,
-            );
+            be.matmul_backward(d.atty, lg.attproj, d.residual, la.atty, lp.attproj.w);
+            be.attention_backward(d.qkv, d.atty, la.qkv, la.atty, a.att_states[l], shape);
+            be.matmul_backward(d.ln, lg.qkv, d.qkv, la.ln1.out, lp.qkv.w);
+            let residual = a.residual_before(l);
+            be.layernorm_backward(d.residual, lg.ln1, d.ln, residual, lp.ln1.w, la.ln1);
         }
-        be.encoder_backward(g.wte, g.wpe, d.residual, a.inputs, b, t, c);
+        be.encoder_backward(g.wte, g.wpe, d.residual, a.inputs, a.t);
     }
 
     pub fn zero_grads(&self) {

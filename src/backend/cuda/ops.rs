@@ -12,7 +12,10 @@ use super::gemm::{DType, Epilogue, Operand, Product};
 use super::kernels::Arg;
 use super::kernels::Arg::{F32, I32, I64, Ptr};
 use super::{CudaBackend, DeviceMem, GpuPrecision, MAX_HEAD_SIZE, Slot};
-use crate::backend::{AdamW, Backend, SgldStep, Span, TokenSpan};
+use crate::backend::operands as op;
+use crate::backend::{
+    AdamW, AttnShape, Backend, Gelu, HeadGrads, Linear, Norm, Normed, SgldStep, Span, TokenSpan,
+};
 use crate::head::HeadKind;
 
 /// A GEMM operand before precision handling (`trans`: its transpose is used).
@@ -221,9 +224,7 @@ impl CudaBackend {
         x: Operand,
         w: Operand,
         bias: Option<u64>,
-        n: usize,
-        c: usize,
-        oc: usize,
+        (n, c, oc): (usize, usize, usize),
     ) {
         let p = product(n, oc, c, 1.0, 0.0);
         let dtype = self.dtype();
@@ -244,14 +245,12 @@ impl CudaBackend {
     /// dbias += column sums of dout.
     fn weight_grads(
         &self,
-        dweight: Span,
-        dbias: Option<Span>,
+        dlayer: Linear,
         dout: u64,
         inp: Span,
-        n: usize,
-        c: usize,
-        oc: usize,
+        (n, c, oc): (usize, usize, usize),
     ) {
+        let (dweight, dbias) = (dlayer.w.span, dlayer.b);
         self.gemm(
             self.ptr(dweight),
             mat(dout, n * oc, true),
@@ -596,14 +595,14 @@ impl Backend for CudaBackend {
 
     fn encoder_forward(
         &self,
-        out: Span,
+        out: op::Mat,
         tokens: TokenSpan,
-        wte: Span,
-        wpe: Span,
-        b: usize,
+        wte: op::Mat,
+        wpe: op::Mat,
         t: usize,
-        c: usize,
     ) {
+        let (b, c) = (out.rows / t, out.cols);
+        let (out, wte, wpe) = (out.span, wte.span, wpe.span);
         self.launch_elems(
             "encoder_forward",
             b * t * c,
@@ -621,14 +620,14 @@ impl Backend for CudaBackend {
 
     fn encoder_backward(
         &self,
-        dwte: Span,
-        dwpe: Span,
-        dout: Span,
+        dwte: op::Mat,
+        dwpe: op::Mat,
+        dout: op::Mat,
         tokens: TokenSpan,
-        b: usize,
         t: usize,
-        c: usize,
     ) {
+        let (b, c) = (dout.rows / t, dout.cols);
+        let (dwte, dwpe, dout) = (dwte.span, dwpe.span, dout.span);
         self.launch_elems(
             "encoder_backward_wte",
             b * t * c,
@@ -653,18 +652,10 @@ impl Backend for CudaBackend {
         );
     }
 
-    fn layernorm_forward(
-        &self,
-        out: Span,
-        mean: Span,
-        rstd: Span,
-        inp: Span,
-        weight: Span,
-        bias: Span,
-        n: usize,
-        c: usize,
-        eps: f32,
-    ) {
+    fn layernorm_forward(&self, y: Normed, inp: op::Mat, p: Norm, eps: f32) {
+        let (n, c) = (inp.rows, inp.cols);
+        let (out, mean, rstd) = (y.out.span, y.mean, y.rstd);
+        let (inp, weight, bias) = (inp.span, p.w, p.b);
         let rows = [out, inp, weight, bias].map(|s| self.ptr(s));
         let vec4 = c.is_multiple_of(4) && aligned16(&rows);
         let [out, inp, weight, bias] = rows;
@@ -688,17 +679,16 @@ impl Backend for CudaBackend {
 
     fn layernorm_backward(
         &self,
-        dinp: Span,
-        dweight: Span,
-        dbias: Span,
-        dout: Span,
-        inp: Span,
+        dinp: op::Mat,
+        dp: Norm,
+        dout: op::Mat,
+        inp: op::Mat,
         weight: Span,
-        mean: Span,
-        rstd: Span,
-        n: usize,
-        c: usize,
+        saved: Normed,
     ) {
+        let (n, c) = (inp.rows, inp.cols);
+        let (dinp, dweight, dbias, dout) = (dinp.span, dp.w, dp.b, dout.span);
+        let (inp, mean, rstd) = (inp.span, saved.mean, saved.rstd);
         if n == 0 {
             return;
         }
@@ -728,32 +718,24 @@ impl Backend for CudaBackend {
         );
     }
 
-    fn matmul_forward(
-        &self,
-        out: Span,
-        inp: Span,
-        weight: Span,
-        bias: Option<Span>,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
+    fn matmul_forward(&self, out: op::Mat, inp: op::Mat, layer: Linear) {
+        let (n, c, oc) = (inp.rows, inp.cols, layer.w.rows);
+        let (out, inp, weight, bias) = (out.span, inp.span, layer.w.span, layer.b);
         let (x, w) = self.operands(mat(self.ptr(inp), n * c, false), weight_mat(weight, true));
-        self.linear(self.ptr(out), x, w, bias.map(|b| self.ptr(b)), n, c, oc);
+        self.linear(self.ptr(out), x, w, bias.map(|b| self.ptr(b)), (n, c, oc));
     }
 
     fn matmul_backward(
         &self,
-        dinp: Span,
-        dweight: Span,
-        dbias: Option<Span>,
-        dout: Span,
-        inp: Span,
-        weight: Span,
-        n: usize,
-        c: usize,
-        oc: usize,
+        dinp: op::Mat,
+        dlayer: Linear,
+        dout: op::Mat,
+        inp: op::Mat,
+        w: op::Mat,
     ) {
+        let (n, c, oc) = (inp.rows, inp.cols, w.rows);
+        let dinp = dinp.span;
+        let (dout, inp, weight) = (dout.span, inp.span, w.span);
         let d = self.ptr(dout);
         // dinp[n, c] = dout[n, oc] W[oc, c]
         self.gemm(
@@ -762,23 +744,17 @@ impl Backend for CudaBackend {
             weight_mat(weight, false),
             product(n, c, oc, 1.0, 0.0),
         );
-        self.weight_grads(dweight, dbias, d, inp, n, c, oc);
+        self.weight_grads(dlayer, d, inp, (n, c, oc));
     }
 
-    fn attention_state_len(&self, b: usize, t: usize, nh: usize) -> usize {
-        super::attention_state_len(b, t, nh)
+    fn attention_state_len(&self, shape: AttnShape) -> usize {
+        super::attention_state_len(shape.b, shape.t, shape.nh)
     }
 
-    fn attention_forward(
-        &self,
-        out: Span,
-        state: Span,
-        qkv: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
-    ) {
+    fn attention_forward(&self, out: op::Mat, state: Span, qkv: op::Mat, shape: AttnShape) {
+        let AttnShape { b, t, nh } = shape;
+        let c = out.cols;
+        let (out, qkv) = (out.span, qkv.span);
         let hs = c / nh;
         assert_eq!(state.len, b * nh * t, "attention state size");
         let flash = self.flash(hs);
@@ -800,16 +776,9 @@ impl Backend for CudaBackend {
         );
     }
 
-    fn attention_decode(
-        &self,
-        out: Span,
-        q: Span,
-        k: Span,
-        v: Span,
-        t: usize,
-        c: usize,
-        nh: usize,
-    ) {
+    fn attention_decode(&self, out: Span, q: Span, k: op::Mat, v: op::Mat, nh: usize) {
+        let (t, c) = (k.rows, k.cols);
+        let (k, v) = (k.span, v.span);
         assert_eq!(
             (q.len, k.len, v.len),
             (c, t * c, t * c),
@@ -842,16 +811,16 @@ impl Backend for CudaBackend {
 
     fn attention_backward(
         &self,
-        dqkv: Span,
-        dout: Span,
-        qkv: Span,
-        out: Span,
+        dqkv: op::Mat,
+        dout: op::Mat,
+        qkv: op::Mat,
+        out: op::Mat,
         state: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
+        shape: AttnShape,
     ) {
+        let AttnShape { b, t, nh } = shape;
+        let c = out.cols;
+        let (dqkv, dout, qkv, out) = (dqkv.span, dout.span, qkv.span, out.span);
         let hs = c / nh;
         let rows = b * t * nh;
         assert_eq!(state.len, rows, "attention state size");
@@ -924,18 +893,16 @@ impl Backend for CudaBackend {
 
     fn residual_layernorm_forward(
         &self,
-        residual: Span,
-        out: Span,
-        mean: Span,
-        rstd: Span,
-        a: Span,
-        b: Span,
-        weight: Span,
-        bias: Span,
-        n: usize,
-        c: usize,
+        residual: op::Mat,
+        y: Normed,
+        a: op::Mat,
+        b: op::Mat,
+        p: Norm,
         eps: f32,
     ) {
+        let (n, c) = (residual.rows, residual.cols);
+        let (residual, out, mean, rstd) = (residual.span, y.out.span, y.mean, y.rstd);
+        let (a, b, weight, bias) = (a.span, b.span, p.w, p.b);
         let rows = [residual, out, a, b, weight, bias].map(|s| self.ptr(s));
         let vec4 = c.is_multiple_of(4) && aligned16(&rows);
         let [residual, out, a, b, weight, bias] = rows;
@@ -962,17 +929,10 @@ impl Backend for CudaBackend {
     /// One GEMM: cuBLASLt's GELU_AUX_BIAS epilogue adds the bias and writes both
     /// gelu(x W^T + b) and the pre-activation, so no kernel broadcasts the bias first
     /// or reads pre back to apply GELU.
-    fn matmul_gelu_forward(
-        &self,
-        pre: Span,
-        out: Span,
-        inp: Span,
-        weight: Span,
-        bias: Option<Span>,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
+    fn matmul_gelu_forward(&self, y: Gelu, inp: op::Mat, layer: Linear) {
+        let (n, c, oc) = (inp.rows, inp.cols, layer.w.rows);
+        let (pre, out, inp) = (y.pre.span, y.out.span, inp.span);
+        let (weight, bias) = (layer.w.span, layer.b);
         let (x, w) = self.operands(mat(self.ptr(inp), n * c, false), weight_mat(weight, true));
         let bias = bias.map(|b| self.ptr(b));
         let epilogue = Epilogue::GeluAux {
@@ -981,7 +941,7 @@ impl Backend for CudaBackend {
         };
         let p = product(n, oc, c, 1.0, 0.0);
         if !self.gemm_epilogue(self.ptr(out), x, w, p, epilogue) {
-            self.linear(self.ptr(pre), x, w, bias, n, c, oc);
+            self.linear(self.ptr(pre), x, w, bias, (n, c, oc));
             self.gelu_forward(out, pre);
         }
     }
@@ -990,20 +950,10 @@ impl Backend for CudaBackend {
     /// (which reads pre): dact = dout W is never written and read back, and
     /// gelu_backward's launch goes. The bias gradient stays a column-sum kernel:
     /// cuBLASLt's BGRAD epilogues overwrite it, while the trait accumulates it.
-    fn gelu_matmul_backward(
-        &self,
-        dpre: Span,
-        dact: Span,
-        dweight: Span,
-        dbias: Option<Span>,
-        dout: Span,
-        act: Span,
-        pre: Span,
-        weight: Span,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
+    fn gelu_matmul_backward(&self, d: Gelu, dlayer: Linear, dout: op::Mat, act: Gelu, w: op::Mat) {
+        let (n, c, oc) = (dout.rows, w.cols, w.rows);
+        let (dpre, dact) = (d.pre.span, d.out.span);
+        let (dout, pre, act, weight) = (dout.span, act.pre.span, act.out.span, w.span);
         let d = self.ptr(dout);
         let (dy, w) = self.operands(mat(d, n * oc, false), weight_mat(weight, false));
         let p = product(n, c, oc, 1.0, 0.0);
@@ -1012,21 +962,21 @@ impl Backend for CudaBackend {
             self.gemm_typed(self.dtype(), self.ptr(dact), dy, w, p);
             self.gelu_backward(dpre, pre, dact);
         }
-        self.weight_grads(dweight, dbias, d, act, n, c, oc);
+        self.weight_grads(dlayer, d, act, (n, c, oc));
     }
 
     fn head_loss(
         &self,
         losses: Span,
-        grads: Option<(Span, Span, f32)>,
-        h: Span,
-        w: Span,
+        grads: Option<HeadGrads>,
+        h: op::Mat,
+        w: op::Mat,
         targets: TokenSpan,
-        n: usize,
-        c: usize,
-        v: usize,
         kind: HeadKind,
     ) {
+        let (n, c, v) = (h.rows, h.cols, w.rows);
+        let (h, w) = (h.span, w.span);
+        let grads = grads.map(|g| (g.dh.span, g.dw.span, g.scale));
         if n == 0 {
             return;
         }
@@ -1100,16 +1050,9 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn head_logits(
-        &self,
-        out: Span,
-        h: Span,
-        w: Span,
-        n: usize,
-        c: usize,
-        v: usize,
-        kind: HeadKind,
-    ) {
+    fn head_logits(&self, out: op::Mat, h: op::Mat, w: op::Mat, kind: HeadKind) {
+        let (n, c, v) = (h.rows, h.cols, w.rows);
+        let (out, h, w) = (out.span, h.span, w.span);
         if n == 0 {
             return;
         }
