@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use hgpt::backend::DeviceChoice;
@@ -117,7 +118,8 @@ impl ConfigArgs {
 #[derive(Args)]
 struct DeviceArgs {
     /// auto: the GPU when the CUDA driver and a device are present, else the CPU
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    #[arg(long, default_value_t = DeviceChoice::Auto,
+          value_parser = PossibleValuesParser::new(DeviceChoice::NAMES).try_map(|s| s.parse::<DeviceChoice>()))]
     device: DeviceChoice,
 }
 

@@ -2,6 +2,7 @@
 //! CUDA backend's slots and peak in tests/cuda_parity.rs), and the planner's search
 //! for the largest micro-batch.
 
+use hgpt::backend::Backend;
 use hgpt::backend::cpu::CpuBackend;
 use hgpt::backend::cuda::GpuPrecision;
 use hgpt::config::Config;
