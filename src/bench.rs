@@ -68,6 +68,9 @@ pub struct BenchReport {
     pub peak_memory_mib: f64,
     /// What the memory plan predicts for the same figure.
     pub planned_memory_mib: f64,
+    /// GEMMs whose fused epilogue (bias, GELU) the backend had no kernel for, so they
+    /// ran as separate kernels, over the whole run (0 on the CPU, which fuses none).
+    pub epilogue_fallbacks: usize,
     pub ops: BTreeMap<String, OpReport>,
 }
 
@@ -144,6 +147,7 @@ pub fn run(req: &BenchRequest) -> Result<BenchReport> {
     let profile = be.take_profile();
     // Read before the GEMM peak's own buffers count towards it.
     let peak_memory_bytes = be.peak_memory_bytes();
+    let epilogue_fallbacks = be.epilogue_fallbacks();
     let target = be.target();
     let gemm_n = match target {
         Target::Cpu => 1024,
@@ -184,6 +188,7 @@ pub fn run(req: &BenchRequest) -> Result<BenchReport> {
         peak_source,
         gemm_peak_tflops,
         peak_memory_bytes,
+        epilogue_fallbacks,
         target,
     };
     Ok(timing.report(be.describe(), matmul_tflops, ops))
@@ -219,6 +224,7 @@ struct Timing<'a> {
     peak_source: String,
     gemm_peak_tflops: f64,
     peak_memory_bytes: usize,
+    epilogue_fallbacks: usize,
     target: Target,
 }
 
@@ -264,6 +270,7 @@ impl Timing<'_> {
             matmul_tflops,
             peak_memory_mib: mib(self.peak_memory_bytes),
             planned_memory_mib: mib(planned_bytes),
+            epilogue_fallbacks: self.epilogue_fallbacks,
             ops,
         }
     }
@@ -307,9 +314,16 @@ impl BenchReport {
             );
         }
         s += &format!(
-            "\npeak memory held by the backend: {:.0} MiB (planned {:.0} MiB)\n\n",
+            "\npeak memory held by the backend: {:.0} MiB (planned {:.0} MiB)\n",
             self.peak_memory_mib, self.planned_memory_mib
         );
+        if self.epilogue_fallbacks > 0 {
+            s += &format!(
+                "epilogue fallbacks: {} GEMMs ran their bias/GELU as separate kernels\n",
+                self.epilogue_fallbacks
+            );
+        }
+        s += "\n";
         if self.ops.is_empty() {
             return s;
         }

@@ -24,6 +24,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     fn peak_memory_bytes(&self) -> usize {
         (**self).peak_memory_bytes()
     }
+    fn epilogue_fallbacks(&self) -> usize {
+        (**self).epilogue_fallbacks()
+    }
     fn start_profile(&self) {
         (**self).start_profile()
     }

@@ -146,6 +146,11 @@ pub trait Backend {
     fn synchronize(&self) {}
     /// The most bytes of buffers this backend has held at once.
     fn peak_memory_bytes(&self) -> usize;
+    /// How many GEMMs with a fused epilogue found no kernel for it and ran as
+    /// separate kernels instead (0 on a backend that fuses nothing).
+    fn epilogue_fallbacks(&self) -> usize {
+        0
+    }
     /// Starts timing every op (for `hgpt bench`), where the backend can without
     /// waiting on each op; the default cannot.
     fn start_profile(&self) {}

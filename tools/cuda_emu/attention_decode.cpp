@@ -1,6 +1,6 @@
 // cuda/attention_decode.cu on the CPU emulator (emu.h) against an f64 reference: one new
 // position attending over T cached ones (T = 1; 300, more than the block's 256 threads),
-// head sizes 5 and 64, launched as src/backend/cuda/ops.rs launches it (a block of 256
+// head sizes 5 and 64, launched as src/backend/cuda/attention.rs launches it (a block of 256
 // threads per head, T floats of dynamic shared memory). Prints one line per check; exits
 // non-zero if any fails.
 #include "emu.h"

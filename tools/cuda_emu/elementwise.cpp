@@ -3,7 +3,7 @@
 // gelu.cu, residual.cu, convert.cu (to_bf16 must round to nearest even, checked bit for
 // bit against a rounding worked out from the values) and matmul.cu's non-GEMM kernels
 // (bias_broadcast, column_sums_add on its 32 x 8 blocks). Launched as
-// src/backend/cuda/ops.rs launches them (launch_elems: ceil(n / 256) blocks of 256) and
+// src/backend/cuda/ launches them (launch_elems: ceil(n / 256) blocks of 256) and
 // on 2 blocks, so the grid-stride loops run. Prints one line per check; exits non-zero
 // if any fails.
 #include "emu.h"
@@ -139,7 +139,7 @@ static bool check_to_bf16(int blocks, emu::Order order) {
     return ok;
 }
 
-// bias_broadcast as launch_elems; column_sums_add as ops.rs launches it: 32 x 8 blocks,
+// bias_broadcast as launch_elems; column_sums_add as linear.rs launches it: 32 x 8 blocks,
 // a column of blocks per 32 columns, ceil(rows / 512) row ranges (1 to 64).
 static bool check_matmul(int rows, int cols, int blocks, emu::Order order) {
     Buffer<float> bias = uniform(cols), out((size_t)rows * cols, NAN), src = uniform(rows * cols),
@@ -166,7 +166,7 @@ int main() {
     int failures = 0;
     for (emu::Order order : {emu::FORWARD, emu::REVERSE, emu::SHUFFLED})
         for (int two : {0, 1}) {
-            // 555 = T * C of the encoder: 3 blocks of 256 (ops.rs) or 2 that stride.
+            // 555 = T * C of the encoder: 3 blocks of 256 (encoder.rs) or 2 that stride.
             failures += !check_encoder(two ? 2 : 3, order);
             failures += !check_pointwise(1003, two ? 2 : 4, order);
             failures += !check_to_bf16(two ? 1 : 2, order);

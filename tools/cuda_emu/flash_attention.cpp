@@ -1,6 +1,6 @@
 // cuda/flash_attention.cu on the CPU emulator (emu.h) against an f64 reference: the
 // forward pass (y, lse), the backward preprocess (D) and the dkdv and dq passes, in the
-// fp32 SIMT and the bf16 tensor-core versions, launched as src/backend/cuda/ops.rs
+// fp32 SIMT and the bf16 tensor-core versions, launched as src/backend/cuda/attention.rs
 // launches them. Prints one line per check; exits non-zero if any fails.
 #include "emu.h"
 EMU_DYNAMIC_SHARED(smem);
@@ -75,7 +75,7 @@ typedef void (*Forward)(float*, float*, const float*, int, int, int, float);
 typedef void (*Backward)(float*, const float*, const float*, const float*, const float*, int,
                          int, int, float);
 
-// One precision's kernels, threads per block and shared memory (as ops.rs has them).
+// One precision's kernels, threads per block and shared memory (as attention.rs has them).
 struct Kernels {
     const char* name;
     Forward forward;

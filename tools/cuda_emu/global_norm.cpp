@@ -1,6 +1,6 @@
 // cuda/global_norm.cu on the CPU emulator (emu.h) against an f64 reference: sum_partials
 // (sums and sums of squares, float4 and scalar paths) then sum_final, launched as
-// src/backend/cuda/ops.rs's reduce launches them, including a buffer longer than the
+// src/backend/cuda/reduce.rs launches them, including a buffer longer than the
 // 1024 blocks x 256 threads of the largest grid. Prints one line per check; exits
 // non-zero if any fails.
 #include "emu.h"
@@ -16,7 +16,7 @@ static bool check(long long n, bool squares, int vec4, emu::Order order) {
         x[i] = u(gen);
         want += squares ? (double)x[i] * x[i] : x[i];
     }
-    // ops.rs: blocks = ceil(n / 256), at most 1024; partials in a 1024-slot scratch.
+    // reduce.rs: blocks = ceil(n / 256), at most 1024; partials in a 1024-slot scratch.
     const int blocks = (int)std::min<long long>((n + 255) / 256, 1024);
     Buffer<double> partial(1024, NAN), out(1, NAN);
     launch(dim3(blocks), 256, 0, order,

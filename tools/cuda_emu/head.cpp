@@ -2,7 +2,7 @@
 // (src/head/mod.rs): head_rows in its three modes (logits; loss; loss and G, with the
 // bf16 copy of G and rowsum(G)) for the softmax and the harmonic head, at V = 257 (a
 // tail after the 256 threads), 1000 and 50257 (GPT-2's vocabulary); row_sq_norms from
-// fp32 and from bf16 copies; add_scaled_rows. Launched as src/backend/cuda/ops.rs
+// fp32 and from bf16 copies; add_scaled_rows. Launched as src/backend/cuda/head.rs
 // launches them. Prints one line per check; exits non-zero if any fails.
 #include "emu.h"
 #include "../../cuda/common.cuh"
@@ -107,7 +107,7 @@ static Buffer<T> device(const std::vector<T>& v) {
     return b;
 }
 
-// One head_rows launch in `mode` over all rows (ops.rs: a block of 256 threads per row).
+// One head_rows launch in `mode` over all rows (head.rs: a block of 256 threads per row).
 // With bf16, G's bf16 copy must be the fp32 G rounded, bit for bit.
 static bool check_rows(const Rows& r, bool harmonic, float n_exp, int mode, bool bf16,
                        emu::Order order) {
@@ -118,7 +118,7 @@ static bool check_rows(const Rows& r, bool harmonic, float n_exp, int mode, bool
                   h_sq = device(r.h_sq), w_sq = device(r.w_sq);
     Buffer<unsigned> targets = device(r.y);
     Buffer<__nv_bfloat16> g16((size_t)r.N * r.V, {0x7fc2});
-    const bool want_rowsum = harmonic && mode == 2;  // as ops.rs passes it
+    const bool want_rowsum = harmonic && mode == 2;  // as head.rs passes it
     launch(dim3(r.N), 256, 0, order, [&] {
         head_rows(rows.data(), bf16 ? g16.data() : nullptr, mode ? losses.data() : nullptr,
                   want_rowsum ? rowsum.data() : nullptr, harmonic ? h_sq.data() : nullptr,
@@ -168,7 +168,7 @@ static bool check_rows(const Rows& r, bool harmonic, float n_exp, int mode, bool
 }
 
 // row_sq_norms over `rows` rows of random floats, from x or from its bf16 copy (whose
-// values differ: the sums must be of the copy's), launched as ops.rs's launch_rows:
+// values differ: the sums must be of the copy's), launched as mod.rs's launch_rows:
 // blocks of 256 threads, a warp per row.
 static bool check_sq_norms(int rows, int c, bool bf16, emu::Order order) {
     std::mt19937 gen(rows + c);
@@ -196,7 +196,7 @@ static bool check_sq_norms(int rows, int c, bool bf16, emu::Order order) {
     return report(e < 1e-6 && out.intact(), what, order, errs);
 }
 
-// add_scaled_rows, as ops.rs's launch_elems (blocks of 256 threads), and on 2 blocks
+// add_scaled_rows, as mod.rs's launch_elems (blocks of 256 threads), and on 2 blocks
 // so the grid-stride loop runs.
 static bool check_add_scaled(int rows, int c, bool bf16, int blocks, emu::Order order) {
     std::mt19937 gen(rows * c + bf16);

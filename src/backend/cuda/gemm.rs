@@ -19,6 +19,7 @@ use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
 
 use super::DeviceMem;
+use super::gemm_shape::{alignment, column_major, failure};
 
 /// Element type of the A and B operands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -132,13 +133,6 @@ impl<T: Copy> Drop for Guard<T> {
     }
 }
 
-/// Largest power of two (up to 256) dividing every byte address the operand touches;
-/// cuBLASLt assumes 256 unless told, and picks kernels by it.
-fn alignment(ptr: u64) -> u32 {
-    let bits = ptr | 256;
-    1 << bits.trailing_zeros()
-}
-
 fn layout(
     dtype: sys::cudaDataType,
     rows: usize,
@@ -149,25 +143,6 @@ fn layout(
         lt::create_matrix_layout(dtype, rows as u64, cols as u64, ld as i64)?,
         lt::destroy_matrix_layout,
     ))
-}
-
-/// cuBLASLt's (rows, cols, leading dimension) of its A, B and C for our row-major
-/// C[m, n] = op(A)[m, k] op(B)[k, n]. Its A is our B and its B our A: a row-major
-/// matrix read column-major is its transpose, so C^T = op(B)^T op(A)^T is what it
-/// computes, with the same transpose flags.
-fn column_major(
-    m: usize,
-    n: usize,
-    k: usize,
-    a_trans: bool,
-    b_trans: bool,
-) -> ([usize; 3], [usize; 3], [usize; 3]) {
-    // Stored B is [k, n] (or [n, k] when transposed); column-major that is [n, k]
-    // (or [k, n]), and op must give B^T [n, k].
-    let lt_a = if b_trans { [k, n, k] } else { [n, k, n] };
-    // Likewise stored A, which op must turn into A^T [k, m].
-    let lt_b = if a_trans { [m, k, m] } else { [k, m, k] };
-    (lt_a, lt_b, [n, m, n])
 }
 
 impl Gemm {
@@ -196,10 +171,7 @@ impl Gemm {
         p: Product,
     ) {
         if let Err(e) = self.try_run(stream, dtype, c, a, b, p) {
-            panic!(
-                "cuBLASLt GEMM failed ({dtype:?}, m={} n={} k={}): {e:?}",
-                p.m, p.n, p.k
-            );
+            panic!("{}", failure(dtype, c, a, b, p, version(), &e));
         }
     }
 
@@ -398,60 +370,15 @@ unsafe fn set_epilogue(
     Ok(())
 }
 
+/// cuBLASLt's version (e.g. 120803 for 12.8.3), for error messages.
+pub fn version() -> usize {
+    // SAFETY: no arguments; the library is loaded once a Gemm exists.
+    unsafe { sys::cublasLtGetVersion() }
+}
+
 impl Drop for Gemm {
     fn drop(&mut self) {
         // SAFETY: the handle came from create_handle and is destroyed once.
         let _ = unsafe { lt::destroy_handle(self.handle) };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::column_major;
-
-    /// x[i, j] of a column-major matrix with leading dimension ld, or of its transpose.
-    fn at(x: &[f32], ld: usize, trans: bool, i: usize, j: usize) -> f32 {
-        if trans { x[i * ld + j] } else { x[j * ld + i] }
-    }
-
-    /// The layouts, run through cuBLASLt's column-major definition, compute the
-    /// row-major product, for every combination of transposes.
-    #[test]
-    fn column_major_layouts_compute_the_row_major_product() {
-        let (m, n, k) = (3, 5, 4);
-        let fill = |len: usize, seed: f32| -> Vec<f32> {
-            (0..len).map(|i| (i as f32 * 0.37 + seed).sin()).collect()
-        };
-        for (a_trans, b_trans) in [(false, false), (false, true), (true, false), (true, true)] {
-            let (a, b) = (fill(m * k, 0.1), fill(k * n, 0.7));
-            // Row-major reference: op(A)[i, l] and op(B)[l, j] from the stored matrices.
-            let ra = |i: usize, l: usize| if a_trans { a[l * m + i] } else { a[i * k + l] };
-            let rb = |l: usize, j: usize| if b_trans { b[j * k + l] } else { b[l * n + j] };
-            let (la, lb, lc) = column_major(m, n, k, a_trans, b_trans);
-            // Shapes as cuBLASLt checks them: op(A_lt) [n, k], op(B_lt) [k, m], ld >= rows.
-            let op_dims = |l: [usize; 3], t: bool| if t { (l[1], l[0]) } else { (l[0], l[1]) };
-            assert_eq!(op_dims(la, b_trans), (n, k));
-            assert_eq!(op_dims(lb, a_trans), (k, m));
-            assert!(la[2] >= la[0] && lb[2] >= lb[0] && lc[2] >= lc[0]);
-            // cuBLASLt: D[i, j] = sum_l op(A_lt)[i, l] op(B_lt)[l, j], A_lt = our b.
-            let mut d = vec![0f32; n * m];
-            for i in 0..lc[0] {
-                for j in 0..lc[1] {
-                    d[j * lc[2] + i] = (0..k)
-                        .map(|l| at(&b, la[2], b_trans, i, l) * at(&a, lb[2], a_trans, l, j))
-                        .sum();
-                }
-            }
-            for i in 0..m {
-                for j in 0..n {
-                    let want: f32 = (0..k).map(|l| ra(i, l) * rb(l, j)).sum();
-                    let got = d[i * n + j];
-                    assert!(
-                        (want - got).abs() < 1e-5,
-                        "trans {a_trans}/{b_trans} at {i},{j}: {got} vs {want}"
-                    );
-                }
-            }
-        }
     }
 }

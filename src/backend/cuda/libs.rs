@@ -4,7 +4,8 @@
 //! panics when one is missing, so every library is checked here first. A library
 //! the loader cannot find by name is looked for in the usual install places (CUDA_HOME,
 //! CUDA_PATH, /usr/local/cuda, pip's nvidia/cu13 in HGPT_CUDA_PIP,
-//! ~/.cache/hgpt/cuda-pip or a Python site-packages) and opened there by full path:
+//! ~/.cache/hgpt/cuda-pip or a Python site-packages; the driver also where container
+//! runtimes mount it, /usr/local/nvidia/lib64 and lib) and opened there by full path:
 //! the dynamic loader then resolves cudarc's later open by the library's SONAME to the
 //! copy already loaded. What cannot be found becomes one line naming the library and
 //! how to point hgpt at it.
@@ -81,7 +82,7 @@ pub fn require(lib: Lib) -> Result<()> {
         return Ok(());
     }
     if !lib.loadable() {
-        for dir in lib_dirs() {
+        for dir in search_dirs(lib) {
             let path = dir.join(lib.soname());
             if path.is_file() && preload(&path) {
                 if lib == Lib::Nvrtc {
@@ -197,6 +198,31 @@ pub fn lib_dirs() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Where container runtimes (the NVIDIA container toolkit) mount the driver's libraries.
+const DRIVER_DIRS: [&str; 2] = ["/usr/local/nvidia/lib64", "/usr/local/nvidia/lib"];
+
+/// Directories that may hold `lib`, in search order: for the driver, its container
+/// mounts first; never a `stubs` folder, whose libcuda is a link-time stand-in that
+/// only reports that no driver is installed.
+fn candidate_dirs(lib: Lib, toolkit_dirs: Vec<PathBuf>) -> Vec<PathBuf> {
+    let driver = match lib {
+        Lib::Driver => DRIVER_DIRS.map(PathBuf::from).to_vec(),
+        Lib::Nvrtc | Lib::CublasLt => Vec::new(),
+    };
+    driver
+        .into_iter()
+        .chain(toolkit_dirs)
+        .filter(|d| !d.components().any(|c| c.as_os_str() == "stubs"))
+        .collect()
+}
+
+/// The existing directories of `candidate_dirs`.
+fn search_dirs(lib: Lib) -> Vec<PathBuf> {
+    let mut dirs = candidate_dirs(lib, lib_dirs());
+    dirs.retain(|d| d.is_dir());
+    dirs
+}
+
 /// The include directory holding cuda_bf16.h, which every kernel includes.
 pub fn include_dir() -> Result<PathBuf> {
     for root in cuda_roots() {
@@ -211,4 +237,26 @@ pub fn include_dir() -> Result<PathBuf> {
         "cuda_bf16.h (CUDA 13 headers) not found: set CUDA_HOME to a CUDA 13 toolkit, or \
          `pip install --target ~/.cache/hgpt/cuda-pip \"nvidia-cuda-runtime==13.0.*\"`"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_driver_is_searched_in_container_mounts_first_and_never_in_stubs() {
+        let toolkit = vec![
+            PathBuf::from("/usr/local/cuda/lib64"),
+            PathBuf::from("/usr/local/cuda/lib64/stubs"),
+        ];
+        let driver = candidate_dirs(Lib::Driver, toolkit.clone());
+        let want = [
+            "/usr/local/nvidia/lib64",
+            "/usr/local/nvidia/lib",
+            "/usr/local/cuda/lib64",
+        ];
+        assert_eq!(driver, want.map(PathBuf::from).to_vec());
+        let nvrtc = candidate_dirs(Lib::Nvrtc, toolkit);
+        assert_eq!(nvrtc, vec![PathBuf::from("/usr/local/cuda/lib64")]);
+    }
 }

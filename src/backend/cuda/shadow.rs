@@ -14,8 +14,18 @@
 //! - freeing the buffer frees its shadow.
 
 use super::kernels::Arg::{I64, Ptr};
-use super::{CudaBackend, DeviceMem};
+use super::{CudaBackend, DeviceMem, GpuPrecision};
 use crate::backend::Span;
+
+/// Bytes of bf16 weight shadows (see `shadow`) a model of `params` parameters holds:
+/// in bf16 mode one, of the parameter buffer, the only buffer whose spans are GEMM
+/// weights.
+pub fn weight_shadow_bytes(params: usize, precision: GpuPrecision) -> usize {
+    match precision {
+        GpuPrecision::Bf16 => 2 * params,
+        GpuPrecision::Fp32 => 0,
+    }
+}
 
 pub(super) struct Shadow {
     /// Address and length in floats of the shadowed fp32 buffer.

@@ -1,0 +1,40 @@
+//! Element-wise ops on the GPU, the host half of cuda/gelu.cu (GELU, tanh form, and
+//! its derivative) and cuda/residual.cu (the residual add): 1-D grid-stride launches.
+
+use super::CudaBackend;
+use super::kernels::Arg::{I64, Ptr};
+use crate::backend::Span;
+
+pub(super) fn gelu_forward(be: &CudaBackend, out: Span, inp: Span) {
+    be.launch_elems(
+        "gelu_forward",
+        out.len,
+        &[Ptr(be.ptr(out)), Ptr(be.ptr(inp)), I64(out.len as i64)],
+    );
+}
+
+pub(super) fn gelu_backward(be: &CudaBackend, dinp: Span, inp: Span, dout: Span) {
+    be.launch_elems(
+        "gelu_backward",
+        dinp.len,
+        &[
+            Ptr(be.ptr(dinp)),
+            Ptr(be.ptr(inp)),
+            Ptr(be.ptr(dout)),
+            I64(dinp.len as i64),
+        ],
+    );
+}
+
+pub(super) fn add(be: &CudaBackend, out: Span, a: Span, b: Span) {
+    be.launch_elems(
+        "residual_add",
+        out.len,
+        &[
+            Ptr(be.ptr(out)),
+            Ptr(be.ptr(a)),
+            Ptr(be.ptr(b)),
+            I64(out.len as i64),
+        ],
+    );
+}

@@ -1,0 +1,107 @@
+//! LayerNorm on the GPU, the host half of cuda/layernorm.cu: one warp per row,
+//! float4 loads where every row pointer is 16-byte aligned and C a multiple of 4.
+
+use super::kernels::Arg::{F32, I32, Ptr};
+use super::{CudaBackend, aligned16};
+use crate::backend::{Mat, Norm, Normed, Span};
+
+pub(super) fn layernorm_forward(be: &CudaBackend, y: Normed, inp: Mat, p: Norm, eps: f32) {
+    let (n, c) = (inp.rows, inp.cols);
+    let (out, mean, rstd) = (y.out.span, y.mean, y.rstd);
+    let (inp, weight, bias) = (inp.span, p.w, p.b);
+    let rows = [out, inp, weight, bias].map(|s| be.ptr(s));
+    let vec4 = c.is_multiple_of(4) && aligned16(&rows);
+    let [out, inp, weight, bias] = rows;
+    be.launch_rows(
+        "layernorm_forward",
+        n,
+        &[
+            Ptr(out),
+            Ptr(be.ptr(mean)),
+            Ptr(be.ptr(rstd)),
+            Ptr(inp),
+            Ptr(weight),
+            Ptr(bias),
+            I32(n as i32),
+            I32(c as i32),
+            F32(eps),
+            I32(vec4 as i32),
+        ],
+    );
+}
+
+pub(super) fn residual_layernorm_forward(
+    be: &CudaBackend,
+    residual: Mat,
+    y: Normed,
+    a: Mat,
+    b: Mat,
+    p: Norm,
+    eps: f32,
+) {
+    let (n, c) = (residual.rows, residual.cols);
+    let (residual, out, mean, rstd) = (residual.span, y.out.span, y.mean, y.rstd);
+    let (a, b, weight, bias) = (a.span, b.span, p.w, p.b);
+    let rows = [residual, out, a, b, weight, bias].map(|s| be.ptr(s));
+    let vec4 = c.is_multiple_of(4) && aligned16(&rows);
+    let [residual, out, a, b, weight, bias] = rows;
+    be.launch_rows(
+        "residual_layernorm_forward",
+        n,
+        &[
+            Ptr(residual),
+            Ptr(out),
+            Ptr(be.ptr(mean)),
+            Ptr(be.ptr(rstd)),
+            Ptr(a),
+            Ptr(b),
+            Ptr(weight),
+            Ptr(bias),
+            I32(n as i32),
+            I32(c as i32),
+            F32(eps),
+            I32(vec4 as i32),
+        ],
+    );
+}
+
+pub(super) fn layernorm_backward(
+    be: &CudaBackend,
+    dinp: Mat,
+    dp: Norm,
+    dout: Mat,
+    inp: Mat,
+    weight: Span,
+    saved: Normed,
+) {
+    let (n, c) = (inp.rows, inp.cols);
+    let (dinp, dweight, dbias, dout) = (dinp.span, dp.w, dp.b, dout.span);
+    let (inp, mean, rstd) = (inp.span, saved.mean, saved.rstd);
+    if n == 0 {
+        return;
+    }
+    // dw and db partials live in shared memory: 2*C floats within the 48 KiB default.
+    assert!(
+        c <= 6144,
+        "layernorm_backward supports at most 6144 channels"
+    );
+    let blocks = n.div_ceil(8).min(4 * be.sms as usize) as u32;
+    be.launch(
+        "layernorm_backward",
+        (blocks, 1),
+        (256, 1),
+        (8 * c) as u32,
+        &[
+            Ptr(be.ptr(dinp)),
+            Ptr(be.ptr(dweight)),
+            Ptr(be.ptr(dbias)),
+            Ptr(be.ptr(dout)),
+            Ptr(be.ptr(inp)),
+            Ptr(be.ptr(weight)),
+            Ptr(be.ptr(mean)),
+            Ptr(be.ptr(rstd)),
+            I32(n as i32),
+            I32(c as i32),
+        ],
+    );
+}

@@ -1,0 +1,58 @@
+//! The memory plan (src/memory.rs) against the CUDA backend after training steps:
+//! every scratch slot at its planned size, and the peak at the planned total.
+
+use hgpt::backend::Backend;
+use hgpt::backend::cuda;
+use hgpt::data;
+use hgpt::memory::{Target, plan};
+use hgpt::train::Trainer;
+
+use super::harness::{MODES, open_gpu, small_config};
+
+/// After a training step the CUDA backend holds exactly the memory plan: every
+/// scratch slot at its planned size, and the peak at the planned total.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn training_step_holds_exactly_the_memory_plan() {
+    for (mode, _) in MODES {
+        for head in ["harmonic", "softmax"] {
+            let gpu = open_gpu(mode);
+            let config = small_config(head, true);
+            let data = data::builtin(&config, 0, 1).unwrap();
+            let mut tr = Trainer::new(&config, gpu, data).unwrap();
+            tr.train_step();
+            tr.train_step();
+            let be = &tr.model.backend;
+            let (m, t) = (&config.model, &config.train);
+            let shape = cuda::StepShape {
+                b: t.batch_size,
+                t: t.seq_len,
+                c: m.n_embd,
+                nh: m.n_head,
+                v: m.vocab_size,
+                harmonic: head == "harmonic",
+                precision: mode,
+                head_chunk_floats: cuda::HEAD_CHUNK_FLOATS,
+            };
+            let planned: Vec<(String, usize)> = cuda::training_scratch_bytes(&shape)
+                .into_iter()
+                .map(|s| (s.name, s.bytes))
+                .collect();
+            assert_eq!(
+                be.scratch_bytes(),
+                planned,
+                "{mode:?} {head}: scratch slots"
+            );
+            let target = Target::Cuda {
+                precision: mode,
+                cc_major: be.cc_major(),
+            };
+            let total = plan(&config, t.batch_size, target).total_bytes;
+            println!(
+                "{mode:?} {head}: peak {} bytes, planned {total}",
+                be.peak_memory_bytes()
+            );
+            assert_eq!(be.peak_memory_bytes(), total, "{mode:?} {head}: peak");
+        }
+    }
+}
