@@ -13,16 +13,38 @@ use super::{CudaBackend, GpuPrecision, Slot};
 use crate::backend::{HeadGrads, Mat, Span, TokenSpan};
 use crate::head::HeadKind;
 
-/// What `head_rows` writes over a chunk of dot products (its `mode` argument).
+/// What `head_rows` writes over a chunk of dot products.
 #[derive(Clone, Copy)]
-#[repr(i32)]
 enum RowPass {
     /// The logits z, in place of the dot products.
-    Logits = 0,
+    Logits,
     /// z and each row's loss.
-    Loss = 1,
-    /// The loss, and G in place of z (and its bf16 copy where asked).
-    LossAndGrad = 2,
+    Loss,
+    /// The loss, and G (of `scale` times the loss) in place of z, with its bf16 copy
+    /// and row sums where the chunk has room for them.
+    LossAndGrad { scale: f32 },
+}
+
+impl RowPass {
+    /// The kernel's `mode` and `scale` arguments.
+    fn mode_and_scale(self) -> (i32, f32) {
+        match self {
+            RowPass::Logits => (0, 1.0),
+            RowPass::Loss => (1, 1.0),
+            RowPass::LossAndGrad { scale } => (2, scale),
+        }
+    }
+}
+
+/// Rows `r0..r0 + rows` of the head's dot products at `dots` (row 0 is row r0), with
+/// G's bf16 copy `g16` and per-row sums `rowsum` of G (0 where not wanted).
+#[derive(Clone, Copy)]
+struct Chunk {
+    dots: u64,
+    g16: u64,
+    rowsum: u64,
+    r0: usize,
+    rows: usize,
 }
 
 /// `p + bytes`, keeping a null pointer null (optional kernel inputs).
@@ -87,22 +109,25 @@ impl CudaBackend {
         }
     }
 
-    /// The head's row pass over `rows` rows of dot products at `dots` (see cuda/head.cu).
-    #[allow(clippy::too_many_arguments)]
+    /// The head's row pass over one chunk (see cuda/head.cu); `losses` and `targets`
+    /// are indexed from row 0 of the whole head (0: none).
     fn head_rows(
         &self,
         x: &HeadInputs,
-        dots: u64,
-        g16: u64,
+        chunk: Chunk,
         losses: u64,
-        rowsum: u64,
         targets: u64,
-        r0: usize,
-        rows: usize,
         v: usize,
         pass: RowPass,
-        scale: f32,
     ) {
+        let Chunk {
+            dots,
+            g16,
+            rowsum,
+            r0,
+            rows,
+        } = chunk;
+        let (mode, scale) = pass.mode_and_scale();
         self.launch(
             "head_rows",
             (rows as u32, 1),
@@ -120,7 +145,7 @@ impl CudaBackend {
                 I32(x.harmonic as i32),
                 F32(x.half_n),
                 F32(x.eps),
-                I32(pass as i32),
+                I32(mode),
                 F32(scale),
             ],
         );
@@ -134,14 +159,13 @@ impl CudaBackend {
         );
     }
 
-    /// out[r, :] += factor * coef[r] * x[r, :] (x from its bf16 copy when x16 != 0).
-    #[allow(clippy::too_many_arguments)]
+    /// out[r, :] += f * coef[r] * x[r, :], x given as (fp32, bf16 copy): read from
+    /// the copy when it is not 0.
     fn add_scaled_rows(
         &self,
         out: u64,
         coef: u64,
-        x: u64,
-        x16: u64,
+        (x, x16): (u64, u64),
         rows: usize,
         c: usize,
         f: f32,
@@ -212,11 +236,17 @@ pub(super) fn head_loss(
         };
         be.gemm_typed(dtype, dots, h_chunk, w_t, product(rows, v, c, 1.0, 0.0));
         let pass = match grads {
-            Some(_) => RowPass::LossAndGrad,
+            Some((_, _, scale)) => RowPass::LossAndGrad { scale },
             None => RowPass::Loss,
         };
-        let scale = grads.map_or(1.0, |g| g.2);
-        be.head_rows(&x, dots, g16, lp, rowsum, tp, r0, rows, v, pass, scale);
+        let chunk = Chunk {
+            dots,
+            g16,
+            rowsum,
+            r0,
+            rows,
+        };
+        be.head_rows(&x, chunk, lp, tp, v, pass);
         let Some((dh, dw, _)) = grads else {
             continue;
         };
@@ -241,12 +271,12 @@ pub(super) fn head_loss(
         if x.harmonic {
             let h16 = offset(x.h16, 2 * r0 * c);
             let h32 = hp + (4 * r0 * c) as u64;
-            be.add_scaled_rows(dh_chunk, rowsum, h32, h16, rows, c, 2.0);
+            be.add_scaled_rows(dh_chunk, rowsum, (h32, h16), rows, c, 2.0);
             be.column_sums_add(colsum, dots, rows, v);
         }
     }
     if let (true, Some((_, dw, _))) = (harmonic_grads, grads) {
-        be.add_scaled_rows(be.ptr(dw), colsum, be.ptr(w), x.w16, v, c, 2.0);
+        be.add_scaled_rows(be.ptr(dw), colsum, (be.ptr(w), x.w16), v, c, 2.0);
     }
 }
 
@@ -269,5 +299,12 @@ pub(super) fn head_logits(be: &CudaBackend, out: Mat, h: Mat, w: Mat, kind: Head
         },
     );
     be.gemm_typed(be.dtype(), o, hm, wm, product(n, v, c, 1.0, 0.0));
-    be.head_rows(&x, o, 0, 0, 0, 0, 0, n, v, RowPass::Logits, 1.0);
+    let chunk = Chunk {
+        dots: o,
+        g16: 0,
+        rowsum: 0,
+        r0: 0,
+        rows: n,
+    };
+    be.head_rows(&x, chunk, 0, 0, v, RowPass::Logits);
 }
