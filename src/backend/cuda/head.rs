@@ -1,8 +1,7 @@
-//! The output head on the GPU, the host half of cuda/head.cu: the chunked algorithm
-//! of src/backend/cpu/head.rs with cuBLASLt GEMMs. Per chunk of rows: D = H W^T, the
-//! row pass (`head_rows`: logits z, the loss, G in place of z), then dH = coef G W and
-//! dW += coef G^T H (coef -2 harmonic, 1 softmax) and the harmonic corrections
-//! (`add_scaled_rows` with rowsum(G), `column_sums_add` for colsum(G)).
+//! The output head on the GPU, the host half of cuda/head.cu: the steps of the chunked
+//! head (crate::head::chunked) with cuBLASLt GEMMs, the row pass `head_rows` (logits z,
+//! the loss, G in place of z, rowsum(G)), and the harmonic corrections
+//! (`add_scaled_rows`, `column_sums_add`).
 
 use cudarc::driver::sys as cu;
 
@@ -12,6 +11,7 @@ use super::linear::product;
 use super::{CudaBackend, GpuPrecision, Slot};
 use crate::backend::{HeadGrads, Mat, Span, TokenSpan};
 use crate::head::HeadKind;
+use crate::head::chunked::{self, HeadSteps};
 
 /// What `head_rows` writes over a chunk of dot products.
 #[derive(Clone, Copy)]
@@ -196,22 +196,17 @@ pub(super) fn head_loss(
     kind: HeadKind,
 ) {
     let (n, c, v) = (h.rows, h.cols, w.rows);
-    let (h, w) = (h.span, w.span);
-    let grads = grads.map(|g| (g.dh.span, g.dw.span, g.scale));
     if n == 0 {
         return;
     }
-    let x = be.head_inputs(h, w, n, c, v, kind);
-    let dtype = be.dtype();
-    let es = dtype.bytes();
+    let x = be.head_inputs(h.span, w.span, n, c, v, kind);
     let ch = (be.head_chunk_floats.get() / v).clamp(1, n);
     let dots = be.scratch(Slot::HeadRows, 4 * ch * v);
     let g16 = match (be.precision, grads) {
         (GpuPrecision::Bf16, Some(_)) => be.scratch(Slot::HeadG16, 2 * ch * v),
         _ => 0,
     };
-    let harmonic_grads = x.harmonic && grads.is_some();
-    let (rowsum, colsum) = if harmonic_grads {
+    let (rowsum, colsum) = if x.harmonic && grads.is_some() {
         let cs = be.scratch(Slot::HeadColsum, 4 * v);
         // SAFETY: v words of the scratch buffer.
         unsafe { cu::cuMemsetD32Async(cs, 0, v, be.stream.cu_stream()) }
@@ -221,62 +216,134 @@ pub(super) fn head_loss(
     } else {
         (0, 0)
     };
-    let (hp, lp, tp) = (be.ptr(h), be.ptr(losses), be.tptr(targets));
-    // G's GEMMs: dH = coef G W, dW += coef G^T H (coef -2 harmonic, 1 softmax).
-    let coef = if x.harmonic { -2.0 } else { 1.0 };
-    for r0 in (0..n).step_by(ch) {
-        let rows = ch.min(n - r0);
-        let h_chunk = Operand {
-            ptr: x.h_op + (r0 * c * es) as u64,
+    let mut steps = Steps {
+        be,
+        x,
+        c,
+        v,
+        dots,
+        g16,
+        rowsum,
+        colsum,
+        h: be.ptr(h.span),
+        w: be.ptr(w.span),
+        losses: be.ptr(losses),
+        targets: be.tptr(targets),
+        grads: grads.map(|g| (be.ptr(g.dh.span), be.ptr(g.dw.span), g.scale)),
+    };
+    chunked::head_loss(&mut steps, kind, n, ch, grads.is_some());
+}
+
+/// The chunked head's steps on the GPU (crate::head::chunked): cuBLASLt GEMMs on the
+/// head's operands, G read from its bf16 copy where there is one, and the harmonic
+/// corrections with the row sums `head_rows` leaves in `rowsum`.
+struct Steps<'a> {
+    be: &'a CudaBackend,
+    x: HeadInputs,
+    c: usize,
+    v: usize,
+    /// The chunk's dot products, G after the row pass; its bf16 copy (0: none).
+    dots: u64,
+    g16: u64,
+    /// Harmonic gradients: rowsum(G) of the chunk and colsum(G) over all chunks.
+    rowsum: u64,
+    colsum: u64,
+    /// fp32 H, W, losses and targets.
+    h: u64,
+    w: u64,
+    losses: u64,
+    targets: u64,
+    /// (dH, dW, scale).
+    grads: Option<(u64, u64, f32)>,
+}
+
+impl Steps<'_> {
+    /// Rows r0.. of H as a GEMM operand.
+    fn h_chunk(&self, r0: usize) -> Operand {
+        let es = self.be.dtype().bytes();
+        Operand {
+            ptr: self.x.h_op + (r0 * self.c * es) as u64,
             trans: false,
-        };
+        }
+    }
+
+    /// G as a GEMM operand (its transpose with `trans`).
+    fn g(&self, trans: bool) -> Operand {
+        Operand {
+            ptr: if self.g16 != 0 { self.g16 } else { self.dots },
+            trans,
+        }
+    }
+
+    /// (dH rows r0.., dW).
+    fn dh_dw(&self, r0: usize) -> (u64, u64) {
+        let (dh, dw, _) = self.grads.expect("gradient steps need grads");
+        (dh + (4 * r0 * self.c) as u64, dw)
+    }
+}
+
+impl HeadSteps for Steps<'_> {
+    fn dots(&mut self, r0: usize, rows: usize) {
         let w_t = Operand {
-            ptr: x.w_op,
+            ptr: self.x.w_op,
             trans: true,
         };
-        be.gemm_typed(dtype, dots, h_chunk, w_t, product(rows, v, c, 1.0, 0.0));
-        let pass = match grads {
+        let p = product(rows, self.v, self.c, 1.0, 0.0);
+        let be = self.be;
+        be.gemm_typed(be.dtype(), self.dots, self.h_chunk(r0), w_t, p);
+    }
+
+    fn rows(&mut self, r0: usize, rows: usize, grads: bool) {
+        let pass = match self.grads.filter(|_| grads) {
             Some((_, _, scale)) => RowPass::LossAndGrad { scale },
             None => RowPass::Loss,
         };
         let chunk = Chunk {
-            dots,
-            g16,
-            rowsum,
+            dots: self.dots,
+            g16: self.g16,
+            rowsum: self.rowsum,
             r0,
             rows,
         };
-        be.head_rows(&x, chunk, lp, tp, v, pass);
-        let Some((dh, dw, _)) = grads else {
-            continue;
-        };
-        let g = Operand {
-            ptr: if g16 != 0 { g16 } else { dots },
-            trans: false,
-        };
-        let dh_chunk = be.ptr(dh) + (4 * r0 * c) as u64;
-        let w_op = Operand {
-            ptr: x.w_op,
-            trans: false,
-        };
-        be.gemm_typed(dtype, dh_chunk, g, w_op, product(rows, c, v, coef, 0.0));
-        let g_t = Operand { trans: true, ..g };
-        be.gemm_typed(
-            dtype,
-            be.ptr(dw),
-            g_t,
-            h_chunk,
-            product(v, c, rows, coef, 1.0),
-        );
-        if x.harmonic {
-            let h16 = offset(x.h16, 2 * r0 * c);
-            let h32 = hp + (4 * r0 * c) as u64;
-            be.add_scaled_rows(dh_chunk, rowsum, (h32, h16), rows, c, 2.0);
-            be.column_sums_add(colsum, dots, rows, v);
-        }
+        self.be
+            .head_rows(&self.x, chunk, self.losses, self.targets, self.v, pass);
     }
-    if let (true, Some((_, dw, _))) = (harmonic_grads, grads) {
-        be.add_scaled_rows(be.ptr(dw), colsum, (be.ptr(w), x.w16), v, c, 2.0);
+
+    fn grad_h(&mut self, r0: usize, rows: usize, coef: f32) {
+        let w = Operand {
+            ptr: self.x.w_op,
+            trans: false,
+        };
+        let p = product(rows, self.c, self.v, coef, 0.0);
+        let be = self.be;
+        be.gemm_typed(be.dtype(), self.dh_dw(r0).0, self.g(false), w, p);
+    }
+
+    fn grad_w(&mut self, r0: usize, rows: usize, coef: f32) {
+        let p = product(self.v, self.c, rows, coef, 1.0);
+        let be = self.be;
+        be.gemm_typed(
+            be.dtype(),
+            self.dh_dw(r0).1,
+            self.g(true),
+            self.h_chunk(r0),
+            p,
+        );
+    }
+
+    fn harmonic_chunk(&mut self, r0: usize, rows: usize) {
+        let c = self.c;
+        let h16 = offset(self.x.h16, 2 * r0 * c);
+        let h32 = self.h + (4 * r0 * c) as u64;
+        let be = self.be;
+        be.add_scaled_rows(self.dh_dw(r0).0, self.rowsum, (h32, h16), rows, c, 2.0);
+        be.column_sums_add(self.colsum, self.dots, rows, self.v);
+    }
+
+    fn harmonic_end(&mut self) {
+        let (w, w16) = (self.w, self.x.w16);
+        let be = self.be;
+        be.add_scaled_rows(self.dh_dw(0).1, self.colsum, (w, w16), self.v, self.c, 2.0);
     }
 }
 
