@@ -9,7 +9,12 @@
 //! The model calls the trait's fused ops where two steps meet: each residual add
 //! with the LayerNorm after it, the MLP's first matmul with its GELU, and GELU's
 //! backward with the backward of the matmul that reads it. Their default bodies are
-//! the unfused sequence, so the CPU backend computes exactly what it did unfused.
+//! the unfused sequence, so the CPU is the reference.
+//!
+//! Read it as llm.c's gpt2_forward/gpt2_backward: parameters come as named views
+//! (`ParamTensors`, `LayerParams`), activations as shaped spans with their shapes in
+//! comments, and one `block_forward` serves training and KV-cached decoding
+//! (decode.rs), which differ only in how attention sees the sequence (`Attend`).
 
 pub mod decode;
 pub mod layout;
