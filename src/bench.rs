@@ -15,8 +15,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use serde::Serialize;
 
-use crate::backend::cuda::GpuPrecision;
-use crate::backend::{self, Backend, DeviceChoice, Linear, Mat, OpStats, Target};
+use crate::backend::{self, Backend, DeviceChoice, GpuPrecision, Linear, Mat, OpStats, Target};
 use crate::config::Config;
 use crate::data;
 use crate::memory;

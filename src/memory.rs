@@ -1,9 +1,9 @@
 //! The memory plan of a training step: the bytes a config holds at micro-batch B on
 //! each backend, computed (not measured) from the very sizes the code allocates:
 //! the parameter layout, the model's activation layout (`ActivationFloats`, carved
-//! as `Gpt` carves it), the backend's attention state, and on the GPU every scratch
-//! slot (`cuda::training_scratch_bytes`), the bf16 weight shadow and the cuBLASLt
-//! workspace. Tests check the
+//! as `Gpt` carves it), the backend's attention state, and what the backend itself
+//! says it holds beyond those (`Target::step_scratch`: on the GPU every scratch slot,
+//! the bf16 weight shadow and the cuBLASLt workspace). Tests check the
 //! plan against the CPU backend's allocation counter, and (on a GPU) against the
 //! CUDA backend's slots and peak.
 //!
@@ -14,9 +14,7 @@
 use serde::Serialize;
 
 pub use crate::backend::Target;
-use crate::backend::cpu::{attention as cpu_attention, head as cpu_head};
-use crate::backend::cuda::{self, GpuPrecision, StepShape};
-use crate::backend::gpu_precision;
+use crate::backend::{GpuPrecision, ScratchItem, ScratchKind, StepShape, gpu_precision};
 use crate::config::{Config, HeadChoice};
 use crate::model::{ActivationFloats, ParamLayout};
 
@@ -44,16 +42,27 @@ pub struct MemoryPlan {
     pub unchunked_total_bytes: usize,
 }
 
+/// The plan's line for a piece of a backend's step memory.
+fn label(item: &ScratchItem) -> &'static str {
+    match item.kind {
+        ScratchKind::HeadChunk if item.host => "head chunk (host scratch)",
+        ScratchKind::HeadChunk => "head chunk",
+        ScratchKind::HeadInputs => "head inputs (bf16 copy of h, norms)",
+        ScratchKind::GemmOperands => "GEMM bf16 operand copies",
+        ScratchKind::Attention => "attention scratch",
+        ScratchKind::Reductions => "reductions",
+        ScratchKind::WeightShadow => "bf16 weight shadow",
+        ScratchKind::GemmWorkspace => "cuBLASLt workspace",
+    }
+}
+
 /// The plan of one training step of `config` at micro-batch `b` on `target`.
 pub fn plan(config: &Config, b: usize, target: Target) -> MemoryPlan {
     let m = &config.model;
     let t = config.train.seq_len;
     let (n, v) = (b * t, m.vocab_size);
     let params = ParamLayout::new(m).total;
-    let state_len = match target {
-        Target::Cpu => cpu_attention::attention_state_len(b, t, m.n_head),
-        Target::Cuda { .. } => cuda::attention_state_len(b, t, m.n_head),
-    };
+    let state_len = target.attention_state_len(b, t, m.n_head);
     let acts = ActivationFloats::new(m, b, t, state_len);
     let item = |what: &str, bytes: usize| Item {
         what: what.to_string(),
@@ -75,48 +84,39 @@ pub fn plan(config: &Config, b: usize, target: Target) -> MemoryPlan {
         item("backward gradient scratch", 4 * acts.backward),
         item("tokens (inputs, targets)", 2 * 4 * n),
     ];
-    let (device, head_chunk_bytes) = match target {
-        Target::Cpu => {
-            let head = 4 * cpu_head::scratch_floats(n, v);
-            items.push(item("head chunk (host scratch)", head));
-            ("cpu (f32)".to_string(), head)
+    let shape = StepShape {
+        b,
+        t,
+        c: m.n_embd,
+        nh: m.n_head,
+        v,
+        harmonic: m.head == HeadChoice::Harmonic,
+        params,
+    };
+    // One line per label, in the order the labels first appear.
+    let scratch = target.step_scratch(&shape);
+    for s in &scratch {
+        match items.iter_mut().find(|i| i.what == label(s)) {
+            Some(i) => i.bytes += s.bytes,
+            None => items.push(item(label(s), s.bytes)),
         }
+    }
+    let head_chunk_bytes = scratch
+        .iter()
+        .filter(|s| s.kind == ScratchKind::HeadChunk)
+        .map(|s| s.bytes)
+        .sum();
+    let device = match target {
+        Target::Cpu => "cpu (f32)".to_string(),
         Target::Cuda {
             precision,
             cc_major,
         } => {
-            let shape = StepShape {
-                b,
-                t,
-                c: m.n_embd,
-                nh: m.n_head,
-                v,
-                harmonic: m.head == HeadChoice::Harmonic,
-                precision,
-                head_chunk_floats: cuda::HEAD_CHUNK_FLOATS,
-            };
-            let slots = cuda::training_scratch_bytes(&shape);
-            // One line per role, in the order the roles first appear.
-            let mut head_chunk = 0;
-            for slot in &slots {
-                if slot.role == "head chunk" {
-                    head_chunk += slot.bytes;
-                }
-                match items.iter_mut().find(|i| i.what == slot.role) {
-                    Some(i) => i.bytes += slot.bytes,
-                    None => items.push(item(slot.role, slot.bytes)),
-                }
-            }
-            items.push(item(
-                "bf16 weight shadow",
-                cuda::weight_shadow_bytes(params, precision),
-            ));
-            items.push(item("cuBLASLt workspace", cuda::workspace_bytes(cc_major)));
             let p = match precision {
                 GpuPrecision::Bf16 => "bf16 GEMMs",
                 GpuPrecision::Fp32 => "fp32",
             };
-            (format!("cuda sm_{cc_major}x ({p})"), head_chunk)
+            format!("cuda sm_{cc_major}x ({p})")
         }
     };
     items.retain(|i| i.bytes > 0);

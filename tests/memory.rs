@@ -3,8 +3,8 @@
 //! for the largest micro-batch.
 
 use hgpt::backend::Backend;
+use hgpt::backend::GpuPrecision;
 use hgpt::backend::cpu::CpuBackend;
-use hgpt::backend::cuda::GpuPrecision;
 use hgpt::config::Config;
 use hgpt::data;
 use hgpt::memory::{Target, largest_micro_batch, plan};

@@ -7,9 +7,9 @@ use std::str::FromStr;
 
 use anyhow::{Result, bail};
 
-use super::Backend;
-use super::cpu::CpuBackend;
-use super::cuda::{self, CudaBackend, GpuPrecision};
+use super::cpu::{self, CpuBackend};
+use super::cuda::{self, CudaBackend};
+use super::{Backend, ScratchItem, StepShape};
 use crate::config::Precision;
 
 /// Which device runs the model (`--device`): the GPU when one is usable (auto), the
@@ -51,6 +51,13 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
+/// How the GPU's GEMMs run: fp32 operands (parity with the CPU) or bf16 operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuPrecision {
+    Fp32,
+    Bf16,
+}
+
 /// What a backend runs on, as far as the memory plan and the benchmark need to know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -61,6 +68,28 @@ pub enum Target {
         precision: GpuPrecision,
         cc_major: i32,
     },
+}
+
+impl Target {
+    /// Floats of attention state per layer the backend keeps for the backward pass.
+    pub fn attention_state_len(self, b: usize, t: usize, nh: usize) -> usize {
+        match self {
+            Target::Cpu => cpu::attention::attention_state_len(b, t, nh),
+            Target::Cuda { .. } => cuda::attention_state_len(b, t, nh),
+        }
+    }
+
+    /// What the backend holds over a training step of shape `s` beyond the model's
+    /// own buffers (parameters, gradients, moments, activations, tokens).
+    pub fn step_scratch(self, s: &StepShape) -> Vec<ScratchItem> {
+        match self {
+            Target::Cpu => cpu::step_scratch(s),
+            Target::Cuda {
+                precision,
+                cc_major,
+            } => cuda::step_scratch(s, precision, cc_major),
+        }
+    }
 }
 
 /// How the GPU runs a config's `train.precision` ("auto" is bf16 there).

@@ -20,13 +20,15 @@ pub mod cuda;
 pub mod device;
 pub mod noise;
 pub mod operands;
+mod plan;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::head::HeadKind;
-pub use device::{DeviceChoice, Target, gpu_precision, open, open_cpu};
+pub use device::{DeviceChoice, GpuPrecision, Target, gpu_precision, open, open_cpu};
 pub use operands::{AttnShape, Gelu, HeadGrads, Linear, Mat, Norm, Normed};
+pub use plan::{ScratchItem, ScratchKind, StepShape};
 
 /// A contiguous range of floats inside one backend buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! of their CUDA versions, and AdamW and the norm over float4s, with a tail and
 //! misaligned.
 
-use hgpt::backend::cuda::GpuPrecision;
+use hgpt::backend::GpuPrecision;
 use hgpt::backend::{AdamW, Backend, Gelu, Linear, Norm};
 
 use super::harness::{Both, C, MODES, N, Pair, mat, normed, open_gpu};

@@ -7,8 +7,9 @@ use std::cell::RefCell;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use hgpt::backend::GpuPrecision;
 use hgpt::backend::cpu::CpuBackend;
-use hgpt::backend::cuda::{CudaBackend, GpuPrecision};
+use hgpt::backend::cuda::CudaBackend;
 use hgpt::backend::{Backend, HeadGrads, Mat, Normed, Span, TokenSpan};
 use hgpt::config::Config;
 use hgpt::head::HeadKind;

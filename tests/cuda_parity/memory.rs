@@ -1,8 +1,8 @@
 //! The memory plan (src/memory.rs) against the CUDA backend after training steps:
 //! every scratch slot at its planned size, and the peak at the planned total.
 
-use hgpt::backend::Backend;
 use hgpt::backend::cuda;
+use hgpt::backend::{Backend, StepShape};
 use hgpt::data;
 use hgpt::memory::{Target, plan};
 use hgpt::train::Trainer;
@@ -24,23 +24,18 @@ fn training_step_holds_exactly_the_memory_plan() {
             tr.train_step();
             let be = &tr.model.backend;
             let (m, t) = (&config.model, &config.train);
-            let shape = cuda::StepShape {
+            let shape = StepShape {
                 b: t.batch_size,
                 t: t.seq_len,
                 c: m.n_embd,
                 nh: m.n_head,
                 v: m.vocab_size,
                 harmonic: head == "harmonic",
-                precision: mode,
-                head_chunk_floats: cuda::HEAD_CHUNK_FLOATS,
+                params: tr.model.num_params(),
             };
-            let planned: Vec<(String, usize)> = cuda::training_scratch_bytes(&shape)
-                .into_iter()
-                .map(|s| (s.name, s.bytes))
-                .collect();
             assert_eq!(
                 be.scratch_bytes(),
-                planned,
+                cuda::training_slot_bytes(&shape, mode),
                 "{mode:?} {head}: scratch slots"
             );
             let target = Target::Cuda {

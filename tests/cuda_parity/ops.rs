@@ -2,7 +2,7 @@
 //! mismatches and the test fails once all cases have run. Then sizes past the launch
 //! caps, and the SGLD step with its noise.
 
-use hgpt::backend::cuda::GpuPrecision;
+use hgpt::backend::GpuPrecision;
 use hgpt::backend::{Backend, Linear, Norm, SgldStep};
 
 use super::attention::check_attention;

@@ -5,7 +5,8 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use hgpt::backend::cuda::{CudaBackend, GpuPrecision};
+use hgpt::backend::GpuPrecision;
+use hgpt::backend::cuda::CudaBackend;
 use hgpt::backend::{Backend, SgldStep};
 use hgpt::data;
 use hgpt::model::{Gpt, idx};

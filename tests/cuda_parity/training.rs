@@ -4,8 +4,8 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use hgpt::backend::GpuPrecision;
 use hgpt::backend::cpu::CpuBackend;
-use hgpt::backend::cuda::GpuPrecision;
 use hgpt::data;
 use hgpt::model::Gpt;
 use hgpt::train::Trainer;

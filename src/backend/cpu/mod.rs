@@ -23,8 +23,8 @@ use num_traits::{Float, FromPrimitive};
 use rayon::prelude::*;
 
 use super::{
-    AdamW, AttnShape, Backend, HeadGrads, Linear, Mat, Norm, Normed, OpStats, SgldStep, Span,
-    Target, TokenSpan,
+    AdamW, AttnShape, Backend, HeadGrads, Linear, Mat, Norm, Normed, OpStats, ScratchItem,
+    ScratchKind, SgldStep, Span, StepShape, Target, TokenSpan,
 };
 use crate::head::HeadKind;
 
@@ -181,6 +181,16 @@ impl<F: Real> CpuBackend<F> {
         }
         r
     }
+}
+
+/// What the backend holds over a training step of shape `s` beyond the model's
+/// buffers: the head's chunk, host scratch of `head_loss` outside the byte count.
+pub fn step_scratch(s: &StepShape) -> Vec<ScratchItem> {
+    vec![ScratchItem {
+        kind: ScratchKind::HeadChunk,
+        bytes: size_of::<f32>() * head::scratch_floats(s.b * s.t, s.v),
+        host: true,
+    }]
 }
 
 /// Sum of f(x) in f64 over fixed-size blocks, added in order.

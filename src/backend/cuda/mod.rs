@@ -60,6 +60,7 @@ use anyhow::{Context, Result, anyhow};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaStream, result as drv};
 
+use crate::backend::GpuPrecision;
 use gemm::Gemm;
 use kernels::{Arg, Kernels};
 use libs::Lib;
@@ -68,15 +69,8 @@ use shadow::Shadow;
 pub use attention::attention_state_len;
 pub use memory::DeviceMem;
 use scratch::{SLOTS, Slot};
-pub use scratch::{SlotBytes, StepShape, training_scratch_bytes};
+pub use scratch::{step_scratch, training_slot_bytes};
 pub use shadow::weight_shadow_bytes;
-
-/// How the GEMMs run: fp32 operands (parity with the CPU) or bf16 operands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GpuPrecision {
-    Fp32,
-    Bf16,
-}
 
 /// The GPU backend. Deliberately not `Send`: its raw driver calls (allocations,
 /// copies, fills) act on whatever CUDA context is current on the calling thread, and

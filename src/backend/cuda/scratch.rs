@@ -1,7 +1,9 @@
 //! The CUDA backend's scratch slots and the bytes each grows to over a training
-//! step, for the memory plan (src/memory.rs).
+//! step, and the backend's whole step memory beyond the model's buffers (slots, the
+//! bf16 weight shadow, the cuBLASLt workspace) for the memory plan (src/memory.rs).
 
-use super::{CudaBackend, GpuPrecision};
+use super::{CudaBackend, GpuPrecision, HEAD_CHUNK_FLOATS, weight_shadow_bytes, workspace_bytes};
+use crate::backend::{ScratchItem, ScratchKind, StepShape};
 
 /// Scratch memory the ops keep between calls, grown on demand.
 #[derive(Clone, Copy, Debug)]
@@ -48,11 +50,12 @@ impl Slot {
     /// the head's gradients, backward, gradient norm): the largest request the ops
     /// make of it. The match is exhaustive, so a new slot cannot be left out of the
     /// memory plan; tests/cuda_parity/ checks every figure against the backend.
-    fn training_bytes(self, s: &StepShape) -> usize {
+    /// The head's chunk is the default, `HEAD_CHUNK_FLOATS`.
+    fn training_bytes(self, s: &StepShape, precision: GpuPrecision) -> usize {
         let (n, c, v) = (s.b * s.t, s.c, s.v);
         let btc = n * c;
-        let bf16 = s.precision == GpuPrecision::Bf16;
-        let rows = (s.head_chunk_floats / v).clamp(1, n);
+        let bf16 = precision == GpuPrecision::Bf16;
+        let rows = (HEAD_CHUNK_FLOATS / v).clamp(1, n);
         let bf16_only = |bytes: usize| if bf16 { bytes } else { 0 };
         let harmonic_only = |bytes: usize| if s.harmonic { bytes } else { 0 };
         match self {
@@ -74,52 +77,48 @@ impl Slot {
 
 impl Slot {
     /// What the slot is for, as the memory plan groups it.
-    fn role(self) -> &'static str {
+    fn kind(self) -> ScratchKind {
         match self {
-            Slot::OperandA | Slot::OperandB => "GEMM bf16 operand copies",
-            Slot::AttRowDots => "attention scratch",
-            Slot::HeadRows | Slot::HeadG16 | Slot::HeadRowsum => "head chunk",
+            Slot::OperandA | Slot::OperandB => ScratchKind::GemmOperands,
+            Slot::AttRowDots => ScratchKind::Attention,
+            Slot::HeadRows | Slot::HeadG16 | Slot::HeadRowsum => ScratchKind::HeadChunk,
             Slot::HeadH16 | Slot::HeadHsq | Slot::HeadWsq | Slot::HeadColsum => {
-                "head inputs (bf16 copy of h, norms)"
+                ScratchKind::HeadInputs
             }
-            Slot::Partials | Slot::Scalar => "reductions",
+            Slot::Partials | Slot::Scalar => ScratchKind::Reductions,
         }
     }
 }
 
-/// The shape of a training step, for the scratch plan.
-#[derive(Clone, Copy, Debug)]
-pub struct StepShape {
-    pub b: usize,
-    pub t: usize,
-    pub c: usize,
-    pub nh: usize,
-    pub v: usize,
-    pub harmonic: bool,
-    pub precision: GpuPrecision,
-    /// The head's chunk of positions x vocabulary (`HEAD_CHUNK_FLOATS` by default).
-    pub head_chunk_floats: usize,
-}
-
-/// One scratch slot in the memory plan.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SlotBytes {
-    /// As `CudaBackend::scratch_bytes` names it ("HeadRows").
-    pub name: String,
-    /// What it is for ("head chunk").
-    pub role: &'static str,
-    pub bytes: usize,
-}
-
-/// Every scratch slot's bytes after a training step of shape `s` (0: never used).
-pub fn training_scratch_bytes(s: &StepShape) -> Vec<SlotBytes> {
+/// Every scratch slot's bytes after a training step of shape `s` in `precision`
+/// (0: never used), named as `CudaBackend::scratch_bytes` names them.
+pub fn training_slot_bytes(s: &StepShape, precision: GpuPrecision) -> Vec<(String, usize)> {
     Slot::ALL
         .iter()
-        .map(|&slot| SlotBytes {
-            name: format!("{slot:?}"),
-            role: slot.role(),
-            bytes: slot.training_bytes(s),
-        })
+        .map(|&slot| (format!("{slot:?}"), slot.training_bytes(s, precision)))
+        .collect()
+}
+
+/// What the backend holds over a training step of shape `s` beyond the model's
+/// buffers, on a GPU of compute capability `cc_major`: every scratch slot, the bf16
+/// weight shadow and the cuBLASLt workspace.
+pub fn step_scratch(s: &StepShape, precision: GpuPrecision, cc_major: i32) -> Vec<ScratchItem> {
+    let item = |kind, bytes| ScratchItem {
+        kind,
+        bytes,
+        host: false,
+    };
+    let slots = Slot::ALL
+        .iter()
+        .map(|&slot| item(slot.kind(), slot.training_bytes(s, precision)));
+    slots
+        .chain([
+            item(
+                ScratchKind::WeightShadow,
+                weight_shadow_bytes(s.params, precision),
+            ),
+            item(ScratchKind::GemmWorkspace, workspace_bytes(cc_major)),
+        ])
         .collect()
 }
 
