@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use serde::Serialize;
 
-use crate::backend::{self, Backend, DeviceChoice, GpuPrecision, OpStats, Target};
+use crate::backend::{self, Backend, DeviceChoice, GpuPrecision, Linear, Mat, OpStats, Target};
 use crate::config::Config;
 use crate::data;
 use crate::memory;
@@ -90,7 +90,8 @@ pub fn gemm_peak_gflops(be: &dyn Backend, n: usize, reps: usize) -> f64 {
     for _ in 0..reps.max(1) {
         be.synchronize();
         let t0 = Instant::now();
-        be.matmul_forward(c, a, b, None, n, n, n);
+        let (x, w) = (Mat::new(a, n, n), Mat::new(b, n, n));
+        be.matmul_forward(Mat::new(c, n, n), x, Linear { w, b: None });
         be.synchronize();
         best = best.min(t0.elapsed().as_secs_f64());
     }

@@ -75,7 +75,7 @@ pub fn score<B: Backend>(
             inputs.extend_from_slice(&tokens[w.start..w.start + t]);
             targets.extend_from_slice(&tokens[w.start + 1..w.start + t + 1]);
         }
-        model.forward(&inputs, &targets, batch.len(), t, None);
+        model.loss(&inputs, &targets, batch.len(), t);
         let losses = model.position_losses();
         for (w, row) in batch.iter().zip(losses.chunks(t)) {
             total.nats += row[t - w.scored..].iter().map(|&x| x as f64).sum::<f64>();

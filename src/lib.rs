@@ -4,9 +4,6 @@
 //! `backend` (the ops, with the CPU reference), `model` (GPT-2 against the
 //! Backend trait), `data` (corpus and loaders), `train` (the loop).
 
-// Ops take their shapes as plain arguments (n, c, oc, ...), as kernels do.
-#![allow(clippy::too_many_arguments)]
-
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;

@@ -96,7 +96,7 @@ fn layernorm_backward_matches_finite_differences() {
     let r = random(&mut rng, n * c, 1.0);
     let forward = |x: &[f64], w: &[f64], bias: &[f64]| {
         let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
-        layernorm::layernorm_forward(&mut out, &mut mean, &mut rstd, x, w, bias, c, 1e-5);
+        layernorm::layernorm_forward(&mut out, &mut mean, &mut rstd, x, w, bias, 1e-5);
         (dot(&out, &r), mean, rstd)
     };
     let (_, mean, rstd) = forward(&x, &w, &bias);
@@ -106,7 +106,7 @@ fn layernorm_backward_matches_finite_differences() {
         random(&mut rng, c, 1.0),
     );
     let (mut dx, mut dw, mut db) = (start_x.clone(), start_w.clone(), start_b.clone());
-    layernorm::layernorm_backward(&mut dx, &mut dw, &mut db, &r, &x, &w, &mean, &rstd, c);
+    layernorm::layernorm_backward(&mut dx, &mut dw, &mut db, &r, &x, &w, (&mean, &rstd));
     assert_grad(
         "dinp",
         &added(&dx, &start_x),
@@ -137,12 +137,12 @@ fn matmul_backward_matches_finite_differences() {
     let r = random(&mut rng, n * oc, 1.0);
     let loss = |x: &[f64], w: &[f64], bias: &[f64]| {
         let mut out = vec![f64::NAN; n * oc];
-        matmul::matmul_forward(&mut out, x, w, Some(bias), n, c, oc);
+        matmul::matmul_forward(&mut out, x, w, Some(bias), c);
         dot(&out, &r)
     };
     let (start_w, start_b) = (random(&mut rng, oc * c, 1.0), random(&mut rng, oc, 1.0));
     let (mut dx, mut dw, mut db) = (vec![f64::NAN; n * c], start_w.clone(), start_b.clone());
-    matmul::matmul_backward(&mut dx, &mut dw, Some(&mut db), &r, &x, &w, n, c, oc);
+    matmul::matmul_backward(&mut dx, &mut dw, Some(&mut db), &r, &x, &w, c);
     assert_grad("dinp", &dx, &numeric(&x, |v| loss(v, &w, &bias)));
     assert_grad(
         "dweight",
@@ -170,7 +170,7 @@ fn attention_backward_matches_finite_differences() {
     };
     let (_, att) = forward(&qkv);
     let mut dqkv = vec![f64::NAN; qkv.len()];
-    attention::attention_backward(&mut dqkv, &r, &qkv, &att, b, t, c, nh);
+    attention::attention_backward(&mut dqkv, &r, &qkv, &att, t, c, nh);
     assert_grad("dqkv", &dqkv, &numeric(&qkv, |v| dot(&forward(v).0, &r)));
 }
 
@@ -223,7 +223,7 @@ fn check_head(kind: HeadKind, seed: u64) {
     let scale = 0.7;
     let loss = |h: &[f64], w: &[f64]| {
         let mut losses = vec![0.0; n];
-        head::head_loss(&mut losses, None, h, w, &targets, c, v, kind);
+        head::head_loss(&mut losses, None, h, w, &targets, c, kind);
         scale * losses.iter().sum::<f64>()
     };
     let start_w = random(&mut rng, v * c, 1.0);
@@ -236,7 +236,6 @@ fn check_head(kind: HeadKind, seed: u64) {
         &w,
         &targets,
         c,
-        v,
         kind,
     );
     assert!(
@@ -289,7 +288,7 @@ fn check_model(head: &str, tie: bool) {
     let inputs: Vec<u32> = (0..b * t).map(|_| rng.random_range(0..11)).collect();
     let targets: Vec<u32> = (0..b * t).map(|_| rng.random_range(0..11)).collect();
     model.zero_grads();
-    model.forward(&inputs, &targets, b, t, Some(1.0));
+    model.loss_and_head_grad(&inputs, &targets, b, t, 1.0);
     model.backward();
     let analytic = model.backend.slice(model.grads).to_vec();
     let params = model.backend.slice(model.params).to_vec();
@@ -298,7 +297,7 @@ fn check_model(head: &str, tie: bool) {
     let loss_at = |p: &[f64]| {
         let mut g = probe.borrow_mut();
         g.backend.slice_mut(g.params).copy_from_slice(p);
-        g.forward(&inputs, &targets, b, t, None)
+        g.loss(&inputs, &targets, b, t)
     };
     for (name, shape, offset) in model.layout.named() {
         let len: usize = shape.iter().product();

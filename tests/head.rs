@@ -1,7 +1,7 @@
 //! Properties of the harmonic head (DESIGN.md section 3), through the f32 backend.
 
-use hgpt::backend::Backend;
 use hgpt::backend::cpu::CpuBackend;
+use hgpt::backend::{Backend, HeadGrads, Mat};
 use hgpt::config::Config;
 use hgpt::head::HeadKind;
 use hgpt::model::Gpt;
@@ -38,42 +38,26 @@ fn case(seed: u64) -> Case {
 /// Per-position losses and, with grads, (dh, dw).
 fn run(k: &Case, kind: HeadKind) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let be = CpuBackend::<f32>::new();
-    let (h, w, dh, dw, losses) = (
-        be.alloc(k.n * k.c),
-        be.alloc(k.v * k.c),
-        be.alloc(k.n * k.c),
-        be.alloc(k.v * k.c),
-        be.alloc(k.n),
-    );
+    let mat = |rows, cols| Mat::new(be.alloc(rows * cols), rows, cols);
+    let (h, w, dh, dw) = (mat(k.n, k.c), mat(k.v, k.c), mat(k.n, k.c), mat(k.v, k.c));
+    let losses = be.alloc(k.n);
     let targets = be.alloc_tokens(k.n);
-    be.write(h, &k.h);
-    be.write(w, &k.w);
+    be.write(h.span, &k.h);
+    be.write(w.span, &k.w);
     be.write_tokens(targets, &k.targets);
-    be.head_loss(
-        losses,
-        Some((dh, dw, 1.0)),
-        h,
-        w,
-        targets,
-        k.n,
-        k.c,
-        k.v,
-        kind,
-    );
-    (be.read(losses), be.read(dh), be.read(dw))
+    let grads = HeadGrads { dh, dw, scale: 1.0 };
+    be.head_loss(losses, Some(grads), h, w, targets, kind);
+    (be.read(losses), be.read(dh.span), be.read(dw.span))
 }
 
 fn logits(k: &Case, kind: HeadKind) -> Vec<f32> {
     let be = CpuBackend::<f32>::new();
-    let (h, w, out) = (
-        be.alloc(k.n * k.c),
-        be.alloc(k.v * k.c),
-        be.alloc(k.n * k.v),
-    );
-    be.write(h, &k.h);
-    be.write(w, &k.w);
-    be.head_logits(out, h, w, k.n, k.c, k.v, kind);
-    be.read(out)
+    let mat = |rows, cols| Mat::new(be.alloc(rows * cols), rows, cols);
+    let (h, w, out) = (mat(k.n, k.c), mat(k.v, k.c), mat(k.n, k.v));
+    be.write(h.span, &k.h);
+    be.write(w.span, &k.w);
+    be.head_logits(out, h, w, kind);
+    be.read(out.span)
 }
 
 fn softmax(z: &[f32]) -> Vec<f64> {
@@ -171,7 +155,7 @@ fn initial_loss_is_close_to_ln_vocab() {
         let (b, t) = (4, 64);
         let inputs: Vec<u32> = (0..b * t).map(|_| rng.random_range(0..257)).collect();
         let targets: Vec<u32> = (0..b * t).map(|_| rng.random_range(0..257)).collect();
-        let loss = model.forward(&inputs, &targets, b, t, None);
+        let loss = model.loss(&inputs, &targets, b, t);
         let ln_v = (config.model.vocab_size as f64).ln();
         assert!(
             (loss - ln_v).abs() < 0.05 * ln_v,

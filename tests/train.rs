@@ -39,7 +39,7 @@ fn overfits_one_batch() {
         let mut loss = f64::NAN;
         for _ in 0..300 {
             model.zero_grads();
-            loss = model.forward(&batch.inputs, &batch.targets, 4, 32, Some(1.0));
+            loss = model.loss_and_head_grad(&batch.inputs, &batch.targets, 4, 32, 1.0);
             model.backward();
             let scale = clip_scale(model.grad_norm(), 1.0);
             opt.update(&model, &config.train, 3e-3, scale);
@@ -85,12 +85,12 @@ fn gradient_accumulation_matches_a_larger_batch() {
         let rows = 4 / parts;
         for p in 0..parts {
             let r = p * rows * 32..(p + 1) * rows * 32;
-            model.forward(
+            model.loss_and_head_grad(
                 &batch.inputs[r.clone()],
                 &batch.targets[r],
                 rows,
                 32,
-                Some(1.0 / parts as f32),
+                1.0 / parts as f32,
             );
             model.backward();
         }

@@ -5,7 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{AdamW, Backend, OpStats, SgldStep, Span, Target, TokenSpan};
+use super::{
+    AdamW, AttnShape, Backend, Gelu, HeadGrads, Linear, Mat, Norm, Normed, OpStats, SgldStep, Span,
+    Target, TokenSpan,
+};
 use crate::head::HeadKind;
 
 impl<B: Backend + ?Sized> Backend for Box<B> {
@@ -81,134 +84,52 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).sum_squares(src)
     }
 
-    fn encoder_forward(
-        &self,
-        out: Span,
-        tokens: TokenSpan,
-        wte: Span,
-        wpe: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-    ) {
-        (**self).encoder_forward(out, tokens, wte, wpe, b, t, c)
+    fn encoder_forward(&self, out: Mat, tokens: TokenSpan, wte: Mat, wpe: Mat, t: usize) {
+        (**self).encoder_forward(out, tokens, wte, wpe, t)
     }
 
-    fn encoder_backward(
-        &self,
-        dwte: Span,
-        dwpe: Span,
-        dout: Span,
-        tokens: TokenSpan,
-        b: usize,
-        t: usize,
-        c: usize,
-    ) {
-        (**self).encoder_backward(dwte, dwpe, dout, tokens, b, t, c)
+    fn encoder_backward(&self, dwte: Mat, dwpe: Mat, dout: Mat, tokens: TokenSpan, t: usize) {
+        (**self).encoder_backward(dwte, dwpe, dout, tokens, t)
     }
 
-    fn layernorm_forward(
-        &self,
-        out: Span,
-        mean: Span,
-        rstd: Span,
-        inp: Span,
-        weight: Span,
-        bias: Span,
-        n: usize,
-        c: usize,
-        eps: f32,
-    ) {
-        (**self).layernorm_forward(out, mean, rstd, inp, weight, bias, n, c, eps)
+    fn layernorm_forward(&self, out: Normed, inp: Mat, p: Norm, eps: f32) {
+        (**self).layernorm_forward(out, inp, p, eps)
     }
 
-    fn layernorm_backward(
-        &self,
-        dinp: Span,
-        dweight: Span,
-        dbias: Span,
-        dout: Span,
-        inp: Span,
-        weight: Span,
-        mean: Span,
-        rstd: Span,
-        n: usize,
-        c: usize,
-    ) {
-        (**self).layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c)
+    fn layernorm_backward(&self, dinp: Mat, dp: Norm, dout: Mat, inp: Mat, w: Span, saved: Normed) {
+        (**self).layernorm_backward(dinp, dp, dout, inp, w, saved)
     }
 
-    fn matmul_forward(
-        &self,
-        out: Span,
-        inp: Span,
-        weight: Span,
-        bias: Option<Span>,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
-        (**self).matmul_forward(out, inp, weight, bias, n, c, oc)
+    fn matmul_forward(&self, out: Mat, inp: Mat, layer: Linear) {
+        (**self).matmul_forward(out, inp, layer)
     }
 
-    fn matmul_backward(
-        &self,
-        dinp: Span,
-        dweight: Span,
-        dbias: Option<Span>,
-        dout: Span,
-        inp: Span,
-        weight: Span,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
-        (**self).matmul_backward(dinp, dweight, dbias, dout, inp, weight, n, c, oc)
+    fn matmul_backward(&self, dinp: Mat, dlayer: Linear, dout: Mat, inp: Mat, w: Mat) {
+        (**self).matmul_backward(dinp, dlayer, dout, inp, w)
     }
 
-    fn attention_state_len(&self, b: usize, t: usize, nh: usize) -> usize {
-        (**self).attention_state_len(b, t, nh)
+    fn attention_state_len(&self, shape: AttnShape) -> usize {
+        (**self).attention_state_len(shape)
     }
 
-    fn attention_forward(
-        &self,
-        out: Span,
-        state: Span,
-        qkv: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
-    ) {
-        (**self).attention_forward(out, state, qkv, b, t, c, nh)
+    fn attention_forward(&self, out: Mat, state: Span, qkv: Mat, shape: AttnShape) {
+        (**self).attention_forward(out, state, qkv, shape)
     }
 
     fn attention_backward(
         &self,
-        dqkv: Span,
-        dout: Span,
-        qkv: Span,
-        out: Span,
+        dqkv: Mat,
+        dout: Mat,
+        qkv: Mat,
+        out: Mat,
         state: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
+        shape: AttnShape,
     ) {
-        (**self).attention_backward(dqkv, dout, qkv, out, state, b, t, c, nh)
+        (**self).attention_backward(dqkv, dout, qkv, out, state, shape)
     }
 
-    fn attention_decode(
-        &self,
-        out: Span,
-        q: Span,
-        k: Span,
-        v: Span,
-        t: usize,
-        c: usize,
-        nh: usize,
-    ) {
-        (**self).attention_decode(out, q, k, v, t, c, nh)
+    fn attention_decode(&self, out: Span, q: Span, k: Mat, v: Mat, nh: usize) {
+        (**self).attention_decode(out, q, k, v, nh)
     }
 
     fn gelu_forward(&self, out: Span, inp: Span) {
@@ -225,79 +146,38 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
 
     fn residual_layernorm_forward(
         &self,
-        residual: Span,
-        out: Span,
-        mean: Span,
-        rstd: Span,
-        a: Span,
-        b: Span,
-        weight: Span,
-        bias: Span,
-        n: usize,
-        c: usize,
+        residual: Mat,
+        out: Normed,
+        a: Mat,
+        b: Mat,
+        p: Norm,
         eps: f32,
     ) {
-        (**self)
-            .residual_layernorm_forward(residual, out, mean, rstd, a, b, weight, bias, n, c, eps)
+        (**self).residual_layernorm_forward(residual, out, a, b, p, eps)
     }
 
-    fn matmul_gelu_forward(
-        &self,
-        pre: Span,
-        out: Span,
-        inp: Span,
-        weight: Span,
-        bias: Option<Span>,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
-        (**self).matmul_gelu_forward(pre, out, inp, weight, bias, n, c, oc)
+    fn matmul_gelu_forward(&self, out: Gelu, inp: Mat, layer: Linear) {
+        (**self).matmul_gelu_forward(out, inp, layer)
     }
 
-    fn gelu_matmul_backward(
-        &self,
-        dpre: Span,
-        dact: Span,
-        dweight: Span,
-        dbias: Option<Span>,
-        dout: Span,
-        act: Span,
-        pre: Span,
-        weight: Span,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
-        (**self).gelu_matmul_backward(dpre, dact, dweight, dbias, dout, act, pre, weight, n, c, oc)
+    fn gelu_matmul_backward(&self, d: Gelu, dlayer: Linear, dout: Mat, act: Gelu, w: Mat) {
+        (**self).gelu_matmul_backward(d, dlayer, dout, act, w)
     }
 
     fn head_loss(
         &self,
         losses: Span,
-        grads: Option<(Span, Span, f32)>,
-        h: Span,
-        w: Span,
+        grads: Option<HeadGrads>,
+        h: Mat,
+        w: Mat,
         targets: TokenSpan,
-        n: usize,
-        c: usize,
-        v: usize,
         kind: HeadKind,
     ) {
-        (**self).head_loss(losses, grads, h, w, targets, n, c, v, kind)
+        (**self).head_loss(losses, grads, h, w, targets, kind)
     }
 
-    fn head_logits(
-        &self,
-        out: Span,
-        h: Span,
-        w: Span,
-        n: usize,
-        c: usize,
-        v: usize,
-        kind: HeadKind,
-    ) {
-        (**self).head_logits(out, h, w, n, c, v, kind)
+    fn head_logits(&self, out: Mat, h: Mat, w: Mat, kind: HeadKind) {
+        (**self).head_logits(out, h, w, kind)
     }
 
     fn adamw_update(&self, params: Span, grads: Span, m: Span, v: Span, hp: AdamW) {

@@ -19,6 +19,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod device;
 pub mod noise;
+pub mod operands;
 mod plan;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use crate::head::HeadKind;
 pub use device::{DeviceChoice, GpuPrecision, Target, gpu_precision, open, open_cpu};
+pub use operands::{AttnShape, Gelu, HeadGrads, Linear, Mat, Norm, Normed};
 pub use plan::{ScratchItem, ScratchKind, StepShape};
 
 /// A contiguous range of floats inside one backend buffer.
@@ -133,8 +135,9 @@ pub struct OpStats {
     pub flops: f64,
 }
 
-/// Shapes: `n` rows (B*T positions), `c` channels, `oc` output channels, `v` vocabulary,
-/// `nh` attention heads. Matrices are row-major; weights are `[out, in]`.
+/// Shapes: N rows (B*T positions), C channels, OC output channels, V vocabulary, NH
+/// attention heads, read from the operands (see [`operands`]). Matrices are row-major;
+/// weights are (out, in).
 pub trait Backend {
     /// A short human-readable description ("cpu (2 threads, f32)").
     fn describe(&self) -> String;
@@ -180,118 +183,47 @@ pub trait Backend {
     fn sum_squares(&self, src: Span) -> f64;
 
     // ---- GPT ops ----
-    /// out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]
-    fn encoder_forward(
-        &self,
-        out: Span,
-        tokens: TokenSpan,
-        wte: Span,
-        wpe: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-    );
+    /// out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]; out (B*T, C), tokens (B*T).
+    fn encoder_forward(&self, out: Mat, tokens: TokenSpan, wte: Mat, wpe: Mat, t: usize);
     /// dwte[tokens[b,t],:] += dout[b,t,:]; dwpe[t,:] += sum_b dout[b,t,:]
-    fn encoder_backward(
-        &self,
-        dwte: Span,
-        dwpe: Span,
-        dout: Span,
-        tokens: TokenSpan,
-        b: usize,
-        t: usize,
-        c: usize,
-    );
+    fn encoder_backward(&self, dwte: Mat, dwpe: Mat, dout: Mat, tokens: TokenSpan, t: usize);
 
-    /// out = (inp - mean) * rstd * weight + bias, per row; saves mean and rstd.
-    fn layernorm_forward(
-        &self,
-        out: Span,
-        mean: Span,
-        rstd: Span,
-        inp: Span,
-        weight: Span,
-        bias: Span,
-        n: usize,
-        c: usize,
-        eps: f32,
-    );
-    /// dinp += ..., dweight += ..., dbias += ...
-    fn layernorm_backward(
-        &self,
-        dinp: Span,
-        dweight: Span,
-        dbias: Span,
-        dout: Span,
-        inp: Span,
-        weight: Span,
-        mean: Span,
-        rstd: Span,
-        n: usize,
-        c: usize,
-    );
+    /// out = (inp - mean) * rstd * w + b, per row of inp (N, C); saves mean and rstd.
+    fn layernorm_forward(&self, out: Normed, inp: Mat, p: Norm, eps: f32);
+    /// dinp += ..., dp.w += ..., dp.b += ..., from the weight `w` (C) and the forward's
+    /// saved mean and rstd (`saved.out` is not read).
+    fn layernorm_backward(&self, dinp: Mat, dp: Norm, dout: Mat, inp: Mat, w: Span, saved: Normed);
 
-    /// out[n,oc] = inp[n,c] @ weight[oc,c]^T + bias[oc]
-    fn matmul_forward(
-        &self,
-        out: Span,
-        inp: Span,
-        weight: Span,
-        bias: Option<Span>,
-        n: usize,
-        c: usize,
-        oc: usize,
-    );
-    /// dinp = dout @ weight; dweight += dout^T @ inp; dbias += column sums of dout
-    fn matmul_backward(
-        &self,
-        dinp: Span,
-        dweight: Span,
-        dbias: Option<Span>,
-        dout: Span,
-        inp: Span,
-        weight: Span,
-        n: usize,
-        c: usize,
-        oc: usize,
-    );
+    /// out[n,oc] = inp[n,c] @ layer.w[oc,c]^T + layer.b[oc]
+    fn matmul_forward(&self, out: Mat, inp: Mat, layer: Linear);
+    /// dinp = dout @ w; dlayer.w += dout^T @ inp; dlayer.b += column sums of dout
+    fn matmul_backward(&self, dinp: Mat, dlayer: Linear, dout: Mat, inp: Mat, w: Mat);
 
     /// Floats of saved state `attention_forward` needs per call (the backend's choice:
     /// full probabilities on the CPU, row log-sum-exps for flash attention).
-    fn attention_state_len(&self, b: usize, t: usize, nh: usize) -> usize;
-    /// Causal multi-head self-attention. qkv[b,t,0..3c] holds q, k, v (heads of size
-    /// c/nh side by side); out[b,t,c] = concat over heads of softmax(q k^T/sqrt(hs)) v.
-    fn attention_forward(
-        &self,
-        out: Span,
-        state: Span,
-        qkv: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
-    );
-    /// dqkv = gradient of the loss with respect to qkv.
+    fn attention_state_len(&self, shape: AttnShape) -> usize;
+    /// Causal multi-head self-attention. qkv (B*T, 3C) holds q, k, v (heads of size
+    /// C/NH side by side); out (B*T, C) = concat over heads of softmax(q k^T/sqrt(hs)) v.
+    fn attention_forward(&self, out: Mat, state: Span, qkv: Mat, shape: AttnShape);
+    /// dqkv = gradient of the loss with respect to qkv, given the forward's output
+    /// and state (flash attention's backward reads `out`).
     fn attention_backward(
         &self,
-        dqkv: Span,
-        dout: Span,
-        qkv: Span,
-        out: Span,
+        dqkv: Mat,
+        dout: Mat,
+        qkv: Mat,
+        out: Mat,
         state: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
+        shape: AttnShape,
     );
 
     /// Attention of one new position over cached keys and values (KV-cached
-    /// decoding). q[c] is the new position's query, k[t,c] and v[t,c] the keys and
+    /// decoding). q[c] is the new position's query, k (t, c) and v (t, c) the keys and
     /// values of positions 0..t (the new position's last), heads of size
     /// hs = c/nh side by side. For each head h:
     /// out[h] = sum_{j<t} softmax_j(q[h].k[j,h] / sqrt(hs)) v[j,h],
     /// i.e. row t-1 of `attention_forward` on the same q, k, v.
-    fn attention_decode(&self, out: Span, q: Span, k: Span, v: Span, t: usize, c: usize, nh: usize);
+    fn attention_decode(&self, out: Span, q: Span, k: Mat, v: Mat, nh: usize);
 
     /// GELU, tanh approximation.
     fn gelu_forward(&self, out: Span, inp: Span);
@@ -309,89 +241,49 @@ pub trait Backend {
     /// residual = a + b, then out = layernorm(residual) (saving mean and rstd).
     fn residual_layernorm_forward(
         &self,
-        residual: Span,
-        out: Span,
-        mean: Span,
-        rstd: Span,
-        a: Span,
-        b: Span,
-        weight: Span,
-        bias: Span,
-        n: usize,
-        c: usize,
+        residual: Mat,
+        out: Normed,
+        a: Mat,
+        b: Mat,
+        p: Norm,
         eps: f32,
     ) {
-        self.add(residual, a, b);
-        self.layernorm_forward(out, mean, rstd, residual, weight, bias, n, c, eps);
+        self.add(residual.span, a.span, b.span);
+        self.layernorm_forward(out, residual, p, eps);
     }
 
-    /// A dense layer followed by GELU: pre = inp @ weight^T + bias (kept for the
-    /// backward pass), out = gelu(pre).
-    fn matmul_gelu_forward(
-        &self,
-        pre: Span,
-        out: Span,
-        inp: Span,
-        weight: Span,
-        bias: Option<Span>,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
-        self.matmul_forward(pre, inp, weight, bias, n, c, oc);
-        self.gelu_forward(out, pre);
+    /// A dense layer followed by GELU: out.pre = inp @ w^T + b (kept for the
+    /// backward pass), out.out = gelu(out.pre).
+    fn matmul_gelu_forward(&self, out: Gelu, inp: Mat, layer: Linear) {
+        self.matmul_forward(out.pre, inp, layer);
+        self.gelu_forward(out.out.span, out.pre.span);
     }
 
-    /// The backward pass of a dense layer whose input is act = gelu(pre)
-    /// (out[n,oc] = act[n,c] @ weight^T + bias): dpre = gelu'(pre) * (dout @ weight),
-    /// dweight += dout^T @ act, dbias += column sums of dout. `dact` [n, c] is
-    /// scratch for dout @ weight, which a fused backend need not write.
-    fn gelu_matmul_backward(
-        &self,
-        dpre: Span,
-        dact: Span,
-        dweight: Span,
-        dbias: Option<Span>,
-        dout: Span,
-        act: Span,
-        pre: Span,
-        weight: Span,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
-        self.matmul_backward(dact, dweight, dbias, dout, act, weight, n, c, oc);
-        self.gelu_backward(dpre, pre, dact);
+    /// The backward pass of a dense layer `w` whose input is act.out = gelu(act.pre):
+    /// d.pre = gelu'(act.pre) * (dout @ w), dlayer.w += dout^T @ act.out, dlayer.b +=
+    /// column sums of dout. `d.out` is scratch for dout @ w, which a fused backend
+    /// need not write.
+    fn gelu_matmul_backward(&self, d: Gelu, dlayer: Linear, dout: Mat, act: Gelu, w: Mat) {
+        self.matmul_backward(d.out, dlayer, dout, act.out, w);
+        self.gelu_backward(d.pre.span, act.pre.span, d.out.span);
     }
 
-    /// The output head. h[n,c] final hidden states, w[v,c] class centres (harmonic)
-    /// or unembedding rows (softmax), targets[n]. Writes the per-position loss
-    /// -log p(target) into `losses[n]`. With `grads = Some((dh, dw, scale))`:
-    /// dh = scale * dL/dh (overwritten), dw += scale * dL/dw.
+    /// The output head. h (N, C) final hidden states, w (V, C) class centres
+    /// (harmonic) or unembedding rows (softmax), targets (N). Writes the per-position
+    /// loss -log p(target) into `losses` (N); with `grads`, the gradients of `scale`
+    /// times their sum.
     fn head_loss(
         &self,
         losses: Span,
-        grads: Option<(Span, Span, f32)>,
-        h: Span,
-        w: Span,
+        grads: Option<HeadGrads>,
+        h: Mat,
+        w: Mat,
         targets: TokenSpan,
-        n: usize,
-        c: usize,
-        v: usize,
         kind: HeadKind,
     );
-    /// The head's logits into out[n,v]: dot products for softmax, z = -(n/2) ln s for
-    /// the harmonic head, so that p = softmax(logits) either way.
-    fn head_logits(
-        &self,
-        out: Span,
-        h: Span,
-        w: Span,
-        n: usize,
-        c: usize,
-        v: usize,
-        kind: HeadKind,
-    );
+    /// The head's logits into out (N, V): dot products for softmax, z = -(n/2) ln s
+    /// for the harmonic head, so that p = softmax(logits) either way.
+    fn head_logits(&self, out: Mat, h: Mat, w: Mat, kind: HeadKind);
 
     /// One AdamW update of `params` from `grads`, with moments `m` and `v`.
     /// Weight decay is decoupled: params -= lr * weight_decay * params.

@@ -14,7 +14,10 @@
 //! Both heads reduce to one shape of computation: a GEMM of dot products, a per-row
 //! pass that turns them into logits, loss and a gradient matrix G, and two GEMMs with
 //! G. The per-row pass lives here, generic over the float type, so every backend's
-//! head is checked against this one function.
+//! head is checked against this one function; the chunked algorithm around it is
+//! [`chunked`].
+
+pub mod chunked;
 
 use num_traits::Float;
 

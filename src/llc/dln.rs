@@ -110,7 +110,7 @@ impl DeepLinearNetwork {
             let (c, oc) = (self.widths[l - 1], self.widths[l]);
             let mut out = vec![0f32; n * oc];
             let w = &self.params[offsets[l - 1]..offsets[l]];
-            matmul_forward(&mut out, &acts[l - 1], w, None, n, c, oc);
+            matmul_forward(&mut out, &acts[l - 1], w, None, c);
             acts.push(out);
         }
         acts
@@ -192,7 +192,7 @@ impl HostModel for DeepLinearNetwork {
         grad.fill(0.0);
         let n = self.batch_size;
         for l in (1..self.widths.len()).rev() {
-            let (c, oc) = (self.widths[l - 1], self.widths[l]);
+            let c = self.widths[l - 1];
             let (lo, hi) = (offsets[l - 1], offsets[l]);
             let mut dinp = vec![0f32; n * c];
             matmul_backward(
@@ -202,9 +202,7 @@ impl HostModel for DeepLinearNetwork {
                 &dout,
                 &acts[l - 1],
                 &self.params[lo..hi],
-                n,
                 c,
-                oc,
             );
             dout = dinp;
         }

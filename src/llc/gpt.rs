@@ -76,7 +76,7 @@ impl<B: Backend> SgldTarget for GptTarget<'_, B> {
         self.model.zero_grads();
         let loss = self
             .model
-            .forward(&batch.inputs, &batch.targets, b, t, Some(1.0));
+            .loss_and_head_grad(&batch.inputs, &batch.targets, b, t, 1.0);
         self.model.backward();
         (loss, self.model.grad_norm().powi(2))
     }
@@ -87,9 +87,7 @@ impl<B: Backend> SgldTarget for GptTarget<'_, B> {
         // its own bf16 shadow; shadows are per buffer.)
         let (b, t) = (self.batch_size, self.seq_len);
         std::mem::swap(&mut self.model.params, &mut self.anchor);
-        let loss = self
-            .model
-            .forward(&batch.inputs, &batch.targets, b, t, None);
+        let loss = self.model.loss(&batch.inputs, &batch.targets, b, t);
         std::mem::swap(&mut self.model.params, &mut self.anchor);
         loss
     }

@@ -166,15 +166,7 @@ impl LayerNormMlp {
         let n = labels.len();
         let p = &self.params;
         let mut hidden = vec![0f32; n * HIDDEN];
-        matmul_forward(
-            &mut hidden,
-            inputs,
-            &p[W1..B1],
-            Some(&p[B1..LN_W]),
-            n,
-            INPUTS,
-            HIDDEN,
-        );
+        matmul_forward(&mut hidden, inputs, &p[W1..B1], Some(&p[B1..LN_W]), INPUTS);
         let (mut normed, mut mean, mut rstd) =
             (vec![0f32; n * HIDDEN], vec![0f32; n], vec![0f32; n]);
         layernorm_forward(
@@ -184,19 +176,10 @@ impl LayerNormMlp {
             &hidden,
             &p[LN_W..LN_B],
             &p[LN_B..W2],
-            HIDDEN,
             LN_EPS,
         );
         let mut probs = vec![0f32; n * CLASSES];
-        matmul_forward(
-            &mut probs,
-            &normed,
-            &p[W2..B2],
-            Some(&p[B2..]),
-            n,
-            HIDDEN,
-            CLASSES,
-        );
+        matmul_forward(&mut probs, &normed, &p[W2..B2], Some(&p[B2..]), HIDDEN);
         let mut loss = 0.0;
         for (row, &y) in probs.chunks_mut(CLASSES).zip(labels) {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -271,9 +254,7 @@ impl HostModel for LayerNormMlp {
             &dlogits,
             &f.normed,
             &p[W2..B2],
-            n,
             HIDDEN,
-            CLASSES,
         );
         let (g_first, g_ln) = g_lower.split_at_mut(LN_W);
         let (g_ln_w, g_ln_b) = g_ln.split_at_mut(HIDDEN);
@@ -285,9 +266,7 @@ impl HostModel for LayerNormMlp {
             &dnormed,
             &f.hidden,
             &p[LN_W..LN_B],
-            &f.mean,
-            &f.rstd,
-            HIDDEN,
+            (&f.mean, &f.rstd),
         );
         let (g_w1, g_b1) = g_first.split_at_mut(B1);
         let mut dinputs = vec![0f32; n * INPUTS];
@@ -298,9 +277,7 @@ impl HostModel for LayerNormMlp {
             &dhidden,
             &batch.inputs,
             &p[W1..B1],
-            n,
             INPUTS,
-            HIDDEN,
         );
         f.loss
     }

@@ -6,27 +6,22 @@
 //! token costs one position's worth of work instead of a forward pass over the
 //! whole context.
 
-use super::{Gpt, idx};
-use crate::backend::{Backend, Span};
+use super::{Attend, Gpt, LayerActs, ln_after};
+use crate::backend::{Backend, Gelu, Mat, Normed, Span};
 
-/// Per-layer key and value caches [block_size, c] and one position's scratch.
+/// Per-layer key and value caches and one position's activations. C = n_embd,
+/// maxT = block_size, V = vocab_size.
 pub struct KvCache {
     /// Positions cached so far.
     len: usize,
-    keys: Vec<Span>,
-    values: Vec<Span>,
-    embed: Span,
-    residual: Span,
-    residual2: Span,
-    ln: Span,
-    mean: Span,
-    rstd: Span,
-    qkv: Span,
-    atty: Span,
-    proj: Span,
-    fch: Span,
-    fch_gelu: Span,
-    logits: Span,
+    keys: Vec<Mat>,   // L x (maxT, C)
+    values: Vec<Mat>, // L x (maxT, C)
+    embed: Mat,       // (1, C) the new token's wte row
+    /// The block's activations at N = 1, reused by every layer: the LayerNorm
+    /// outputs share one span (ln1 = ln2 = the next block's ln_1), so do the two
+    /// projections (attproj = fcproj), and `residual3` is also the block's input.
+    step: LayerActs,
+    logits: Mat, // (1, V)
 }
 
 impl KvCache {
@@ -40,28 +35,44 @@ impl KvCache {
     }
 }
 
+/// The query, key and value of one position's qkv row (3C).
+pub(super) fn qkv_parts(row: Span) -> (Span, Span, Span) {
+    let c = row.len / 3;
+    (row.piece(0, c), row.piece(1, c), row.piece(2, c))
+}
+
 impl<B: Backend> Gpt<B> {
     /// An empty cache for this model (room for block_size positions).
     pub fn kv_cache(&self) -> KvCache {
         let m = &self.config;
         let (c, t) = (m.n_embd, m.block_size);
-        let alloc = |len| self.backend.alloc(len);
+        let mat = |rows, cols| Mat::new(self.backend.alloc(rows * cols), rows, cols);
+        let ln = Normed {
+            out: mat(1, c),
+            mean: self.backend.alloc(1),
+            rstd: self.backend.alloc(1),
+        };
+        let proj = mat(1, c);
         KvCache {
             len: 0,
-            keys: (0..m.n_layer).map(|_| alloc(t * c)).collect(),
-            values: (0..m.n_layer).map(|_| alloc(t * c)).collect(),
-            embed: alloc(c),
-            residual: alloc(c),
-            residual2: alloc(c),
-            ln: alloc(c),
-            mean: alloc(1),
-            rstd: alloc(1),
-            qkv: alloc(3 * c),
-            atty: alloc(c),
-            proj: alloc(c),
-            fch: alloc(4 * c),
-            fch_gelu: alloc(4 * c),
-            logits: alloc(m.vocab_size),
+            keys: (0..m.n_layer).map(|_| mat(t, c)).collect(),
+            values: (0..m.n_layer).map(|_| mat(t, c)).collect(),
+            embed: mat(1, c),
+            step: LayerActs {
+                ln1: ln,
+                qkv: mat(1, 3 * c),
+                atty: mat(1, c),
+                attproj: proj,
+                residual2: mat(1, c),
+                ln2: ln,
+                fch: Gelu {
+                    pre: mat(1, 4 * c),
+                    out: mat(1, 4 * c),
+                },
+                fcproj: proj,
+                residual3: mat(1, c),
+            },
+            logits: mat(1, m.vocab_size),
         }
     }
 
@@ -72,98 +83,50 @@ impl<B: Backend> Gpt<B> {
         let t = tokens.len();
         self.trunk_forward(tokens, 1, t);
         let a = self.acts.as_ref().expect("trunk_forward sets activations");
-        let c = self.config.n_embd;
         for (l, la) in a.layers.iter().enumerate() {
             for p in 0..t {
-                let row = la.qkv.slice(p * 3 * c, 3 * c);
-                self.backend
-                    .copy(cache.keys[l].slice(p * c, c), row.slice(c, c));
-                self.backend
-                    .copy(cache.values[l].slice(p * c, c), row.slice(2 * c, c));
+                let (_, k, v) = qkv_parts(la.qkv.row(p));
+                self.backend.copy(cache.keys[l].row(p), k);
+                self.backend.copy(cache.values[l].row(p), v);
             }
         }
         cache.len = t;
-        self.head_row(cache, a.lnf.slice((t - 1) * c, c))
+        self.head_row(cache, a.lnf.out.rows(t - 1, 1))
     }
 
     /// Appends `token` at the next position (which must be < block_size) and
-    /// returns the logits that predict the token after it.
+    /// returns the logits that predict the token after it: the blocks of
+    /// `trunk_forward` at N = 1, attending over the cache.
     pub fn decode_step(&self, cache: &mut KvCache, token: u32) -> Vec<f32> {
         let m = &self.config;
-        let (c, nh, pos) = (m.n_embd, m.n_head, cache.len);
+        let pos = cache.len;
         assert!(pos < m.block_size, "KV cache full ({pos} positions)");
         let eps = m.ln_eps as f32;
-        let be = &self.backend;
-        let kc = &*cache;
-        be.copy(kc.embed, self.p(idx::WTE).slice(token as usize * c, c));
-        // residual = the embedding, then ln = the LayerNorm that reads it; each later
-        // residual add is fused with the LayerNorm after it, as in `trunk_forward`.
-        let residual_ln = |residual: Span, a: Span, b: Span, after: usize| {
-            let (w, bias) = self.ln_params_after(after);
-            be.residual_layernorm_forward(
-                residual, kc.ln, kc.mean, kc.rstd, a, b, w, bias, 1, c, eps,
-            )
-        };
-        residual_ln(kc.residual, kc.embed, self.p(idx::WPE).slice(pos * c, c), 0);
-        for l in 0..m.n_layer {
-            let linear = |out: Span, inp: Span, w: usize, b: usize, ic: usize, oc: usize| {
-                be.matmul_forward(out, inp, self.pl(w, l), Some(self.pl(b, l)), 1, ic, oc)
+        let p = self.layout.tensors(self.params);
+        let (be, kc) = (&self.backend, &*cache);
+        let (residual, ln) = (kc.step.residual3, kc.step.ln1);
+        // residual = wte[token] + wpe[pos], fused with block 0's ln_1.
+        be.copy(kc.embed.span, p.wte.row(token as usize));
+        let wpe = p.wpe.rows(pos, 1);
+        be.residual_layernorm_forward(residual, ln, kc.embed, wpe, ln_after(&p, 0), eps);
+        for (l, lp) in p.layers.iter().enumerate() {
+            let attend = Attend::Cached {
+                keys: kc.keys[l],
+                values: kc.values[l],
+                pos,
             };
-            linear(kc.qkv, kc.ln, idx::QKVW, idx::QKVB, c, 3 * c);
-            be.copy(kc.keys[l].slice(pos * c, c), kc.qkv.slice(c, c));
-            be.copy(kc.values[l].slice(pos * c, c), kc.qkv.slice(2 * c, c));
-            be.attention_decode(
-                kc.atty,
-                kc.qkv.slice(0, c),
-                kc.keys[l].slice(0, (pos + 1) * c),
-                kc.values[l].slice(0, (pos + 1) * c),
-                pos + 1,
-                c,
-                nh,
-            );
-            linear(kc.proj, kc.atty, idx::ATTPROJW, idx::ATTPROJB, c, c);
-            be.residual_layernorm_forward(
-                kc.residual2,
-                kc.ln,
-                kc.mean,
-                kc.rstd,
-                kc.residual,
-                kc.proj,
-                self.pl(idx::LN2W, l),
-                self.pl(idx::LN2B, l),
-                1,
-                c,
-                eps,
-            );
-            be.matmul_gelu_forward(
-                kc.fch,
-                kc.fch_gelu,
-                kc.ln,
-                self.pl(idx::FCW, l),
-                Some(self.pl(idx::FCB, l)),
-                1,
-                c,
-                4 * c,
-            );
-            linear(kc.proj, kc.fch_gelu, idx::FCPROJW, idx::FCPROJB, 4 * c, c);
-            residual_ln(kc.residual, kc.residual2, kc.proj, l + 1);
+            let next = (ln, ln_after(&p, l + 1));
+            self.block_forward(lp, &kc.step, residual, next, attend);
         }
         cache.len += 1;
-        self.head_row(cache, cache.ln)
+        self.head_row(cache, ln.out)
     }
 
-    /// Logits of one final hidden state h[c].
-    fn head_row(&self, cache: &KvCache, h: Span) -> Vec<f32> {
-        let m = &self.config;
-        self.backend.head_logits(
-            cache.logits,
-            h,
-            self.p(self.layout.head_index()),
-            1,
-            m.n_embd,
-            m.vocab_size,
-            self.head_kind(),
-        );
-        self.backend.read(cache.logits)
+    /// Logits of one final hidden state h (1, C).
+    fn head_row(&self, cache: &KvCache, h: Mat) -> Vec<f32> {
+        let w = self.layout.tensors(self.params).head;
+        let be = &self.backend;
+        be.head_logits(cache.logits, h, w, self.head_kind());
+        be.read(cache.logits.span)
     }
 }

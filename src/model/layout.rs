@@ -2,10 +2,11 @@
 //!
 //! Parameters are stored as in llm.c: sixteen tensors (seventeen with an untied
 //! lm_head), each stacked over layers, so the optimizer touches a handful of
-//! contiguous ranges. `named()` gives the per-layer GPT-2 names and shapes that
+//! contiguous ranges. `tensors()` carves a buffer (parameters or gradients) into
+//! llm.c's named views; `named()` gives the per-layer GPT-2 names and shapes that
 //! checkpoints and exports use.
 
-use crate::backend::Span;
+use crate::backend::{Linear, Mat, Norm, Span};
 use crate::config::ModelConfig;
 
 /// One stacked parameter tensor.
@@ -43,6 +44,30 @@ impl Tensor {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// One block's slice of the parameters (or of their gradients): llm.c's `l_*`
+/// pointers, grouped by layer. C = n_embd.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerParams {
+    pub ln1: Norm,       // ln1w, ln1b (C)
+    pub qkv: Linear,     // qkvw (3C, C), qkvb (3C)
+    pub attproj: Linear, // attprojw (C, C), attprojb (C)
+    pub ln2: Norm,       // ln2w, ln2b (C)
+    pub fc: Linear,      // fcw (4C, C), fcb (4C)
+    pub fcproj: Linear,  // fcprojw (C, 4C), fcprojb (C)
+}
+
+/// A whole parameter (or gradient) buffer as named views, llm.c's
+/// `ParameterTensors`. V = vocab_size, maxT = block_size.
+#[derive(Clone, Debug)]
+pub struct ParamTensors {
+    pub wte: Mat, // (V, C)
+    pub wpe: Mat, // (maxT, C)
+    pub layers: Vec<LayerParams>,
+    pub lnf: Norm, // lnfw, lnfb (C)
+    /// The class centres / unembedding (V, C): wte when tied, else lm_head.
+    pub head: Mat,
 }
 
 #[derive(Clone, Debug)]
@@ -168,6 +193,38 @@ impl ParamLayout {
     pub fn layer(&self, buf: Span, i: usize, layer: usize) -> Span {
         let t = &self.tensors[i];
         buf.slice(t.offset + layer * t.layer_len(), t.layer_len())
+    }
+
+    /// `buf` (laid out as this layout: parameters, gradients or moments) as named views.
+    pub fn tensors(&self, buf: Span) -> ParamTensors {
+        let mat = |i: usize, l: usize| {
+            let shape = &self.tensors[i].shape;
+            Mat::new(self.layer(buf, i, l), shape[0], shape[1])
+        };
+        let norm = |w, b, l| Norm {
+            w: self.layer(buf, w, l),
+            b: self.layer(buf, b, l),
+        };
+        let linear = |w, b, l| Linear {
+            w: mat(w, l),
+            b: Some(self.layer(buf, b, l)),
+        };
+        ParamTensors {
+            wte: mat(idx::WTE, 0),
+            wpe: mat(idx::WPE, 0),
+            layers: (0..self.tensors[idx::LN1W].layers)
+                .map(|l| LayerParams {
+                    ln1: norm(idx::LN1W, idx::LN1B, l),
+                    qkv: linear(idx::QKVW, idx::QKVB, l),
+                    attproj: linear(idx::ATTPROJW, idx::ATTPROJB, l),
+                    ln2: norm(idx::LN2W, idx::LN2B, l),
+                    fc: linear(idx::FCW, idx::FCB, l),
+                    fcproj: linear(idx::FCPROJW, idx::FCPROJB, l),
+                })
+                .collect(),
+            lnf: norm(idx::LNFW, idx::LNFB, 0),
+            head: mat(self.head_index(), 0),
+        }
     }
 
     /// The class centres / unembedding: wte when tied, else lm_head.

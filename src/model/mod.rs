@@ -9,7 +9,12 @@
 //! The model calls the trait's fused ops where two steps meet: each residual add
 //! with the LayerNorm after it, the MLP's first matmul with its GELU, and GELU's
 //! backward with the backward of the matmul that reads it. Their default bodies are
-//! the unfused sequence, so the CPU backend computes exactly what it did unfused.
+//! the unfused sequence, so the CPU is the reference.
+//!
+//! Read it as llm.c's gpt2_forward/gpt2_backward: parameters come as named views
+//! (`ParamTensors`, `LayerParams`), activations as shaped spans with their shapes in
+//! comments, and one `block_forward` serves training and KV-cached decoding
+//! (decode.rs), which differ only in how attention sees the sequence (`Attend`).
 
 pub mod decode;
 pub mod layout;
@@ -18,55 +23,70 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use crate::backend::{Backend, Span, TokenSpan};
+use crate::backend::{AttnShape, Backend, Gelu, HeadGrads, Mat, Norm, Normed, Span, TokenSpan};
 use crate::config::ModelConfig;
 use crate::head::HeadKind;
 pub use decode::KvCache;
-pub use layout::{Init, ParamLayout, idx};
+use decode::qkv_parts;
+pub use layout::{Init, LayerParams, ParamLayout, ParamTensors, idx};
 
-/// Activations of one forward pass at a given (batch, time) shape.
+/// Activations of one forward pass at a given (B, T) shape, llm.c's
+/// `ActivationTensors`: N = B*T positions, C = n_embd, L = n_layer.
 struct Activations {
     b: usize,
     t: usize,
+    /// The one allocation every float span below is carved from.
     all: Span,
-    inputs: TokenSpan,
-    targets: TokenSpan,
-    encoded: Span,
+    inputs: TokenSpan,  // (B, T)
+    targets: TokenSpan, // (B, T)
+    encoded: Mat,       // (N, C) wte + wpe
     layers: Vec<LayerActs>,
-    lnf: Span,
-    lnf_mean: Span,
-    lnf_rstd: Span,
-    losses: Span,
-    grads: GradActs,
+    /// Per layer, what `attention_backward` needs (`Backend::attention_state_len`).
+    att_states: Vec<Span>,
+    lnf: Normed,  // (N, C), mean and rstd (N)
+    losses: Span, // (N)
+    dacts: ActGrads,
 }
 
+/// One block's activations (N rows; the decoder's one position has N = 1).
 struct LayerActs {
-    ln1: Span,
-    ln1_mean: Span,
-    ln1_rstd: Span,
-    qkv: Span,
-    atty: Span,
-    att_state: Span,
-    attproj: Span,
-    residual2: Span,
-    ln2: Span,
-    ln2_mean: Span,
-    ln2_rstd: Span,
-    fch: Span,
-    fch_gelu: Span,
-    fcproj: Span,
-    residual3: Span,
+    ln1: Normed,    // (N, C), mean and rstd (N)
+    qkv: Mat,       // (N, 3C)
+    atty: Mat,      // (N, C) attention output, heads side by side
+    attproj: Mat,   // (N, C)
+    residual2: Mat, // (N, C) residual + attproj
+    ln2: Normed,    // (N, C), mean and rstd (N)
+    fch: Gelu,      // (N, 4C) pre = fc(ln2), out = gelu(pre)
+    fcproj: Mat,    // (N, C)
+    residual3: Mat, // (N, C) residual2 + fcproj: the block's output
 }
 
-/// Gradient scratch for the backward pass, reused by every layer in turn.
-struct GradActs {
-    residual: Span,
-    lnf: Span,
-    ln: Span,
-    qkv: Span,
-    atty: Span,
-    fch: Span,
-    fch_gelu: Span,
+/// Gradients of activations: scratch for the backward pass, reused by every layer
+/// in turn (the parameters' gradients are `Gpt::grads`).
+struct ActGrads {
+    residual: Mat, // (N, C) the residual stream's, accumulated through the blocks
+    lnf: Mat,      // (N, C) of ln_f's output, written by the head
+    ln: Mat,       // (N, C) of ln_1's or ln_2's output
+    qkv: Mat,      // (N, 3C)
+    atty: Mat,     // (N, C)
+    fch: Gelu,     // (N, 4C) of fch's pre; `out` is `gelu_matmul_backward`'s scratch
+}
+
+/// How a block's attention sees the sequence.
+#[derive(Clone, Copy)]
+enum Attend {
+    /// Causal self-attention within each of B sequences of T positions, keeping
+    /// `state` for the backward pass (training, prefill).
+    Full { state: Span, shape: AttnShape },
+    /// One new position `pos` over the KV cache: its key and value go to row `pos`
+    /// of `keys` and `values` (maxT, C), then its query attends over rows 0..=pos.
+    Cached { keys: Mat, values: Mat, pos: usize },
+}
+
+/// The LayerNorm that reads the residual stream after `l` blocks: block l's ln_1,
+/// or ln_f after the last block.
+fn ln_after(p: &ParamTensors, l: usize) -> Norm {
+    p.layers.get(l).map_or(p.lnf, |lp| lp.ln1)
 }
 
 /// Hands out consecutive pieces of one allocation.
@@ -81,12 +101,31 @@ impl Carver {
         self.off += len;
         s
     }
+
+    fn mat(&mut self, rows: usize, cols: usize) -> Mat {
+        Mat::new(self.take(rows * cols), rows, cols)
+    }
+
+    fn normed(&mut self, rows: usize, cols: usize) -> Normed {
+        Normed {
+            out: self.mat(rows, cols),
+            mean: self.take(rows),
+            rstd: self.take(rows),
+        }
+    }
+
+    fn gelu(&mut self, rows: usize, cols: usize) -> Gelu {
+        Gelu {
+            pre: self.mat(rows, cols),
+            out: self.mat(rows, cols),
+        }
+    }
 }
 
 impl Activations {
     /// Allocates and carves the activations of a (b, t) forward and backward pass.
     fn new<B: Backend>(backend: &B, m: &ModelConfig, b: usize, t: usize) -> Activations {
-        let state_len = backend.attention_state_len(b, t, m.n_head);
+        let state_len = backend.attention_state_len(AttnShape { b, t, nh: m.n_head });
         let total = ActivationFloats::new(m, b, t, state_len).total;
         let all = backend.alloc(total);
         let mut acts = Self::carve(m, b, t, state_len, all);
@@ -99,38 +138,34 @@ impl Activations {
     fn carve(m: &ModelConfig, b: usize, t: usize, state_len: usize, base: Span) -> Activations {
         let (n, c) = (b * t, m.n_embd);
         let mut k = Carver { base, off: 0 };
-        let encoded = k.take(n * c);
-        let layers = (0..m.n_layer)
-            .map(|_| LayerActs {
-                ln1: k.take(n * c),
-                ln1_mean: k.take(n),
-                ln1_rstd: k.take(n),
-                qkv: k.take(n * 3 * c),
-                atty: k.take(n * c),
-                att_state: k.take(state_len),
-                attproj: k.take(n * c),
-                residual2: k.take(n * c),
-                ln2: k.take(n * c),
-                ln2_mean: k.take(n),
-                ln2_rstd: k.take(n),
-                fch: k.take(n * 4 * c),
-                fch_gelu: k.take(n * 4 * c),
-                fcproj: k.take(n * c),
-                residual3: k.take(n * c),
+        let encoded = k.mat(n, c);
+        let (layers, att_states) = (0..m.n_layer)
+            .map(|_| {
+                let (ln1, qkv, atty) = (k.normed(n, c), k.mat(n, 3 * c), k.mat(n, c));
+                let att_state = k.take(state_len);
+                let la = LayerActs {
+                    ln1,
+                    qkv,
+                    atty,
+                    attproj: k.mat(n, c),
+                    residual2: k.mat(n, c),
+                    ln2: k.normed(n, c),
+                    fch: k.gelu(n, 4 * c),
+                    fcproj: k.mat(n, c),
+                    residual3: k.mat(n, c),
+                };
+                (la, att_state)
             })
-            .collect();
-        let lnf = k.take(n * c);
-        let lnf_mean = k.take(n);
-        let lnf_rstd = k.take(n);
+            .unzip();
+        let lnf = k.normed(n, c);
         let losses = k.take(n);
-        let grads = GradActs {
-            residual: k.take(n * c),
-            lnf: k.take(n * c),
-            ln: k.take(n * c),
-            qkv: k.take(n * 3 * c),
-            atty: k.take(n * c),
-            fch: k.take(n * 4 * c),
-            fch_gelu: k.take(n * 4 * c),
+        let dacts = ActGrads {
+            residual: k.mat(n, c),
+            lnf: k.mat(n, c),
+            ln: k.mat(n, c),
+            qkv: k.mat(n, 3 * c),
+            atty: k.mat(n, c),
+            fch: k.gelu(n, 4 * c),
         };
         let no_tokens = TokenSpan {
             buf: usize::MAX,
@@ -145,12 +180,24 @@ impl Activations {
             targets: no_tokens,
             encoded,
             layers,
+            att_states,
             lnf,
-            lnf_mean,
-            lnf_rstd,
             losses,
-            grads,
+            dacts,
         }
+    }
+
+    /// The residual stream entering block `l`: the embeddings, or block l-1's output.
+    fn residual_before(&self, l: usize) -> Mat {
+        match l {
+            0 => self.encoded,
+            _ => self.layers[l - 1].residual3,
+        }
+    }
+
+    /// Where the LayerNorm after `l` blocks writes: block l's ln1, or lnf.
+    fn ln_out_after(&self, l: usize) -> Normed {
+        self.layers.get(l).map_or(self.lnf, |la| la.ln1)
     }
 }
 
@@ -179,13 +226,12 @@ impl ActivationFloats {
             len: usize::MAX,
         };
         let a = Activations::carve(m, b, t, state_len, unbounded);
-        let end = |s: Span| s.off + s.len;
-        let layers_end = a.layers.last().map_or(end(a.encoded), |l| end(l.residual3));
-        let layers = layers_end - end(a.encoded);
-        let backward = a.all.len - a.grads.residual.off;
+        let end = |m: Mat| m.span.off + m.span.len;
+        let layers = end(a.residual_before(m.n_layer)) - end(a.encoded);
+        let backward = a.all.len - a.dacts.residual.span.off;
         ActivationFloats {
             layers,
-            attention_state: a.layers.iter().map(|l| l.att_state.len).sum(),
+            attention_state: a.att_states.iter().map(|s| s.len).sum(),
             trunk: a.all.len - layers - backward,
             backward,
             total: a.all.len,
@@ -253,18 +299,6 @@ impl<B: Backend> Gpt<B> {
         self.config.head_kind()
     }
 
-    fn p(&self, i: usize) -> Span {
-        self.layout.span(self.params, i)
-    }
-
-    fn pl(&self, i: usize, l: usize) -> Span {
-        self.layout.layer(self.params, i, l)
-    }
-
-    fn gl(&self, i: usize, l: usize) -> Span {
-        self.layout.layer(self.grads, i, l)
-    }
-
     fn ensure_acts(&mut self, b: usize, t: usize) {
         if let Some(a) = &self.acts {
             if (a.b, a.t) == (b, t) {
@@ -277,7 +311,8 @@ impl<B: Backend> Gpt<B> {
         self.acts = Some(Activations::new(&self.backend, &self.config, b, t));
     }
 
-    /// Runs the trunk (embeddings, blocks, ln_f) on `inputs` [b, t].
+    /// Runs the trunk (embeddings, blocks, ln_f) on `inputs` (B, T), llm.c's
+    /// gpt2_forward up to the head.
     fn trunk_forward(&mut self, inputs: &[u32], b: usize, t: usize) {
         assert_eq!(inputs.len(), b * t, "inputs must be b*t tokens");
         assert!(
@@ -286,118 +321,79 @@ impl<B: Backend> Gpt<B> {
         );
         self.ensure_acts(b, t);
         let a = self.acts.as_ref().unwrap();
-        let (n, c, nh) = (b * t, self.config.n_embd, self.config.n_head);
         let eps = self.config.ln_eps as f32;
-        let be = &self.backend;
-        be.write_tokens(a.inputs, inputs);
-        be.encoder_forward(
-            a.encoded,
-            a.inputs,
-            self.p(idx::WTE),
-            self.p(idx::WPE),
+        let shape = AttnShape {
             b,
             t,
-            c,
-        );
-        // Each residual add is fused with the LayerNorm that reads its result: x + attn
-        // with ln_2, x + mlp with the next block's ln_1 (ln_f after the last block).
-        let ln_acts = |l: usize| match a.layers.get(l) {
-            Some(la) => (la.ln1, la.ln1_mean, la.ln1_rstd),
-            None => (a.lnf, a.lnf_mean, a.lnf_rstd),
+            nh: self.config.n_head,
         };
-        let (ln, ln_mean, ln_rstd) = ln_acts(0);
-        let (ln_w, ln_b) = self.ln_params_after(0);
-        be.layernorm_forward(ln, ln_mean, ln_rstd, a.encoded, ln_w, ln_b, n, c, eps);
+        let p = self.layout.tensors(self.params);
+        let be = &self.backend;
+        be.write_tokens(a.inputs, inputs);
+        be.encoder_forward(a.encoded, a.inputs, p.wte, p.wpe, t);
+        be.layernorm_forward(a.ln_out_after(0), a.encoded, ln_after(&p, 0), eps);
         for (l, la) in a.layers.iter().enumerate() {
-            let residual = if l == 0 {
-                a.encoded
-            } else {
-                a.layers[l - 1].residual3
+            let next = (a.ln_out_after(l + 1), ln_after(&p, l + 1));
+            let attend = Attend::Full {
+                state: a.att_states[l],
+                shape,
             };
-            be.matmul_forward(
-                la.qkv,
-                la.ln1,
-                self.pl(idx::QKVW, l),
-                Some(self.pl(idx::QKVB, l)),
-                n,
-                c,
-                3 * c,
-            );
-            be.attention_forward(la.atty, la.att_state, la.qkv, b, t, c, nh);
-            be.matmul_forward(
-                la.attproj,
-                la.atty,
-                self.pl(idx::ATTPROJW, l),
-                Some(self.pl(idx::ATTPROJB, l)),
-                n,
-                c,
-                c,
-            );
-            be.residual_layernorm_forward(
-                la.residual2,
-                la.ln2,
-                la.ln2_mean,
-                la.ln2_rstd,
-                residual,
-                la.attproj,
-                self.pl(idx::LN2W, l),
-                self.pl(idx::LN2B, l),
-                n,
-                c,
-                eps,
-            );
-            be.matmul_gelu_forward(
-                la.fch,
-                la.fch_gelu,
-                la.ln2,
-                self.pl(idx::FCW, l),
-                Some(self.pl(idx::FCB, l)),
-                n,
-                c,
-                4 * c,
-            );
-            be.matmul_forward(
-                la.fcproj,
-                la.fch_gelu,
-                self.pl(idx::FCPROJW, l),
-                Some(self.pl(idx::FCPROJB, l)),
-                n,
-                4 * c,
-                c,
-            );
-            let (ln, ln_mean, ln_rstd) = ln_acts(l + 1);
-            let (ln_w, ln_b) = self.ln_params_after(l + 1);
-            be.residual_layernorm_forward(
-                la.residual3,
-                ln,
-                ln_mean,
-                ln_rstd,
-                la.residual2,
-                la.fcproj,
-                ln_w,
-                ln_b,
-                n,
-                c,
-                eps,
-            );
+            self.block_forward(&p.layers[l], la, a.residual_before(l), next, attend);
         }
     }
 
-    /// Weight and bias of the LayerNorm that reads the residual stream after `l`
-    /// blocks: block l's ln_1, or ln_f after the last block.
-    fn ln_params_after(&self, l: usize) -> (Span, Span) {
-        if l < self.config.n_layer {
-            (self.pl(idx::LN1W, l), self.pl(idx::LN1B, l))
-        } else {
-            (self.p(idx::LNFW), self.p(idx::LNFB))
+    /// One transformer block. `residual` (N, C) is the block's input and `la.ln1`
+    /// its ln_1, already computed; writes the rest of `la` and `next`, the LayerNorm
+    /// that reads the block's output. Each residual add is fused with that LayerNorm.
+    fn block_forward(
+        &self,
+        lp: &LayerParams,
+        la: &LayerActs,
+        residual: Mat,
+        (next, next_ln): (Normed, Norm),
+        attend: Attend,
+    ) {
+        let eps = self.config.ln_eps as f32;
+        let be = &self.backend;
+        be.matmul_forward(la.qkv, la.ln1.out, lp.qkv);
+        match attend {
+            Attend::Full { state, shape } => be.attention_forward(la.atty, state, la.qkv, shape),
+            Attend::Cached { keys, values, pos } => {
+                let (q, k, v) = qkv_parts(la.qkv.row(0));
+                be.copy(keys.row(pos), k);
+                be.copy(values.row(pos), v);
+                let (k, v) = (keys.rows(0, pos + 1), values.rows(0, pos + 1));
+                be.attention_decode(la.atty.row(0), q, k, v, self.config.n_head);
+            }
         }
+        be.matmul_forward(la.attproj, la.atty, lp.attproj);
+        be.residual_layernorm_forward(la.residual2, la.ln2, residual, la.attproj, lp.ln2, eps);
+        be.matmul_gelu_forward(la.fch, la.ln2.out, lp.fc);
+        be.matmul_forward(la.fcproj, la.fch.out, lp.fcproj);
+        be.residual_layernorm_forward(la.residual3, next, la.residual2, la.fcproj, next_ln, eps);
     }
 
-    /// Forward pass with targets; returns the mean loss over the b*t positions. With
-    /// `grad_scale = Some(k)` the head's gradients (of k times the mean loss) are
-    /// computed too, ready for `backward`: k = 1/grad_accum sums micro-batches into
-    /// the gradient of the mean over the whole step.
-    pub fn forward(
+    /// Mean loss over the b*t positions of `inputs` (B, T) predicting `targets` (B, T).
+    pub fn loss(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> f64 {
+        self.forward(inputs, targets, b, t, None)
+    }
+
+    /// Mean loss, as `loss`, and the head's share of the backward pass: the gradient
+    /// of `scale` times the mean loss is added to the head's weights in `grads` and
+    /// left at ln_f's output for `backward` (llm.c's fused classifier). scale =
+    /// 1/grad_accum sums micro-batches into the gradient of the mean over the step.
+    pub fn loss_and_head_grad(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+        scale: f32,
+    ) -> f64 {
+        self.forward(inputs, targets, b, t, Some(scale))
+    }
+
+    fn forward(
         &mut self,
         inputs: &[u32],
         targets: &[u32],
@@ -408,26 +404,22 @@ impl<B: Backend> Gpt<B> {
         assert_eq!(targets.len(), b * t, "targets must be b*t tokens");
         self.trunk_forward(inputs, b, t);
         let a = self.acts.as_ref().unwrap();
-        let (n, c, v) = (b * t, self.config.n_embd, self.config.vocab_size);
-        self.backend.write_tokens(a.targets, targets);
-        let head_w = self.p(self.layout.head_index());
-        let head_dw = self.layout.span(self.grads, self.layout.head_index());
-        let grads = grad_scale.map(|k| (a.grads.lnf, head_dw, k / n as f32));
-        self.backend.head_loss(
-            a.losses,
-            grads,
-            a.lnf,
-            head_w,
-            a.targets,
-            n,
-            c,
-            v,
+        let grads = grad_scale.map(|k| HeadGrads {
+            dh: a.dacts.lnf,
+            dw: self.layout.tensors(self.grads).head,
+            scale: k / (b * t) as f32,
+        });
+        let (w, kind, be) = (
+            self.layout.tensors(self.params).head,
             self.head_kind(),
+            &self.backend,
         );
-        self.backend.mean(a.losses)
+        be.write_tokens(a.targets, targets);
+        be.head_loss(a.losses, grads, a.lnf.out, w, a.targets, kind);
+        be.mean(a.losses)
     }
 
-    /// Per-position losses of the last `forward` (for evaluation tools).
+    /// Per-position losses of the last `loss` (for evaluation tools).
     pub fn position_losses(&self) -> Vec<f32> {
         let a = self.acts.as_ref().expect("forward first");
         self.backend.read(a.losses)
@@ -437,133 +429,46 @@ impl<B: Backend> Gpt<B> {
     pub fn logits(&mut self, inputs: &[u32], b: usize, t: usize) -> Vec<f32> {
         self.trunk_forward(inputs, b, t);
         let a = self.acts.as_ref().unwrap();
-        let (n, c, v) = (b * t, self.config.n_embd, self.config.vocab_size);
-        let out = self.backend.alloc(n * v);
-        self.backend.head_logits(
-            out,
-            a.lnf,
-            self.p(self.layout.head_index()),
-            n,
-            c,
-            v,
-            self.head_kind(),
-        );
-        let logits = self.backend.read(out);
-        self.backend.free(out);
+        let head_w = self.layout.tensors(self.params).head;
+        let out = Mat::new(self.backend.alloc(b * t * head_w.rows), b * t, head_w.rows);
+        let be = &self.backend;
+        be.head_logits(out, a.lnf.out, head_w, self.head_kind());
+        let logits = be.read(out.span);
+        be.free(out.span);
         logits
     }
 
-    /// Adds the gradient of the last `forward` (which must have had a grad_scale)
-    /// into `grads`.
+    /// Adds the gradient of the last `loss_and_head_grad` into `grads`, llm.c's
+    /// gpt2_backward after the head: ln_f, the blocks in reverse, the embeddings.
     pub fn backward(&mut self) {
         let a = self.acts.as_ref().expect("forward before backward");
-        let (b, t) = (a.b, a.t);
-        let (n, c, nh) = (b * t, self.config.n_embd, self.config.n_head);
-        let be = &self.backend;
-        let g = &a.grads;
-        be.fill(g.residual, 0.0);
-        let last = a.layers.last().map_or(a.encoded, |la| la.residual3);
-        let (lnfw, lnfb) = (
-            self.layout.span(self.grads, idx::LNFW),
-            self.layout.span(self.grads, idx::LNFB),
+        let shape = AttnShape {
+            b: a.b,
+            t: a.t,
+            nh: self.config.n_head,
+        };
+        let (p, g) = (
+            self.layout.tensors(self.params),
+            self.layout.tensors(self.grads),
         );
-        be.layernorm_backward(
-            g.residual,
-            lnfw,
-            lnfb,
-            g.lnf,
-            last,
-            self.p(idx::LNFW),
-            a.lnf_mean,
-            a.lnf_rstd,
-            n,
-            c,
-        );
+        let (be, d) = (&self.backend, &a.dacts);
+        be.fill(d.residual.span, 0.0);
+        let last = a.residual_before(a.layers.len());
+        be.layernorm_backward(d.residual, g.lnf, d.lnf, last, p.lnf.w, a.lnf);
         for (l, la) in a.layers.iter().enumerate().rev() {
-            let residual = if l == 0 {
-                a.encoded
-            } else {
-                a.layers[l - 1].residual3
-            };
+            let (lp, lg) = (&p.layers[l], &g.layers[l]);
             // MLP: residual3 = residual2 + fcproj(gelu(fc(ln_2(residual2))))
-            be.gelu_matmul_backward(
-                g.fch,
-                g.fch_gelu,
-                self.gl(idx::FCPROJW, l),
-                Some(self.gl(idx::FCPROJB, l)),
-                g.residual,
-                la.fch_gelu,
-                la.fch,
-                self.pl(idx::FCPROJW, l),
-                n,
-                4 * c,
-                c,
-            );
-            be.matmul_backward(
-                g.ln,
-                self.gl(idx::FCW, l),
-                Some(self.gl(idx::FCB, l)),
-                g.fch,
-                la.ln2,
-                self.pl(idx::FCW, l),
-                n,
-                c,
-                4 * c,
-            );
-            be.layernorm_backward(
-                g.residual,
-                self.gl(idx::LN2W, l),
-                self.gl(idx::LN2B, l),
-                g.ln,
-                la.residual2,
-                self.pl(idx::LN2W, l),
-                la.ln2_mean,
-                la.ln2_rstd,
-                n,
-                c,
-            );
+            be.gelu_matmul_backward(d.fch, lg.fcproj, d.residual, la.fch, lp.fcproj.w);
+            be.matmul_backward(d.ln, lg.fc, d.fch.pre, la.ln2.out, lp.fc.w);
+            be.layernorm_backward(d.residual, lg.ln2, d.ln, la.residual2, lp.ln2.w, la.ln2);
             // attention: residual2 = residual + attproj(attn(qkv(ln_1(residual))))
-            be.matmul_backward(
-                g.atty,
-                self.gl(idx::ATTPROJW, l),
-                Some(self.gl(idx::ATTPROJB, l)),
-                g.residual,
-                la.atty,
-                self.pl(idx::ATTPROJW, l),
-                n,
-                c,
-                c,
-            );
-            be.attention_backward(g.qkv, g.atty, la.qkv, la.atty, la.att_state, b, t, c, nh);
-            be.matmul_backward(
-                g.ln,
-                self.gl(idx::QKVW, l),
-                Some(self.gl(idx::QKVB, l)),
-                g.qkv,
-                la.ln1,
-                self.pl(idx::QKVW, l),
-                n,
-                c,
-                3 * c,
-            );
-            be.layernorm_backward(
-                g.residual,
-                self.gl(idx::LN1W, l),
-                self.gl(idx::LN1B, l),
-                g.ln,
-                residual,
-                self.pl(idx::LN1W, l),
-                la.ln1_mean,
-                la.ln1_rstd,
-                n,
-                c,
-            );
+            be.matmul_backward(d.atty, lg.attproj, d.residual, la.atty, lp.attproj.w);
+            be.attention_backward(d.qkv, d.atty, la.qkv, la.atty, a.att_states[l], shape);
+            be.matmul_backward(d.ln, lg.qkv, d.qkv, la.ln1.out, lp.qkv.w);
+            let residual = a.residual_before(l);
+            be.layernorm_backward(d.residual, lg.ln1, d.ln, residual, lp.ln1.w, la.ln1);
         }
-        let (dwte, dwpe) = (
-            self.layout.span(self.grads, idx::WTE),
-            self.layout.span(self.grads, idx::WPE),
-        );
-        be.encoder_backward(dwte, dwpe, g.residual, a.inputs, b, t, c);
+        be.encoder_backward(g.wte, g.wpe, d.residual, a.inputs, a.t);
     }
 
     pub fn zero_grads(&self) {

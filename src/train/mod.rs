@@ -81,7 +81,7 @@ impl<B: Backend> Trainer<B> {
             let Batch { inputs, targets } = self.data.train.next_batch();
             loss += self
                 .model
-                .forward(&inputs, &targets, b, seq, Some(1.0 / accum as f32));
+                .loss_and_head_grad(&inputs, &targets, b, seq, 1.0 / accum as f32);
             self.model.backward();
         }
         let loss = loss / accum as f64;
@@ -109,7 +109,7 @@ impl<B: Backend> Trainer<B> {
         let batches = self.data.val.sequential_batches(t.eval_steps.max(1));
         let total: f64 = batches
             .iter()
-            .map(|bt| self.model.forward(&bt.inputs, &bt.targets, b, seq, None))
+            .map(|bt| self.model.loss(&bt.inputs, &bt.targets, b, seq))
             .sum();
         total / batches.len() as f64
     }

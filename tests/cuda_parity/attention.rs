@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
-use hgpt::backend::Backend;
+use hgpt::backend::{AttnShape, Backend};
 
-use super::harness::{Both, MODES, Pair, open_gpu, rel_err};
+use super::harness::{Both, MODES, Pair, mat, open_gpu, rel_err};
 
 /// Attention forward and backward on both backends at one shape: the output, the
 /// GPU's saved state (each row's log-sum-exp of scores, B*NH*T floats, against the
@@ -16,15 +16,27 @@ pub fn check_attention(x: &mut Both, b: usize, t: usize, nh: usize, hs: usize) -
     let qkv = x.input(b * t * 3 * c);
     let out = x.poisoned(b * t * c);
     assert_eq!(
-        x.gpu.attention_state_len(b, t, nh),
+        x.gpu.attention_state_len(AttnShape { b, t, nh }),
         b * nh * t,
         "GPU state size"
     );
-    let state_c = x.cpu.alloc(x.cpu.attention_state_len(b, t, nh));
+    let state_c = x
+        .cpu
+        .alloc(x.cpu.attention_state_len(AttnShape { b, t, nh }));
     let state_g = x.gpu.alloc(b * nh * t);
     x.gpu.fill(state_g, f32::NAN);
-    x.cpu.attention_forward(out.c, state_c, qkv.c, b, t, c, nh);
-    x.gpu.attention_forward(out.g, state_g, qkv.g, b, t, c, nh);
+    x.cpu.attention_forward(
+        mat(out.c, c),
+        state_c,
+        mat(qkv.c, 3 * c),
+        AttnShape { b, t, nh },
+    );
+    x.gpu.attention_forward(
+        mat(out.g, c),
+        state_g,
+        mat(qkv.g, 3 * c),
+        AttnShape { b, t, nh },
+    );
     x.check(&format!("{what} forward"), out);
 
     let host = x.cpu.read(qkv.c);
@@ -59,10 +71,22 @@ pub fn check_attention(x: &mut Both, b: usize, t: usize, nh: usize, hs: usize) -
     );
 
     let (dqkv, dout) = (x.poisoned(b * t * 3 * c), x.input(b * t * c));
-    x.cpu
-        .attention_backward(dqkv.c, dout.c, qkv.c, out.c, state_c, b, t, c, nh);
-    x.gpu
-        .attention_backward(dqkv.g, dout.g, qkv.g, out.g, state_g, b, t, c, nh);
+    x.cpu.attention_backward(
+        mat(dqkv.c, 3 * c),
+        mat(dout.c, c),
+        mat(qkv.c, 3 * c),
+        mat(out.c, c),
+        state_c,
+        AttnShape { b, t, nh },
+    );
+    x.gpu.attention_backward(
+        mat(dqkv.g, 3 * c),
+        mat(dout.g, c),
+        mat(qkv.g, 3 * c),
+        mat(out.g, c),
+        state_g,
+        AttnShape { b, t, nh },
+    );
     x.check(&format!("{what} backward"), dqkv);
     x.cpu.free(state_c);
     x.gpu.free(state_g);
@@ -124,10 +148,23 @@ fn flash_attention_at_gpt2_shapes_matches_and_is_timed() {
                 })
                 .fold(f64::INFINITY, f64::min)
         };
-        let forward = best_ms(&|| x.gpu.attention_forward(out.g, state, qkv.g, b, t, c, nh));
+        let forward = best_ms(&|| {
+            x.gpu.attention_forward(
+                mat(out.g, c),
+                state,
+                mat(qkv.g, 3 * c),
+                AttnShape { b, t, nh },
+            )
+        });
         let backward = best_ms(&|| {
-            x.gpu
-                .attention_backward(dqkv, dout, qkv.g, out.g, state, b, t, c, nh)
+            x.gpu.attention_backward(
+                mat(dqkv, 3 * c),
+                mat(dout, c),
+                mat(qkv.g, 3 * c),
+                mat(out.g, c),
+                state,
+                AttnShape { b, t, nh },
+            )
         });
         // One causal tile product: 2 HS per (query, key <= query) pair, per (b, head).
         let product = 2.0 * (hs * b * nh) as f64 * (t * (t + 1) / 2) as f64;

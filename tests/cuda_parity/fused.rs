@@ -3,9 +3,9 @@
 //! misaligned.
 
 use hgpt::backend::GpuPrecision;
-use hgpt::backend::{AdamW, Backend};
+use hgpt::backend::{AdamW, Backend, Gelu, Linear, Norm};
 
-use super::harness::{Both, C, MODES, N, Pair, open_gpu};
+use super::harness::{Both, C, MODES, N, Pair, mat, normed, open_gpu};
 
 /// The fused ops against the CPU (whose defaults chain the unfused ops), on each path
 /// of their CUDA versions.
@@ -25,20 +25,38 @@ fn fused_ops_match_the_cpu_on_every_path() {
             let (res, out) = (x.poisoned_at(N * c, off), x.poisoned_at(N * c, off));
             let (mean, rstd) = (x.poisoned(N), x.poisoned(N));
             x.cpu.residual_layernorm_forward(
-                res.c, out.c, mean.c, rstd.c, a.c, b.c, w.c, bias.c, N, c, 1e-5,
+                mat(res.c, c),
+                normed(out.c, mean.c, rstd.c, c),
+                mat(a.c, c),
+                mat(b.c, c),
+                Norm { w: w.c, b: bias.c },
+                1e-5,
             );
             x.gpu.residual_layernorm_forward(
-                res.g, out.g, mean.g, rstd.g, a.g, b.g, w.g, bias.g, N, c, 1e-5,
+                mat(res.g, c),
+                normed(out.g, mean.g, rstd.g, c),
+                mat(a.g, c),
+                mat(b.g, c),
+                Norm { w: w.g, b: bias.g },
+                1e-5,
             );
             x.check(&format!("residual_layernorm residual, {what}"), res);
             x.check(&format!("residual_layernorm out, {what}"), out);
             x.check(&format!("residual_layernorm mean, {what}"), mean);
             x.check(&format!("residual_layernorm rstd, {what}"), rstd);
             let out = x.poisoned_at(N * c, off);
-            x.cpu
-                .layernorm_forward(out.c, mean.c, rstd.c, a.c, w.c, bias.c, N, c, 1e-5);
-            x.gpu
-                .layernorm_forward(out.g, mean.g, rstd.g, a.g, w.g, bias.g, N, c, 1e-5);
+            x.cpu.layernorm_forward(
+                normed(out.c, mean.c, rstd.c, c),
+                mat(a.c, c),
+                Norm { w: w.c, b: bias.c },
+                1e-5,
+            );
+            x.gpu.layernorm_forward(
+                normed(out.g, mean.g, rstd.g, c),
+                mat(a.g, c),
+                Norm { w: w.g, b: bias.g },
+                1e-5,
+            );
             x.check(&format!("layernorm out, {what}"), out);
         }
 
@@ -53,24 +71,26 @@ fn fused_ops_match_the_cpu_on_every_path() {
                 let (pre, out) = (x.poisoned(N * width), x.poisoned(N * width));
                 let b = |p: Pair| with_bias.then_some(p);
                 x.cpu.matmul_gelu_forward(
-                    pre.c,
-                    out.c,
-                    inp.c,
-                    w.c,
-                    b(bias).map(|p| p.c),
-                    N,
-                    C,
-                    width,
+                    Gelu {
+                        pre: mat(pre.c, width),
+                        out: mat(out.c, width),
+                    },
+                    mat(inp.c, C),
+                    Linear {
+                        w: mat(w.c, C),
+                        b: b(bias).map(|p| p.c),
+                    },
                 );
                 x.gpu.matmul_gelu_forward(
-                    pre.g,
-                    out.g,
-                    inp.g,
-                    w.g,
-                    b(bias).map(|p| p.g),
-                    N,
-                    C,
-                    width,
+                    Gelu {
+                        pre: mat(pre.g, width),
+                        out: mat(out.g, width),
+                    },
+                    mat(inp.g, C),
+                    Linear {
+                        w: mat(w.g, C),
+                        b: b(bias).map(|p| p.g),
+                    },
                 );
                 x.check(&format!("matmul_gelu_forward pre, {what}"), pre);
                 x.check(&format!("matmul_gelu_forward out, {what}"), out);
@@ -84,30 +104,36 @@ fn fused_ops_match_the_cpu_on_every_path() {
                 );
                 let (dpre, dact) = (x.poisoned(N * width), x.poisoned(N * width));
                 x.cpu.gelu_matmul_backward(
-                    dpre.c,
-                    dact.c,
-                    dw2.c,
-                    b(db2).map(|p| p.c),
-                    dout.c,
-                    out.c,
-                    pre.c,
-                    w2.c,
-                    N,
-                    width,
-                    C,
+                    Gelu {
+                        pre: mat(dpre.c, width),
+                        out: mat(dact.c, width),
+                    },
+                    Linear {
+                        w: mat(dw2.c, width),
+                        b: b(db2).map(|p| p.c),
+                    },
+                    mat(dout.c, C),
+                    Gelu {
+                        pre: mat(pre.c, width),
+                        out: mat(out.c, width),
+                    },
+                    mat(w2.c, width),
                 );
                 x.gpu.gelu_matmul_backward(
-                    dpre.g,
-                    dact.g,
-                    dw2.g,
-                    b(db2).map(|p| p.g),
-                    dout.g,
-                    out.g,
-                    pre.g,
-                    w2.g,
-                    N,
-                    width,
-                    C,
+                    Gelu {
+                        pre: mat(dpre.g, width),
+                        out: mat(dact.g, width),
+                    },
+                    Linear {
+                        w: mat(dw2.g, width),
+                        b: b(db2).map(|p| p.g),
+                    },
+                    mat(dout.g, C),
+                    Gelu {
+                        pre: mat(pre.g, width),
+                        out: mat(out.g, width),
+                    },
+                    mat(w2.g, width),
                 );
                 x.check(&format!("gelu_matmul_backward dpre, {what}"), dpre);
                 x.check(&format!("gelu_matmul_backward dweight (+=), {what}"), dw2);

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use hgpt::backend::GpuPrecision;
 use hgpt::backend::cpu::CpuBackend;
 use hgpt::backend::cuda::CudaBackend;
-use hgpt::backend::{Backend, Span, TokenSpan};
+use hgpt::backend::{Backend, HeadGrads, Mat, Normed, Span, TokenSpan};
 use hgpt::config::Config;
 use hgpt::head::HeadKind;
 
@@ -22,6 +22,29 @@ pub const MODES: [(GpuPrecision, f64); 2] =
 /// that does not open is a failure, never a skip.
 pub fn open_gpu(p: GpuPrecision) -> CudaBackend {
     CudaBackend::new(p).unwrap_or_else(|e| panic!("no CUDA GPU opened ({p:?}): {e:#}"))
+}
+
+/// `s` as a matrix of `cols` columns.
+pub fn mat(s: Span, cols: usize) -> Mat {
+    Mat::new(s, s.len / cols, cols)
+}
+
+/// A LayerNorm's output `out` of `cols` columns with its statistics.
+pub fn normed(out: Span, mean: Span, rstd: Span, cols: usize) -> Normed {
+    Normed {
+        out: mat(out, cols),
+        mean,
+        rstd,
+    }
+}
+
+/// The head's (dh, dw, scale) for hidden states of `c` channels.
+pub fn head_grads(g: Option<(Span, Span, f32)>, c: usize) -> Option<HeadGrads> {
+    g.map(|(dh, dw, scale)| HeadGrads {
+        dh: mat(dh, c),
+        dw: mat(dw, c),
+        scale,
+    })
 }
 
 /// ||gpu - cpu|| / ||cpu||; infinite when the GPU result is not finite.

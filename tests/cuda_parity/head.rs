@@ -4,7 +4,7 @@
 use hgpt::backend::{Backend, Span};
 use hgpt::head::HeadKind;
 
-use super::harness::{Both, C, MODES, N, V, harmonic, open_gpu};
+use super::harness::{Both, C, MODES, N, V, harmonic, head_grads, mat, open_gpu};
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -20,10 +20,22 @@ fn both_heads_match_the_cpu_over_several_chunks() {
             for with_grads in [false, true] {
                 let (losses, dh, dw) = (x.poisoned(N), x.poisoned(N * C), x.input(V * C));
                 let g = |dh: Span, dw: Span| with_grads.then_some((dh, dw, 1.0 / N as f32));
-                x.cpu
-                    .head_loss(losses.c, g(dh.c, dw.c), h.c, w.c, tg.c, N, C, V, kind);
-                x.gpu
-                    .head_loss(losses.g, g(dh.g, dw.g), h.g, w.g, tg.g, N, C, V, kind);
+                x.cpu.head_loss(
+                    losses.c,
+                    head_grads(g(dh.c, dw.c), C),
+                    mat(h.c, C),
+                    mat(w.c, C),
+                    tg.c,
+                    kind,
+                );
+                x.gpu.head_loss(
+                    losses.g,
+                    head_grads(g(dh.g, dw.g), C),
+                    mat(h.g, C),
+                    mat(w.g, C),
+                    tg.g,
+                    kind,
+                );
                 x.check("head losses", losses);
                 if with_grads {
                     x.check("head dh", dh);
@@ -31,8 +43,10 @@ fn both_heads_match_the_cpu_over_several_chunks() {
                 }
             }
             let logits = x.poisoned(N * V);
-            x.cpu.head_logits(logits.c, h.c, w.c, N, C, V, kind);
-            x.gpu.head_logits(logits.g, h.g, w.g, N, C, V, kind);
+            x.cpu
+                .head_logits(mat(logits.c, V), mat(h.c, C), mat(w.c, C), kind);
+            x.gpu
+                .head_logits(mat(logits.g, V), mat(h.g, C), mat(w.g, C), kind);
             x.check("head logits", logits);
         }
         x.finish();
@@ -58,24 +72,18 @@ fn harmonic_head_is_finite_with_h_on_a_class_centre() {
         let kind = harmonic();
         x.cpu.head_loss(
             losses.c,
-            Some((dh.c, dw.c, 1.0)),
-            h.c,
-            w.c,
+            head_grads(Some((dh.c, dw.c, 1.0)), C),
+            mat(h.c, C),
+            mat(w.c, C),
             tg.c,
-            N,
-            C,
-            V,
             kind,
         );
         x.gpu.head_loss(
             losses.g,
-            Some((dh.g, dw.g, 1.0)),
-            h.g,
-            w.g,
+            head_grads(Some((dh.g, dw.g, 1.0)), C),
+            mat(h.g, C),
+            mat(w.g, C),
             tg.g,
-            N,
-            C,
-            V,
             kind,
         );
         let (lc, lg) = (x.cpu.read(losses.c), x.gpu.read(losses.g));

@@ -3,10 +3,10 @@
 //! caps, and the SGLD step with its noise.
 
 use hgpt::backend::GpuPrecision;
-use hgpt::backend::{Backend, SgldStep};
+use hgpt::backend::{Backend, Linear, Norm, SgldStep};
 
 use super::attention::check_attention;
-use super::harness::{B, Both, C, MODES, N, NH, Pair, TT, V, open_gpu, rel_err};
+use super::harness::{B, Both, C, MODES, N, NH, Pair, TT, V, mat, normed, open_gpu, rel_err};
 
 /// One case of `every_op_matches_the_cpu`: it runs an op (or a forward/backward
 /// pair) on both backends and records what differs.
@@ -39,14 +39,16 @@ fn every_op_matches_the_cpu() {
 fn encoder(x: &mut Both) {
     let (tok, wte, wpe) = (x.tokens(N, V), x.input(V * C), x.input(TT * C));
     let enc = x.poisoned(N * C);
-    x.cpu.encoder_forward(enc.c, tok.c, wte.c, wpe.c, B, TT, C);
-    x.gpu.encoder_forward(enc.g, tok.g, wte.g, wpe.g, B, TT, C);
+    x.cpu
+        .encoder_forward(mat(enc.c, C), tok.c, mat(wte.c, C), mat(wpe.c, C), TT);
+    x.gpu
+        .encoder_forward(mat(enc.g, C), tok.g, mat(wte.g, C), mat(wpe.g, C), TT);
     x.check("encoder_forward", enc);
     let (dwte, dwpe, dout) = (x.input(V * C), x.input(TT * C), x.input(N * C));
     x.cpu
-        .encoder_backward(dwte.c, dwpe.c, dout.c, tok.c, B, TT, C);
+        .encoder_backward(mat(dwte.c, C), mat(dwpe.c, C), mat(dout.c, C), tok.c, TT);
     x.gpu
-        .encoder_backward(dwte.g, dwpe.g, dout.g, tok.g, B, TT, C);
+        .encoder_backward(mat(dwte.g, C), mat(dwpe.g, C), mat(dout.g, C), tok.g, TT);
     x.check("encoder_backward dwte", dwte);
     x.check("encoder_backward dwpe", dwpe);
 }
@@ -54,18 +56,38 @@ fn encoder(x: &mut Both) {
 fn layernorm(x: &mut Both) {
     let (inp, w, b) = (x.input(N * C), x.input(C), x.input(C));
     let (out, mean, rstd) = (x.poisoned(N * C), x.poisoned(N), x.poisoned(N));
-    x.cpu
-        .layernorm_forward(out.c, mean.c, rstd.c, inp.c, w.c, b.c, N, C, 1e-5);
-    x.gpu
-        .layernorm_forward(out.g, mean.g, rstd.g, inp.g, w.g, b.g, N, C, 1e-5);
+    x.cpu.layernorm_forward(
+        normed(out.c, mean.c, rstd.c, C),
+        mat(inp.c, C),
+        Norm { w: w.c, b: b.c },
+        1e-5,
+    );
+    x.gpu.layernorm_forward(
+        normed(out.g, mean.g, rstd.g, C),
+        mat(inp.g, C),
+        Norm { w: w.g, b: b.g },
+        1e-5,
+    );
     for (what, p) in [("layernorm out", out), ("mean", mean), ("rstd", rstd)] {
         x.check(what, p);
     }
     let (dinp, dw, db, dout) = (x.input(N * C), x.input(C), x.input(C), x.input(N * C));
-    x.cpu
-        .layernorm_backward(dinp.c, dw.c, db.c, dout.c, inp.c, w.c, mean.c, rstd.c, N, C);
-    x.gpu
-        .layernorm_backward(dinp.g, dw.g, db.g, dout.g, inp.g, w.g, mean.g, rstd.g, N, C);
+    x.cpu.layernorm_backward(
+        mat(dinp.c, C),
+        Norm { w: dw.c, b: db.c },
+        mat(dout.c, C),
+        mat(inp.c, C),
+        w.c,
+        normed(out.c, mean.c, rstd.c, C),
+    );
+    x.gpu.layernorm_backward(
+        mat(dinp.g, C),
+        Norm { w: dw.g, b: db.g },
+        mat(dout.g, C),
+        mat(inp.g, C),
+        w.g,
+        normed(out.g, mean.g, rstd.g, C),
+    );
     for (what, p) in [
         ("layernorm dinp (+=)", dinp),
         ("dweight", dw),
@@ -81,10 +103,22 @@ fn matmul(x: &mut Both) {
         let (inp, w, bias) = (x.input(N * C), x.input(oc * C), x.input(oc));
         let out = x.poisoned(N * oc);
         let bias_of = |p: Pair| with_bias.then_some(p);
-        x.cpu
-            .matmul_forward(out.c, inp.c, w.c, bias_of(bias).map(|p| p.c), N, C, oc);
-        x.gpu
-            .matmul_forward(out.g, inp.g, w.g, bias_of(bias).map(|p| p.g), N, C, oc);
+        x.cpu.matmul_forward(
+            mat(out.c, oc),
+            mat(inp.c, C),
+            Linear {
+                w: mat(w.c, C),
+                b: bias_of(bias).map(|p| p.c),
+            },
+        );
+        x.gpu.matmul_forward(
+            mat(out.g, oc),
+            mat(inp.g, C),
+            Linear {
+                w: mat(w.g, C),
+                b: bias_of(bias).map(|p| p.g),
+            },
+        );
         x.check(&format!("matmul_forward (bias {with_bias})"), out);
         let (dinp, dw, db, dout) = (
             x.poisoned(N * C),
@@ -93,26 +127,24 @@ fn matmul(x: &mut Both) {
             x.input(N * oc),
         );
         x.cpu.matmul_backward(
-            dinp.c,
-            dw.c,
-            bias_of(db).map(|p| p.c),
-            dout.c,
-            inp.c,
-            w.c,
-            N,
-            C,
-            oc,
+            mat(dinp.c, C),
+            Linear {
+                w: mat(dw.c, C),
+                b: bias_of(db).map(|p| p.c),
+            },
+            mat(dout.c, oc),
+            mat(inp.c, C),
+            mat(w.c, C),
         );
         x.gpu.matmul_backward(
-            dinp.g,
-            dw.g,
-            bias_of(db).map(|p| p.g),
-            dout.g,
-            inp.g,
-            w.g,
-            N,
-            C,
-            oc,
+            mat(dinp.g, C),
+            Linear {
+                w: mat(dw.g, C),
+                b: bias_of(db).map(|p| p.g),
+            },
+            mat(dout.g, oc),
+            mat(inp.g, C),
+            mat(w.g, C),
         );
         x.check("matmul_backward dinp", dinp);
         x.check("matmul_backward dweight (+=)", dw);
@@ -136,7 +168,8 @@ fn attention_and_decode(x: &mut Both) {
     };
     let (q1, k1, v1) = (x.from(row(last, 0)), x.from(&kv(1)), x.from(&kv(2)));
     let dec = x.poisoned(C);
-    x.gpu.attention_decode(dec.g, q1.g, k1.g, v1.g, TT, C, NH);
+    x.gpu
+        .attention_decode(dec.g, q1.g, mat(k1.g, C), mat(v1.g, C), NH);
     let want = x.cpu.read(out.c.slice(last * C, C));
     let err = rel_err(&want, &x.gpu.read(dec.g));
     println!("attention_decode vs the last forward row: relative error {err:.2e}");
@@ -201,15 +234,35 @@ fn large_shapes_take_the_grid_stride_paths() {
 
     let (inp, w, b) = (x.input(n * c), x.input(c), x.input(c));
     let (out, mean, rstd) = (x.poisoned(n * c), x.poisoned(n), x.poisoned(n));
-    x.cpu
-        .layernorm_forward(out.c, mean.c, rstd.c, inp.c, w.c, b.c, n, c, 1e-5);
-    x.gpu
-        .layernorm_forward(out.g, mean.g, rstd.g, inp.g, w.g, b.g, n, c, 1e-5);
+    x.cpu.layernorm_forward(
+        normed(out.c, mean.c, rstd.c, c),
+        mat(inp.c, c),
+        Norm { w: w.c, b: b.c },
+        1e-5,
+    );
+    x.gpu.layernorm_forward(
+        normed(out.g, mean.g, rstd.g, c),
+        mat(inp.g, c),
+        Norm { w: w.g, b: b.g },
+        1e-5,
+    );
     let (dinp, dw, db, dout) = (x.input(n * c), x.input(c), x.input(c), x.input(n * c));
-    x.cpu
-        .layernorm_backward(dinp.c, dw.c, db.c, dout.c, inp.c, w.c, mean.c, rstd.c, n, c);
-    x.gpu
-        .layernorm_backward(dinp.g, dw.g, db.g, dout.g, inp.g, w.g, mean.g, rstd.g, n, c);
+    x.cpu.layernorm_backward(
+        mat(dinp.c, c),
+        Norm { w: dw.c, b: db.c },
+        mat(dout.c, c),
+        mat(inp.c, c),
+        w.c,
+        normed(out.c, mean.c, rstd.c, c),
+    );
+    x.gpu.layernorm_backward(
+        mat(dinp.g, c),
+        Norm { w: dw.g, b: db.g },
+        mat(dout.g, c),
+        mat(inp.g, c),
+        w.g,
+        normed(out.g, mean.g, rstd.g, c),
+    );
     for (what, p) in [("layernorm dinp", dinp), ("dweight", dw), ("dbias", db)] {
         x.check(what, p);
     }
@@ -221,10 +274,26 @@ fn large_shapes_take_the_grid_stride_paths() {
         x.input(n * oc),
     );
     let dinp = x.poisoned(n * c);
-    x.cpu
-        .matmul_backward(dinp.c, dw.c, Some(db.c), dout.c, inp.c, w.c, n, c, oc);
-    x.gpu
-        .matmul_backward(dinp.g, dw.g, Some(db.g), dout.g, inp.g, w.g, n, c, oc);
+    x.cpu.matmul_backward(
+        mat(dinp.c, c),
+        Linear {
+            w: mat(dw.c, c),
+            b: Some(db.c),
+        },
+        mat(dout.c, oc),
+        mat(inp.c, c),
+        mat(w.c, c),
+    );
+    x.gpu.matmul_backward(
+        mat(dinp.g, c),
+        Linear {
+            w: mat(dw.g, c),
+            b: Some(db.g),
+        },
+        mat(dout.g, oc),
+        mat(inp.g, c),
+        mat(w.g, c),
+    );
     x.check("matmul_backward dinp", dinp);
     x.check("matmul_backward dweight", dw);
     x.check("matmul_backward dbias over 16 row ranges", db);
@@ -246,9 +315,9 @@ fn large_shapes_take_the_grid_stride_paths() {
     let tok = x.tokens(bb * t, v);
     let (dwte, dwpe, dout) = (x.input(v * c), x.input(t * c), x.input(bb * t * c));
     x.cpu
-        .encoder_backward(dwte.c, dwpe.c, dout.c, tok.c, bb, t, c);
+        .encoder_backward(mat(dwte.c, c), mat(dwpe.c, c), mat(dout.c, c), tok.c, t);
     x.gpu
-        .encoder_backward(dwte.g, dwpe.g, dout.g, tok.g, bb, t, c);
+        .encoder_backward(mat(dwte.g, c), mat(dwpe.g, c), mat(dout.g, c), tok.g, t);
     x.check("encoder_backward dwte, repeated tokens", dwte);
     x.check("encoder_backward dwpe", dwpe);
     x.finish();

@@ -30,7 +30,7 @@ fn bf16_weight_shadows_follow_adamw_sgld_and_every_write() {
     let (inp, tgt) = (&tokens[..b * t], &tokens[1..]);
     let loss_and_grads = |m: &mut Gpt<CudaBackend>| {
         m.zero_grads();
-        let loss = m.forward(inp, tgt, b, t, Some(1.0));
+        let loss = m.loss_and_head_grad(inp, tgt, b, t, 1.0);
         m.backward();
         (loss, m.read_grads())
     };

@@ -54,9 +54,7 @@ pub fn attention_forward<F: Real>(
         unsafe {
             gemm_strided(
                 (p.as_mut_ptr(), p.len(), t),
-                t,
-                t,
-                hs,
+                (t, t, hs),
                 (q, 3 * c, 1),
                 (k, 1, 3 * c),
                 false,
@@ -67,9 +65,7 @@ pub fn attention_forward<F: Real>(
             let o = b * t * c + h * hs;
             gemm_strided(
                 (out.get().add(o), out_len - o, c),
-                t,
-                hs,
-                t,
+                (t, hs, t),
                 (p, t, 1),
                 (v, 3 * c, 1),
                 false,
@@ -85,11 +81,11 @@ pub fn attention_backward<F: Real>(
     dout: &[F],
     qkv: &[F],
     att: &[F],
-    b: usize,
     t: usize,
     c: usize,
     nh: usize,
 ) {
+    let b = dout.len() / (t * c);
     let hs = c / nh;
     let scale: F = real(1.0 / (hs as f64).sqrt());
     let dqkv_len = dqkv.len();
@@ -106,9 +102,7 @@ pub fn attention_backward<F: Real>(
         unsafe {
             gemm_strided(
                 (ds.as_mut_ptr(), ds.len(), t),
-                t,
-                t,
-                hs,
+                (t, t, hs),
                 (d_o, c, 1),
                 (v, 1, 3 * c),
                 false,
@@ -127,9 +121,7 @@ pub fn attention_backward<F: Real>(
         unsafe {
             gemm_strided(
                 at(base),
-                t,
-                hs,
-                t,
+                (t, hs, t),
                 (&ds, t, 1),
                 (k, 3 * c, 1),
                 false,
@@ -138,9 +130,7 @@ pub fn attention_backward<F: Real>(
             );
             gemm_strided(
                 at(base + c),
-                t,
-                hs,
-                t,
+                (t, hs, t),
                 (&ds, 1, t),
                 (q, 3 * c, 1),
                 false,
@@ -149,9 +139,7 @@ pub fn attention_backward<F: Real>(
             );
             gemm_strided(
                 at(base + 2 * c),
-                t,
-                hs,
-                t,
+                (t, hs, t),
                 (p, 1, t),
                 (d_o, c, 1),
                 false,

@@ -1,13 +1,12 @@
-//! The output head on the CPU, processed in chunks of positions so memory stays at
-//! CHUNK x V floats whatever the batch:
-//!   D = H W^T (GEMM), one row pass (crate::head) turns D into loss and G,
-//!   softmax:  dH = G W,                      dW += G^T H
-//!   harmonic: dH = 2 (rowsum(G) H - G W),    dW += 2 (colsum(G) W - G^T H)
+//! The output head on the CPU: the steps of the chunked head (crate::head::chunked)
+//! over host slices, in chunks of CHUNK positions so memory stays at CHUNK x V floats
+//! whatever the batch.
 
 use rayon::prelude::*;
 
 use super::matmul::{column_sums_into, gemm};
 use super::{Real, real};
+use crate::head::chunked::{self, HeadSteps};
 use crate::head::{HeadKind, logits_from_dots, row_loss_and_grad};
 
 const CHUNK: usize = 256;
@@ -28,57 +27,122 @@ fn squared_norms<F: Real>(m: &[F], c: usize) -> Vec<F> {
 /// Writes losses[n]; with `grads` = (dh, dw, scale): dh = scale dL/dh, dw += scale dL/dw.
 pub fn head_loss<F: Real>(
     losses: &mut [F],
-    mut grads: Option<(&mut [F], &mut [F], F)>,
+    grads: Option<(&mut [F], &mut [F], F)>,
     h: &[F],
     w: &[F],
     targets: &[u32],
     c: usize,
-    v: usize,
     kind: HeadKind,
 ) {
-    let n = losses.len();
-    let harmonic = matches!(kind, HeadKind::Harmonic { .. });
-    let w_sq = squared_norms(w, c);
-    let mut colsum = vec![F::zero(); v];
-    let mut dots = vec![F::zero(); CHUNK.min(n) * v];
-    for r0 in (0..n).step_by(CHUNK) {
-        let rows = CHUNK.min(n - r0);
-        let hc = &h[r0 * c..(r0 + rows) * c];
-        let d = &mut dots[..rows * v];
-        gemm(d, rows, v, c, (hc, c, 1), (w, 1, c), false, F::one());
-        let h_sq = squared_norms(hc, c);
-        let scale = grads.as_ref().map(|g| g.2);
-        losses[r0..r0 + rows]
-            .par_iter_mut()
-            .zip(d.par_chunks_mut(v))
-            .zip(h_sq.par_iter().zip(&targets[r0..r0 + rows]))
-            .for_each(|((loss, row), (&hh, &y))| {
-                *loss = row_loss_and_grad(kind, row, hh, &w_sq, y as usize, scale);
-            });
-        let Some((dh, dw, _)) = grads.as_mut() else {
-            continue;
-        };
-        let dhc = &mut dh[r0 * c..(r0 + rows) * c];
-        let two: F = real(2.0);
-        let gw_coef = if harmonic { -two } else { F::one() };
-        // dH = gw_coef * G W, then the harmonic head adds 2 rowsum(G) h.
-        gemm(dhc, rows, c, v, (d, v, 1), (w, c, 1), false, gw_coef);
-        // dW += gw_coef * G^T H
-        gemm(dw, v, c, rows, (d, 1, v), (hc, c, 1), true, gw_coef);
-        if harmonic {
-            dhc.par_chunks_mut(c)
-                .zip(d.par_chunks(v))
-                .zip(hc.par_chunks(c))
-                .for_each(|((dh, g), h)| {
-                    let rs = two * g.iter().fold(F::zero(), |s, &x| s + x);
-                    for (dh, &h) in dh.iter_mut().zip(h) {
-                        *dh = *dh + rs * h;
-                    }
-                });
-            column_sums_into(&mut colsum, d, rows, v);
-        }
+    let (n, v) = (losses.len(), w.len() / c);
+    let with_grads = grads.is_some();
+    let mut steps = Steps {
+        losses,
+        grads,
+        h,
+        w,
+        targets,
+        c,
+        v,
+        kind,
+        w_sq: squared_norms(w, c),
+        colsum: vec![F::zero(); v],
+        dots: vec![F::zero(); CHUNK.min(n) * v],
+    };
+    chunked::head_loss(&mut steps, kind, n, CHUNK, with_grads);
+}
+
+/// The chunked head's steps over host slices, with the chunk's dot products (G after
+/// the row pass) in `dots`.
+struct Steps<'a, F: Real> {
+    losses: &'a mut [F],
+    grads: Option<(&'a mut [F], &'a mut [F], F)>,
+    h: &'a [F],
+    w: &'a [F],
+    targets: &'a [u32],
+    c: usize,
+    v: usize,
+    kind: HeadKind,
+    w_sq: Vec<F>,
+    colsum: Vec<F>,
+    dots: Vec<F>,
+}
+
+impl<F: Real> HeadSteps for Steps<'_, F> {
+    fn dots(&mut self, r0: usize, rows: usize) {
+        let (c, v) = (self.c, self.v);
+        let hc = &self.h[r0 * c..(r0 + rows) * c];
+        let d = &mut self.dots[..rows * v];
+        gemm(d, (rows, v, c), (hc, c, 1), (self.w, 1, c), false, F::one());
     }
-    if let (true, Some((_, dw, _))) = (harmonic, grads) {
+
+    fn rows(&mut self, r0: usize, rows: usize, grads: bool) {
+        let (kind, v) = (self.kind, self.v);
+        let h_sq = squared_norms(&self.h[r0 * self.c..(r0 + rows) * self.c], self.c);
+        let scale = self.grads.as_ref().filter(|_| grads).map(|g| g.2);
+        let w_sq = &self.w_sq;
+        self.losses[r0..r0 + rows]
+            .par_iter_mut()
+            .zip(self.dots[..rows * v].par_chunks_mut(v))
+            .zip(h_sq.par_iter().zip(&self.targets[r0..r0 + rows]))
+            .for_each(|((loss, row), (&hh, &y))| {
+                *loss = row_loss_and_grad(kind, row, hh, w_sq, y as usize, scale);
+            });
+    }
+
+    fn grad_h(&mut self, r0: usize, rows: usize, coef: f32) {
+        let (c, v, w) = (self.c, self.v, self.w);
+        let d = &self.dots[..rows * v];
+        let (dh, _, _) = self.grads.as_mut().expect("gradient steps need grads");
+        let dhc = &mut dh[r0 * c..(r0 + rows) * c];
+        gemm(
+            dhc,
+            (rows, c, v),
+            (d, v, 1),
+            (w, c, 1),
+            false,
+            real(coef as f64),
+        );
+    }
+
+    fn grad_w(&mut self, r0: usize, rows: usize, coef: f32) {
+        let (c, v) = (self.c, self.v);
+        let hc = &self.h[r0 * c..(r0 + rows) * c];
+        let d = &self.dots[..rows * v];
+        let (_, dw, _) = self.grads.as_mut().expect("gradient steps need grads");
+        gemm(
+            dw,
+            (v, c, rows),
+            (d, 1, v),
+            (hc, c, 1),
+            true,
+            real(coef as f64),
+        );
+    }
+
+    fn harmonic_chunk(&mut self, r0: usize, rows: usize) {
+        let (c, v) = (self.c, self.v);
+        let hc = &self.h[r0 * c..(r0 + rows) * c];
+        let d = &self.dots[..rows * v];
+        let (dh, _, _) = self.grads.as_mut().expect("gradient steps need grads");
+        let two: F = real(2.0);
+        dh[r0 * c..(r0 + rows) * c]
+            .par_chunks_mut(c)
+            .zip(d.par_chunks(v))
+            .zip(hc.par_chunks(c))
+            .for_each(|((dh, g), h)| {
+                let rs = two * g.iter().fold(F::zero(), |s, &x| s + x);
+                for (dh, &h) in dh.iter_mut().zip(h) {
+                    *dh = *dh + rs * h;
+                }
+            });
+        column_sums_into(&mut self.colsum, d, rows, v);
+    }
+
+    fn harmonic_end(&mut self) {
+        let (c, w) = (self.c, self.w);
+        let colsum = std::mem::take(&mut self.colsum);
+        let (_, dw, _) = self.grads.as_mut().expect("gradient steps need grads");
         let two: F = real(2.0);
         dw.par_chunks_mut(c)
             .zip(w.par_chunks(c))
@@ -100,7 +164,7 @@ pub fn head_logits<F: Real>(
     v: usize,
     kind: HeadKind,
 ) {
-    gemm(out, n, v, c, (h, c, 1), (w, 1, c), false, F::one());
+    gemm(out, (n, v, c), (h, c, 1), (w, 1, c), false, F::one());
     let w_sq = squared_norms(w, c);
     let h_sq = squared_norms(h, c);
     out.par_chunks_mut(v)

@@ -15,9 +15,9 @@ pub fn layernorm_forward<F: Real>(
     inp: &[F],
     w: &[F],
     b: &[F],
-    c: usize,
     eps: f32,
 ) {
+    let c = w.len();
     let inv_c: F = real(1.0 / c as f64);
     let eps: F = real(eps as f64);
     out.par_chunks_mut(c)
@@ -42,10 +42,9 @@ pub fn layernorm_backward<F: Real>(
     dout: &[F],
     inp: &[F],
     w: &[F],
-    mean: &[F],
-    rstd: &[F],
-    c: usize,
+    (mean, rstd): (&[F], &[F]),
 ) {
+    let c = w.len();
     let inv_c: F = real(1.0 / c as f64);
     dinp.par_chunks_mut(c)
         .zip(dout.par_chunks(c).zip(inp.par_chunks(c)))

@@ -11,9 +11,7 @@ use super::{ROW_BLOCK, Real, sum_row_blocks};
 /// is false. Contiguous dst, all threads.
 pub fn gemm<F: Real>(
     dst: &mut [F],
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     a: (&[F], usize, usize),
     b: (&[F], usize, usize),
     accumulate: bool,
@@ -23,9 +21,7 @@ pub fn gemm<F: Real>(
     unsafe {
         gemm_strided(
             (dst.as_mut_ptr(), dst.len(), n),
-            m,
-            n,
-            k,
+            (m, n, k),
             a,
             b,
             accumulate,
@@ -45,9 +41,7 @@ pub fn gemm<F: Real>(
 /// touch the elements this product writes.
 pub unsafe fn gemm_strided<F: Real>(
     dst: (*mut F, usize, usize),
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     a: (&[F], usize, usize),
     b: (&[F], usize, usize),
     accumulate: bool,
@@ -91,15 +85,9 @@ pub unsafe fn gemm_strided<F: Real>(
     }
 }
 
-pub fn matmul_forward<F: Real>(
-    out: &mut [F],
-    inp: &[F],
-    w: &[F],
-    bias: Option<&[F]>,
-    n: usize,
-    c: usize,
-    oc: usize,
-) {
+/// `c` input channels; n = inp.len() / c rows, oc = w.len() / c output channels.
+pub fn matmul_forward<F: Real>(out: &mut [F], inp: &[F], w: &[F], bias: Option<&[F]>, c: usize) {
+    let (n, oc) = (inp.len() / c, w.len() / c);
     if let Some(bias) = bias {
         out.par_chunks_mut(oc)
             .for_each(|row| row.copy_from_slice(bias));
@@ -107,9 +95,7 @@ pub fn matmul_forward<F: Real>(
     // W^T as a [c, oc] matrix: element (k, j) = w[j*c + k].
     gemm(
         out,
-        n,
-        oc,
-        c,
+        (n, oc, c),
         (inp, c, 1),
         (w, 1, c),
         bias.is_some(),
@@ -124,13 +110,12 @@ pub fn matmul_backward<F: Real>(
     dout: &[F],
     inp: &[F],
     w: &[F],
-    n: usize,
     c: usize,
-    oc: usize,
 ) {
-    gemm(dinp, n, c, oc, (dout, oc, 1), (w, c, 1), false, F::one());
+    let (n, oc) = (inp.len() / c, w.len() / c);
+    gemm(dinp, (n, c, oc), (dout, oc, 1), (w, c, 1), false, F::one());
     // dout^T as an [oc, n] matrix: element (o, t) = dout[t*oc + o].
-    gemm(dw, oc, c, n, (dout, 1, oc), (inp, c, 1), true, F::one());
+    gemm(dw, (oc, c, n), (dout, 1, oc), (inp, c, 1), true, F::one());
     if let Some(dbias) = dbias {
         column_sums_into(dbias, dout, n, oc);
     }

@@ -23,7 +23,8 @@ use num_traits::{Float, FromPrimitive};
 use rayon::prelude::*;
 
 use super::{
-    AdamW, Backend, OpStats, ScratchItem, ScratchKind, SgldStep, Span, StepShape, Target, TokenSpan,
+    AdamW, AttnShape, Backend, HeadGrads, Linear, Mat, Norm, Normed, OpStats, ScratchItem,
+    ScratchKind, SgldStep, Span, StepShape, Target, TokenSpan,
 };
 use crate::head::HeadKind;
 
@@ -300,230 +301,143 @@ impl<F: Real> Backend for CpuBackend<F> {
         blocked_sum(self.slice(src), |x| x * x)
     }
 
-    fn encoder_forward(
-        &self,
-        out: Span,
-        tokens: TokenSpan,
-        wte: Span,
-        wpe: Span,
-        _b: usize,
-        t: usize,
-        c: usize,
-    ) {
+    fn encoder_forward(&self, out: Mat, tokens: TokenSpan, wte: Mat, wpe: Mat, t: usize) {
         self.timed("encoder_forward", 0.0, || {
             encoder::encoder_forward(
-                self.slice_mut(out),
+                self.slice_mut(out.span),
                 self.toks(tokens),
-                self.slice(wte),
-                self.slice(wpe),
+                self.slice(wte.span),
+                self.slice(wpe.span),
                 t,
-                c,
+                out.cols,
             )
         })
     }
 
-    fn encoder_backward(
-        &self,
-        dwte: Span,
-        dwpe: Span,
-        dout: Span,
-        tokens: TokenSpan,
-        _b: usize,
-        t: usize,
-        c: usize,
-    ) {
+    fn encoder_backward(&self, dwte: Mat, dwpe: Mat, dout: Mat, tokens: TokenSpan, t: usize) {
         self.timed("encoder_backward", 0.0, || {
             encoder::encoder_backward(
-                self.slice_mut(dwte),
-                self.slice_mut(dwpe),
-                self.slice(dout),
+                self.slice_mut(dwte.span),
+                self.slice_mut(dwpe.span),
+                self.slice(dout.span),
                 self.toks(tokens),
                 t,
-                c,
+                dout.cols,
             )
         })
     }
 
-    fn layernorm_forward(
-        &self,
-        out: Span,
-        mean: Span,
-        rstd: Span,
-        inp: Span,
-        weight: Span,
-        bias: Span,
-        _n: usize,
-        c: usize,
-        eps: f32,
-    ) {
+    fn layernorm_forward(&self, out: Normed, inp: Mat, p: Norm, eps: f32) {
         self.timed("layernorm_forward", 0.0, || {
             layernorm::layernorm_forward(
-                self.slice_mut(out),
-                self.slice_mut(mean),
-                self.slice_mut(rstd),
-                self.slice(inp),
-                self.slice(weight),
-                self.slice(bias),
-                c,
+                self.slice_mut(out.out.span),
+                self.slice_mut(out.mean),
+                self.slice_mut(out.rstd),
+                self.slice(inp.span),
+                self.slice(p.w),
+                self.slice(p.b),
                 eps,
             )
         })
     }
 
-    fn layernorm_backward(
-        &self,
-        dinp: Span,
-        dweight: Span,
-        dbias: Span,
-        dout: Span,
-        inp: Span,
-        weight: Span,
-        mean: Span,
-        rstd: Span,
-        _n: usize,
-        c: usize,
-    ) {
+    fn layernorm_backward(&self, dinp: Mat, dp: Norm, dout: Mat, inp: Mat, w: Span, saved: Normed) {
         self.timed("layernorm_backward", 0.0, || {
             layernorm::layernorm_backward(
-                self.slice_mut(dinp),
-                self.slice_mut(dweight),
-                self.slice_mut(dbias),
-                self.slice(dout),
-                self.slice(inp),
-                self.slice(weight),
-                self.slice(mean),
-                self.slice(rstd),
-                c,
+                self.slice_mut(dinp.span),
+                self.slice_mut(dp.w),
+                self.slice_mut(dp.b),
+                self.slice(dout.span),
+                self.slice(inp.span),
+                self.slice(w),
+                (self.slice(saved.mean), self.slice(saved.rstd)),
             )
         })
     }
 
-    fn matmul_forward(
-        &self,
-        out: Span,
-        inp: Span,
-        weight: Span,
-        bias: Option<Span>,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
-        self.timed("matmul_forward", 2.0 * (n * c * oc) as f64, || {
+    fn matmul_forward(&self, out: Mat, inp: Mat, layer: Linear) {
+        let flops = 2.0 * (inp.rows * inp.cols * layer.w.rows) as f64;
+        self.timed("matmul_forward", flops, || {
             matmul::matmul_forward(
-                self.slice_mut(out),
-                self.slice(inp),
-                self.slice(weight),
-                bias.map(|b| self.slice(b)),
-                n,
-                c,
-                oc,
+                self.slice_mut(out.span),
+                self.slice(inp.span),
+                self.slice(layer.w.span),
+                layer.b.map(|b| self.slice(b)),
+                inp.cols,
             )
         })
     }
 
-    fn matmul_backward(
-        &self,
-        dinp: Span,
-        dweight: Span,
-        dbias: Option<Span>,
-        dout: Span,
-        inp: Span,
-        weight: Span,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
-        self.timed("matmul_backward", 4.0 * (n * c * oc) as f64, || {
+    fn matmul_backward(&self, dinp: Mat, dlayer: Linear, dout: Mat, inp: Mat, w: Mat) {
+        let flops = 4.0 * (inp.rows * inp.cols * w.rows) as f64;
+        self.timed("matmul_backward", flops, || {
             matmul::matmul_backward(
-                self.slice_mut(dinp),
-                self.slice_mut(dweight),
-                dbias.map(|b| self.slice_mut(b)),
-                self.slice(dout),
-                self.slice(inp),
-                self.slice(weight),
-                n,
-                c,
-                oc,
+                self.slice_mut(dinp.span),
+                self.slice_mut(dlayer.w.span),
+                dlayer.b.map(|b| self.slice_mut(b)),
+                self.slice(dout.span),
+                self.slice(inp.span),
+                self.slice(w.span),
+                inp.cols,
             )
         })
     }
 
-    fn attention_state_len(&self, b: usize, t: usize, nh: usize) -> usize {
-        attention::attention_state_len(b, t, nh)
+    fn attention_state_len(&self, s: AttnShape) -> usize {
+        attention::attention_state_len(s.b, s.t, s.nh)
     }
 
-    fn attention_forward(
-        &self,
-        out: Span,
-        state: Span,
-        qkv: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
-    ) {
+    fn attention_forward(&self, out: Mat, state: Span, qkv: Mat, s: AttnShape) {
         // q.k and att.v over the causal half: 2 * (t^2/2) * c each.
-        let flops = 2.0 * (b * t * t * c) as f64;
+        let flops = 2.0 * (s.b * s.t * s.t * out.cols) as f64;
         self.timed("attention_forward", flops, || {
             attention::attention_forward(
-                self.slice_mut(out),
+                self.slice_mut(out.span),
                 self.slice_mut(state),
-                self.slice(qkv),
-                t,
-                c,
-                nh,
+                self.slice(qkv.span),
+                s.t,
+                out.cols,
+                s.nh,
             )
         })
     }
 
     fn attention_backward(
         &self,
-        dqkv: Span,
-        dout: Span,
-        qkv: Span,
-        _out: Span,
+        dqkv: Mat,
+        dout: Mat,
+        qkv: Mat,
+        _out: Mat,
         state: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
+        s: AttnShape,
     ) {
-        let flops = 4.0 * (b * t * t * c) as f64;
+        let flops = 4.0 * (s.b * s.t * s.t * dout.cols) as f64;
         self.timed("attention_backward", flops, || {
             attention::attention_backward(
-                self.slice_mut(dqkv),
-                self.slice(dout),
-                self.slice(qkv),
+                self.slice_mut(dqkv.span),
+                self.slice(dout.span),
+                self.slice(qkv.span),
                 self.slice(state),
-                b,
-                t,
-                c,
-                nh,
+                s.t,
+                dout.cols,
+                s.nh,
             )
         })
     }
 
-    fn attention_decode(
-        &self,
-        out: Span,
-        q: Span,
-        k: Span,
-        v: Span,
-        t: usize,
-        c: usize,
-        nh: usize,
-    ) {
+    fn attention_decode(&self, out: Span, q: Span, k: Mat, v: Mat, nh: usize) {
+        let (t, c) = (k.rows, k.cols);
         assert_eq!(
-            (q.len, k.len, v.len),
-            (c, t * c, t * c),
+            (q.len, (v.rows, v.cols)),
+            (c, (t, c)),
             "attention_decode shapes"
         );
         self.timed("attention_decode", 4.0 * (t * c) as f64, || {
             attention_decode::attention_decode(
                 self.slice_mut(out),
                 self.slice(q),
-                self.slice(k),
-                self.slice(v),
+                self.slice(k.span),
+                self.slice(v.span),
                 t,
                 nh,
             )
@@ -559,45 +473,37 @@ impl<F: Real> Backend for CpuBackend<F> {
     fn head_loss(
         &self,
         losses: Span,
-        grads: Option<(Span, Span, f32)>,
-        h: Span,
-        w: Span,
+        grads: Option<HeadGrads>,
+        h: Mat,
+        w: Mat,
         targets: TokenSpan,
-        n: usize,
-        c: usize,
-        v: usize,
         kind: HeadKind,
     ) {
         let gemms = if grads.is_some() { 3.0 } else { 1.0 };
-        self.timed("head", 2.0 * gemms * (n * c * v) as f64, || {
+        let flops = 2.0 * gemms * (h.rows * h.cols * w.rows) as f64;
+        self.timed("head", flops, || {
             head::head_loss(
                 self.slice_mut(losses),
-                grads.map(|(dh, dw, s)| (self.slice_mut(dh), self.slice_mut(dw), real(s as f64))),
-                self.slice(h),
-                self.slice(w),
+                grads.map(|g| {
+                    let scale = real(g.scale as f64);
+                    (self.slice_mut(g.dh.span), self.slice_mut(g.dw.span), scale)
+                }),
+                self.slice(h.span),
+                self.slice(w.span),
                 self.toks(targets),
-                c,
-                v,
+                h.cols,
                 kind,
             )
         })
     }
 
-    fn head_logits(
-        &self,
-        out: Span,
-        h: Span,
-        w: Span,
-        n: usize,
-        c: usize,
-        v: usize,
-        kind: HeadKind,
-    ) {
+    fn head_logits(&self, out: Mat, h: Mat, w: Mat, kind: HeadKind) {
+        let (n, c, v) = (h.rows, h.cols, w.rows);
         self.timed("head_logits", 2.0 * (n * c * v) as f64, || {
             head::head_logits(
-                self.slice_mut(out),
-                self.slice(h),
-                self.slice(w),
+                self.slice_mut(out.span),
+                self.slice(h.span),
+                self.slice(w.span),
                 n,
                 c,
                 v,

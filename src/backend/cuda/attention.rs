@@ -5,7 +5,7 @@
 use super::kernels::Arg;
 use super::kernels::Arg::{F32, I32, I64, Ptr};
 use super::{CudaBackend, GpuPrecision, MAX_HEAD_SIZE, Slot};
-use crate::backend::Span;
+use crate::backend::{AttnShape, Mat, Span};
 
 /// Rows a flash attention block owns (FA_ROWS and FB_ROWS in cuda/flash_attention.cu).
 const FLASH_ROWS: usize = 64;
@@ -82,14 +82,14 @@ impl CudaBackend {
 
 pub(super) fn attention_forward(
     be: &CudaBackend,
-    out: Span,
+    out: Mat,
     state: Span,
-    qkv: Span,
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
+    qkv: Mat,
+    shape: AttnShape,
 ) {
+    let AttnShape { b, t, nh } = shape;
+    let c = out.cols;
+    let (out, qkv) = (out.span, qkv.span);
     let hs = c / nh;
     assert_eq!(state.len, b * nh * t, "attention state size");
     let flash = be.flash(hs);
@@ -113,16 +113,16 @@ pub(super) fn attention_forward(
 
 pub(super) fn attention_backward(
     be: &CudaBackend,
-    dqkv: Span,
-    dout: Span,
-    qkv: Span,
-    out: Span,
+    dqkv: Mat,
+    dout: Mat,
+    qkv: Mat,
+    out: Mat,
     state: Span,
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
+    shape: AttnShape,
 ) {
+    let AttnShape { b, t, nh } = shape;
+    let c = out.cols;
+    let (dqkv, dout, qkv, out) = (dqkv.span, dout.span, qkv.span, out.span);
     let hs = c / nh;
     let rows = b * t * nh;
     assert_eq!(state.len, rows, "attention state size");
@@ -159,16 +159,9 @@ pub(super) fn attention_backward(
     }
 }
 
-pub(super) fn attention_decode(
-    be: &CudaBackend,
-    out: Span,
-    q: Span,
-    k: Span,
-    v: Span,
-    t: usize,
-    c: usize,
-    nh: usize,
-) {
+pub(super) fn attention_decode(be: &CudaBackend, out: Span, q: Span, k: Mat, v: Mat, nh: usize) {
+    let (t, c) = (k.rows, k.cols);
+    let (k, v) = (k.span, v.span);
     assert_eq!(
         (q.len, k.len, v.len),
         (c, t * c, t * c),

@@ -2,18 +2,18 @@
 
 use super::CudaBackend;
 use super::kernels::Arg::{I32, Ptr};
-use crate::backend::{Span, TokenSpan};
+use crate::backend::{Mat, TokenSpan};
 
 pub(super) fn encoder_forward(
     be: &CudaBackend,
-    out: Span,
+    out: Mat,
     tokens: TokenSpan,
-    wte: Span,
-    wpe: Span,
-    b: usize,
+    wte: Mat,
+    wpe: Mat,
     t: usize,
-    c: usize,
 ) {
+    let (b, c) = (out.rows / t, out.cols);
+    let (out, wte, wpe) = (out.span, wte.span, wpe.span);
     be.launch_elems(
         "encoder_forward",
         b * t * c,
@@ -31,14 +31,14 @@ pub(super) fn encoder_forward(
 
 pub(super) fn encoder_backward(
     be: &CudaBackend,
-    dwte: Span,
-    dwpe: Span,
-    dout: Span,
+    dwte: Mat,
+    dwpe: Mat,
+    dout: Mat,
     tokens: TokenSpan,
-    b: usize,
     t: usize,
-    c: usize,
 ) {
+    let (b, c) = (dout.rows / t, dout.cols);
+    let (dwte, dwpe, dout) = (dwte.span, dwpe.span, dout.span);
     be.launch_elems(
         "encoder_backward_wte",
         b * t * c,

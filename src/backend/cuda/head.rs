@@ -1,8 +1,7 @@
-//! The output head on the GPU, the host half of cuda/head.cu: the chunked algorithm
-//! of src/backend/cpu/head.rs with cuBLASLt GEMMs. Per chunk of rows: D = H W^T, the
-//! row pass (`head_rows`: logits z, the loss, G in place of z), then dH = coef G W and
-//! dW += coef G^T H (coef -2 harmonic, 1 softmax) and the harmonic corrections
-//! (`add_scaled_rows` with rowsum(G), `column_sums_add` for colsum(G)).
+//! The output head on the GPU, the host half of cuda/head.cu: the steps of the chunked
+//! head (crate::head::chunked) with cuBLASLt GEMMs, the row pass `head_rows` (logits z,
+//! the loss, G in place of z, rowsum(G)), and the harmonic corrections
+//! (`add_scaled_rows`, `column_sums_add`).
 
 use cudarc::driver::sys as cu;
 
@@ -10,19 +9,42 @@ use super::gemm::Operand;
 use super::kernels::Arg::{F32, I32, Ptr};
 use super::linear::product;
 use super::{CudaBackend, GpuPrecision, Slot};
-use crate::backend::{Span, TokenSpan};
+use crate::backend::{HeadGrads, Mat, Span, TokenSpan};
 use crate::head::HeadKind;
+use crate::head::chunked::{self, HeadSteps};
 
-/// What `head_rows` writes over a chunk of dot products (its `mode` argument).
+/// What `head_rows` writes over a chunk of dot products.
 #[derive(Clone, Copy)]
-#[repr(i32)]
 enum RowPass {
     /// The logits z, in place of the dot products.
-    Logits = 0,
+    Logits,
     /// z and each row's loss.
-    Loss = 1,
-    /// The loss, and G in place of z (and its bf16 copy where asked).
-    LossAndGrad = 2,
+    Loss,
+    /// The loss, and G (of `scale` times the loss) in place of z, with its bf16 copy
+    /// and row sums where the chunk has room for them.
+    LossAndGrad { scale: f32 },
+}
+
+impl RowPass {
+    /// The kernel's `mode` and `scale` arguments.
+    fn mode_and_scale(self) -> (i32, f32) {
+        match self {
+            RowPass::Logits => (0, 1.0),
+            RowPass::Loss => (1, 1.0),
+            RowPass::LossAndGrad { scale } => (2, scale),
+        }
+    }
+}
+
+/// Rows `r0..r0 + rows` of the head's dot products at `dots` (row 0 is row r0), with
+/// G's bf16 copy `g16` and per-row sums `rowsum` of G (0 where not wanted).
+#[derive(Clone, Copy)]
+struct Chunk {
+    dots: u64,
+    g16: u64,
+    rowsum: u64,
+    r0: usize,
+    rows: usize,
 }
 
 /// `p + bytes`, keeping a null pointer null (optional kernel inputs).
@@ -87,22 +109,25 @@ impl CudaBackend {
         }
     }
 
-    /// The head's row pass over `rows` rows of dot products at `dots` (see cuda/head.cu).
-    #[allow(clippy::too_many_arguments)]
+    /// The head's row pass over one chunk (see cuda/head.cu); `losses` and `targets`
+    /// are indexed from row 0 of the whole head (0: none).
     fn head_rows(
         &self,
         x: &HeadInputs,
-        dots: u64,
-        g16: u64,
+        chunk: Chunk,
         losses: u64,
-        rowsum: u64,
         targets: u64,
-        r0: usize,
-        rows: usize,
         v: usize,
         pass: RowPass,
-        scale: f32,
     ) {
+        let Chunk {
+            dots,
+            g16,
+            rowsum,
+            r0,
+            rows,
+        } = chunk;
+        let (mode, scale) = pass.mode_and_scale();
         self.launch(
             "head_rows",
             (rows as u32, 1),
@@ -120,7 +145,7 @@ impl CudaBackend {
                 I32(x.harmonic as i32),
                 F32(x.half_n),
                 F32(x.eps),
-                I32(pass as i32),
+                I32(mode),
                 F32(scale),
             ],
         );
@@ -134,14 +159,13 @@ impl CudaBackend {
         );
     }
 
-    /// out[r, :] += factor * coef[r] * x[r, :] (x from its bf16 copy when x16 != 0).
-    #[allow(clippy::too_many_arguments)]
+    /// out[r, :] += f * coef[r] * x[r, :], x given as (fp32, bf16 copy): read from
+    /// the copy when it is not 0.
     fn add_scaled_rows(
         &self,
         out: u64,
         coef: u64,
-        x: u64,
-        x16: u64,
+        (x, x16): (u64, u64),
         rows: usize,
         c: usize,
         f: f32,
@@ -165,29 +189,24 @@ impl CudaBackend {
 pub(super) fn head_loss(
     be: &CudaBackend,
     losses: Span,
-    grads: Option<(Span, Span, f32)>,
-    h: Span,
-    w: Span,
+    grads: Option<HeadGrads>,
+    h: Mat,
+    w: Mat,
     targets: TokenSpan,
-    n: usize,
-    c: usize,
-    v: usize,
     kind: HeadKind,
 ) {
+    let (n, c, v) = (h.rows, h.cols, w.rows);
     if n == 0 {
         return;
     }
-    let x = be.head_inputs(h, w, n, c, v, kind);
-    let dtype = be.dtype();
-    let es = dtype.bytes();
+    let x = be.head_inputs(h.span, w.span, n, c, v, kind);
     let ch = (be.head_chunk_floats.get() / v).clamp(1, n);
     let dots = be.scratch(Slot::HeadRows, 4 * ch * v);
     let g16 = match (be.precision, grads) {
         (GpuPrecision::Bf16, Some(_)) => be.scratch(Slot::HeadG16, 2 * ch * v),
         _ => 0,
     };
-    let harmonic_grads = x.harmonic && grads.is_some();
-    let (rowsum, colsum) = if harmonic_grads {
+    let (rowsum, colsum) = if x.harmonic && grads.is_some() {
         let cs = be.scratch(Slot::HeadColsum, 4 * v);
         // SAFETY: v words of the scratch buffer.
         unsafe { cu::cuMemsetD32Async(cs, 0, v, be.stream.cu_stream()) }
@@ -197,69 +216,140 @@ pub(super) fn head_loss(
     } else {
         (0, 0)
     };
-    let (hp, lp, tp) = (be.ptr(h), be.ptr(losses), be.tptr(targets));
-    // G's GEMMs: dH = coef G W, dW += coef G^T H (coef -2 harmonic, 1 softmax).
-    let coef = if x.harmonic { -2.0 } else { 1.0 };
-    for r0 in (0..n).step_by(ch) {
-        let rows = ch.min(n - r0);
-        let h_chunk = Operand {
-            ptr: x.h_op + (r0 * c * es) as u64,
+    let mut steps = Steps {
+        be,
+        x,
+        c,
+        v,
+        dots,
+        g16,
+        rowsum,
+        colsum,
+        h: be.ptr(h.span),
+        w: be.ptr(w.span),
+        losses: be.ptr(losses),
+        targets: be.tptr(targets),
+        grads: grads.map(|g| (be.ptr(g.dh.span), be.ptr(g.dw.span), g.scale)),
+    };
+    chunked::head_loss(&mut steps, kind, n, ch, grads.is_some());
+}
+
+/// The chunked head's steps on the GPU (crate::head::chunked): cuBLASLt GEMMs on the
+/// head's operands, G read from its bf16 copy where there is one, and the harmonic
+/// corrections with the row sums `head_rows` leaves in `rowsum`.
+struct Steps<'a> {
+    be: &'a CudaBackend,
+    x: HeadInputs,
+    c: usize,
+    v: usize,
+    /// The chunk's dot products, G after the row pass; its bf16 copy (0: none).
+    dots: u64,
+    g16: u64,
+    /// Harmonic gradients: rowsum(G) of the chunk and colsum(G) over all chunks.
+    rowsum: u64,
+    colsum: u64,
+    /// fp32 H, W, losses and targets.
+    h: u64,
+    w: u64,
+    losses: u64,
+    targets: u64,
+    /// (dH, dW, scale).
+    grads: Option<(u64, u64, f32)>,
+}
+
+impl Steps<'_> {
+    /// Rows r0.. of H as a GEMM operand.
+    fn h_chunk(&self, r0: usize) -> Operand {
+        let es = self.be.dtype().bytes();
+        Operand {
+            ptr: self.x.h_op + (r0 * self.c * es) as u64,
             trans: false,
-        };
-        let w_t = Operand {
-            ptr: x.w_op,
-            trans: true,
-        };
-        be.gemm_typed(dtype, dots, h_chunk, w_t, product(rows, v, c, 1.0, 0.0));
-        let pass = match grads {
-            Some(_) => RowPass::LossAndGrad,
-            None => RowPass::Loss,
-        };
-        let scale = grads.map_or(1.0, |g| g.2);
-        be.head_rows(&x, dots, g16, lp, rowsum, tp, r0, rows, v, pass, scale);
-        let Some((dh, dw, _)) = grads else {
-            continue;
-        };
-        let g = Operand {
-            ptr: if g16 != 0 { g16 } else { dots },
-            trans: false,
-        };
-        let dh_chunk = be.ptr(dh) + (4 * r0 * c) as u64;
-        let w_op = Operand {
-            ptr: x.w_op,
-            trans: false,
-        };
-        be.gemm_typed(dtype, dh_chunk, g, w_op, product(rows, c, v, coef, 0.0));
-        let g_t = Operand { trans: true, ..g };
-        be.gemm_typed(
-            dtype,
-            be.ptr(dw),
-            g_t,
-            h_chunk,
-            product(v, c, rows, coef, 1.0),
-        );
-        if x.harmonic {
-            let h16 = offset(x.h16, 2 * r0 * c);
-            let h32 = hp + (4 * r0 * c) as u64;
-            be.add_scaled_rows(dh_chunk, rowsum, h32, h16, rows, c, 2.0);
-            be.column_sums_add(colsum, dots, rows, v);
         }
     }
-    if let (true, Some((_, dw, _))) = (harmonic_grads, grads) {
-        be.add_scaled_rows(be.ptr(dw), colsum, be.ptr(w), x.w16, v, c, 2.0);
+
+    /// G as a GEMM operand (its transpose with `trans`).
+    fn g(&self, trans: bool) -> Operand {
+        Operand {
+            ptr: if self.g16 != 0 { self.g16 } else { self.dots },
+            trans,
+        }
+    }
+
+    /// (dH rows r0.., dW).
+    fn dh_dw(&self, r0: usize) -> (u64, u64) {
+        let (dh, dw, _) = self.grads.expect("gradient steps need grads");
+        (dh + (4 * r0 * self.c) as u64, dw)
     }
 }
 
-pub(super) fn head_logits(
-    be: &CudaBackend,
-    out: Span,
-    h: Span,
-    w: Span,
-    n: usize,
-    c: usize,
-    v: usize,
-    kind: HeadKind,
-) {
+impl HeadSteps for Steps<'_> {
+    fn dots(&mut self, r0: usize, rows: usize) {
+        let w_t = Operand {
+            ptr: self.x.w_op,
+            trans: true,
+        };
+        let p = product(rows, self.v, self.c, 1.0, 0.0);
+        let be = self.be;
+        be.gemm_typed(be.dtype(), self.dots, self.h_chunk(r0), w_t, p);
+    }
+
+    fn rows(&mut self, r0: usize, rows: usize, grads: bool) {
+        let pass = match self.grads.filter(|_| grads) {
+            Some((_, _, scale)) => RowPass::LossAndGrad { scale },
+            None => RowPass::Loss,
+        };
+        let chunk = Chunk {
+            dots: self.dots,
+            g16: self.g16,
+            rowsum: self.rowsum,
+            r0,
+            rows,
+        };
+        self.be
+            .head_rows(&self.x, chunk, self.losses, self.targets, self.v, pass);
+    }
+
+    fn grad_h(&mut self, r0: usize, rows: usize, coef: f32) {
+        let w = Operand {
+            ptr: self.x.w_op,
+            trans: false,
+        };
+        let p = product(rows, self.c, self.v, coef, 0.0);
+        let be = self.be;
+        be.gemm_typed(be.dtype(), self.dh_dw(r0).0, self.g(false), w, p);
+    }
+
+    fn grad_w(&mut self, r0: usize, rows: usize, coef: f32) {
+        let p = product(self.v, self.c, rows, coef, 1.0);
+        let be = self.be;
+        be.gemm_typed(
+            be.dtype(),
+            self.dh_dw(r0).1,
+            self.g(true),
+            self.h_chunk(r0),
+            p,
+        );
+    }
+
+    fn harmonic_chunk(&mut self, r0: usize, rows: usize) {
+        let c = self.c;
+        let h16 = offset(self.x.h16, 2 * r0 * c);
+        let h32 = self.h + (4 * r0 * c) as u64;
+        let be = self.be;
+        be.add_scaled_rows(self.dh_dw(r0).0, self.rowsum, (h32, h16), rows, c, 2.0);
+        be.column_sums_add(self.colsum, self.dots, rows, self.v);
+    }
+
+    fn harmonic_end(&mut self) {
+        let (w, w16) = (self.w, self.x.w16);
+        let be = self.be;
+        be.add_scaled_rows(self.dh_dw(0).1, self.colsum, (w, w16), self.v, self.c, 2.0);
+    }
+}
+
+pub(super) fn head_logits(be: &CudaBackend, out: Mat, h: Mat, w: Mat, kind: HeadKind) {
+    let (n, c, v) = (h.rows, h.cols, w.rows);
+    let (out, h, w) = (out.span, h.span, w.span);
     if n == 0 {
         return;
     }
@@ -276,5 +366,12 @@ pub(super) fn head_logits(
         },
     );
     be.gemm_typed(be.dtype(), o, hm, wm, product(n, v, c, 1.0, 0.0));
-    be.head_rows(&x, o, 0, 0, 0, 0, 0, n, v, RowPass::Logits, 1.0);
+    let chunk = Chunk {
+        dots: o,
+        g16: 0,
+        rowsum: 0,
+        r0: 0,
+        rows: n,
+    };
+    be.head_rows(&x, chunk, 0, 0, v, RowPass::Logits);
 }

@@ -3,20 +3,12 @@
 
 use super::kernels::Arg::{F32, I32, Ptr};
 use super::{CudaBackend, aligned16};
-use crate::backend::Span;
+use crate::backend::{Mat, Norm, Normed, Span};
 
-pub(super) fn layernorm_forward(
-    be: &CudaBackend,
-    out: Span,
-    mean: Span,
-    rstd: Span,
-    inp: Span,
-    weight: Span,
-    bias: Span,
-    n: usize,
-    c: usize,
-    eps: f32,
-) {
+pub(super) fn layernorm_forward(be: &CudaBackend, y: Normed, inp: Mat, p: Norm, eps: f32) {
+    let (n, c) = (inp.rows, inp.cols);
+    let (out, mean, rstd) = (y.out.span, y.mean, y.rstd);
+    let (inp, weight, bias) = (inp.span, p.w, p.b);
     let rows = [out, inp, weight, bias].map(|s| be.ptr(s));
     let vec4 = c.is_multiple_of(4) && aligned16(&rows);
     let [out, inp, weight, bias] = rows;
@@ -40,18 +32,16 @@ pub(super) fn layernorm_forward(
 
 pub(super) fn residual_layernorm_forward(
     be: &CudaBackend,
-    residual: Span,
-    out: Span,
-    mean: Span,
-    rstd: Span,
-    a: Span,
-    b: Span,
-    weight: Span,
-    bias: Span,
-    n: usize,
-    c: usize,
+    residual: Mat,
+    y: Normed,
+    a: Mat,
+    b: Mat,
+    p: Norm,
     eps: f32,
 ) {
+    let (n, c) = (residual.rows, residual.cols);
+    let (residual, out, mean, rstd) = (residual.span, y.out.span, y.mean, y.rstd);
+    let (a, b, weight, bias) = (a.span, b.span, p.w, p.b);
     let rows = [residual, out, a, b, weight, bias].map(|s| be.ptr(s));
     let vec4 = c.is_multiple_of(4) && aligned16(&rows);
     let [residual, out, a, b, weight, bias] = rows;
@@ -77,17 +67,16 @@ pub(super) fn residual_layernorm_forward(
 
 pub(super) fn layernorm_backward(
     be: &CudaBackend,
-    dinp: Span,
-    dweight: Span,
-    dbias: Span,
-    dout: Span,
-    inp: Span,
+    dinp: Mat,
+    dp: Norm,
+    dout: Mat,
+    inp: Mat,
     weight: Span,
-    mean: Span,
-    rstd: Span,
-    n: usize,
-    c: usize,
+    saved: Normed,
 ) {
+    let (n, c) = (inp.rows, inp.cols);
+    let (dinp, dweight, dbias, dout) = (dinp.span, dp.w, dp.b, dout.span);
+    let (inp, mean, rstd) = (inp.span, saved.mean, saved.rstd);
     if n == 0 {
         return;
     }

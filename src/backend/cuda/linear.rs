@@ -14,7 +14,8 @@ use super::gemm::{self, DType, Epilogue, Operand, Product};
 use super::gemm_shape::failure;
 use super::kernels::Arg::{I32, I64, Ptr};
 use super::{CudaBackend, GpuPrecision, Slot};
-use crate::backend::{Backend, Span};
+use crate::backend::operands as op;
+use crate::backend::{Backend, Gelu, Linear, Span};
 
 /// A GEMM operand before precision handling (`trans`: its transpose is used).
 #[derive(Clone, Copy)]
@@ -151,9 +152,7 @@ impl CudaBackend {
         x: Operand,
         w: Operand,
         bias: Option<u64>,
-        n: usize,
-        c: usize,
-        oc: usize,
+        (n, c, oc): (usize, usize, usize),
     ) {
         let p = product(n, oc, c, 1.0, 0.0);
         let dtype = self.dtype();
@@ -174,14 +173,12 @@ impl CudaBackend {
     /// dbias += column sums of dout.
     fn weight_grads(
         &self,
-        dweight: Span,
-        dbias: Option<Span>,
+        dlayer: Linear,
         dout: u64,
         inp: Span,
-        n: usize,
-        c: usize,
-        oc: usize,
+        (n, c, oc): (usize, usize, usize),
     ) {
+        let (dweight, dbias) = (dlayer.w.span, dlayer.b);
         self.gemm(
             self.ptr(dweight),
             mat(dout, n * oc, true),
@@ -209,32 +206,24 @@ impl CudaBackend {
     }
 }
 
-pub(super) fn matmul_forward(
-    be: &CudaBackend,
-    out: Span,
-    inp: Span,
-    weight: Span,
-    bias: Option<Span>,
-    n: usize,
-    c: usize,
-    oc: usize,
-) {
+pub(super) fn matmul_forward(be: &CudaBackend, out: op::Mat, inp: op::Mat, layer: Linear) {
+    let (n, c, oc) = (inp.rows, inp.cols, layer.w.rows);
+    let (out, inp, weight, bias) = (out.span, inp.span, layer.w.span, layer.b);
     let (x, w) = be.operands(mat(be.ptr(inp), n * c, false), weight_mat(weight, true));
-    be.linear(be.ptr(out), x, w, bias.map(|b| be.ptr(b)), n, c, oc);
+    be.linear(be.ptr(out), x, w, bias.map(|b| be.ptr(b)), (n, c, oc));
 }
 
 pub(super) fn matmul_backward(
     be: &CudaBackend,
-    dinp: Span,
-    dweight: Span,
-    dbias: Option<Span>,
-    dout: Span,
-    inp: Span,
-    weight: Span,
-    n: usize,
-    c: usize,
-    oc: usize,
+    dinp: op::Mat,
+    dlayer: Linear,
+    dout: op::Mat,
+    inp: op::Mat,
+    w: op::Mat,
 ) {
+    let (n, c, oc) = (inp.rows, inp.cols, w.rows);
+    let dinp = dinp.span;
+    let (dout, inp, weight) = (dout.span, inp.span, w.span);
     let d = be.ptr(dout);
     // dinp[n, c] = dout[n, oc] W[oc, c]
     be.gemm(
@@ -243,23 +232,16 @@ pub(super) fn matmul_backward(
         weight_mat(weight, false),
         product(n, c, oc, 1.0, 0.0),
     );
-    be.weight_grads(dweight, dbias, d, inp, n, c, oc);
+    be.weight_grads(dlayer, d, inp, (n, c, oc));
 }
 
 /// One GEMM: cuBLASLt's GELU_AUX_BIAS epilogue adds the bias and writes both
 /// gelu(x W^T + b) and the pre-activation, so no kernel broadcasts the bias first
 /// or reads pre back to apply GELU.
-pub(super) fn matmul_gelu_forward(
-    be: &CudaBackend,
-    pre: Span,
-    out: Span,
-    inp: Span,
-    weight: Span,
-    bias: Option<Span>,
-    n: usize,
-    c: usize,
-    oc: usize,
-) {
+pub(super) fn matmul_gelu_forward(be: &CudaBackend, y: Gelu, inp: op::Mat, layer: Linear) {
+    let (n, c, oc) = (inp.rows, inp.cols, layer.w.rows);
+    let (pre, out, inp) = (y.pre.span, y.out.span, inp.span);
+    let (weight, bias) = (layer.w.span, layer.b);
     let (x, w) = be.operands(mat(be.ptr(inp), n * c, false), weight_mat(weight, true));
     let bias = bias.map(|b| be.ptr(b));
     let epilogue = Epilogue::GeluAux {
@@ -269,7 +251,7 @@ pub(super) fn matmul_gelu_forward(
     let p = product(n, oc, c, 1.0, 0.0);
     let fused = gelu_epilogues(be.precision) && be.gemm_epilogue(be.ptr(out), x, w, p, epilogue);
     if !fused {
-        be.linear(be.ptr(pre), x, w, bias, n, c, oc);
+        be.linear(be.ptr(pre), x, w, bias, (n, c, oc));
         be.gelu_forward(out, pre);
     }
 }
@@ -280,18 +262,15 @@ pub(super) fn matmul_gelu_forward(
 /// cuBLASLt's BGRAD epilogues overwrite it, while the trait accumulates it.
 pub(super) fn gelu_matmul_backward(
     be: &CudaBackend,
-    dpre: Span,
-    dact: Span,
-    dweight: Span,
-    dbias: Option<Span>,
-    dout: Span,
-    act: Span,
-    pre: Span,
-    weight: Span,
-    n: usize,
-    c: usize,
-    oc: usize,
+    d: Gelu,
+    dlayer: Linear,
+    dout: op::Mat,
+    act: Gelu,
+    w: op::Mat,
 ) {
+    let (n, c, oc) = (dout.rows, w.cols, w.rows);
+    let (dpre, dact) = (d.pre.span, d.out.span);
+    let (dout, pre, act, weight) = (dout.span, act.pre.span, act.out.span, w.span);
     let d = be.ptr(dout);
     let (dy, w) = be.operands(mat(d, n * oc, false), weight_mat(weight, false));
     let p = product(n, c, oc, 1.0, 0.0);
@@ -301,7 +280,7 @@ pub(super) fn gelu_matmul_backward(
         be.gemm_typed(be.dtype(), be.ptr(dact), dy, w, p);
         be.gelu_backward(dpre, pre, dact);
     }
-    be.weight_grads(dweight, dbias, d, act, n, c, oc);
+    be.weight_grads(dlayer, d, act, (n, c, oc));
 }
 
 #[cfg(test)]

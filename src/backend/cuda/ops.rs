@@ -6,7 +6,10 @@ use super::{
     CudaBackend, GpuPrecision, attention, elementwise, encoder, head, layernorm, linear, memory,
     reduce, update,
 };
-use crate::backend::{AdamW, Backend, SgldStep, Span, Target, TokenSpan};
+use crate::backend::{
+    AdamW, AttnShape, Backend, Gelu, HeadGrads, Linear, Mat, Norm, Normed, SgldStep, Span, Target,
+    TokenSpan,
+};
 use crate::head::HeadKind;
 
 impl Backend for CudaBackend {
@@ -88,136 +91,60 @@ impl Backend for CudaBackend {
         reduce::sum_squares(self, src)
     }
 
-    fn encoder_forward(
-        &self,
-        out: Span,
-        tokens: TokenSpan,
-        wte: Span,
-        wpe: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-    ) {
-        encoder::encoder_forward(self, out, tokens, wte, wpe, b, t, c)
+    fn encoder_forward(&self, out: Mat, tokens: TokenSpan, wte: Mat, wpe: Mat, t: usize) {
+        encoder::encoder_forward(self, out, tokens, wte, wpe, t)
     }
 
-    fn encoder_backward(
-        &self,
-        dwte: Span,
-        dwpe: Span,
-        dout: Span,
-        tokens: TokenSpan,
-        b: usize,
-        t: usize,
-        c: usize,
-    ) {
-        encoder::encoder_backward(self, dwte, dwpe, dout, tokens, b, t, c)
+    fn encoder_backward(&self, dwte: Mat, dwpe: Mat, dout: Mat, tokens: TokenSpan, t: usize) {
+        encoder::encoder_backward(self, dwte, dwpe, dout, tokens, t)
     }
 
-    fn layernorm_forward(
-        &self,
-        out: Span,
-        mean: Span,
-        rstd: Span,
-        inp: Span,
-        weight: Span,
-        bias: Span,
-        n: usize,
-        c: usize,
-        eps: f32,
-    ) {
-        layernorm::layernorm_forward(self, out, mean, rstd, inp, weight, bias, n, c, eps)
+    fn layernorm_forward(&self, y: Normed, inp: Mat, p: Norm, eps: f32) {
+        layernorm::layernorm_forward(self, y, inp, p, eps)
     }
 
     fn layernorm_backward(
         &self,
-        dinp: Span,
-        dweight: Span,
-        dbias: Span,
-        dout: Span,
-        inp: Span,
+        dinp: Mat,
+        dp: Norm,
+        dout: Mat,
+        inp: Mat,
         weight: Span,
-        mean: Span,
-        rstd: Span,
-        n: usize,
-        c: usize,
+        saved: Normed,
     ) {
-        layernorm::layernorm_backward(
-            self, dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c,
-        )
+        layernorm::layernorm_backward(self, dinp, dp, dout, inp, weight, saved)
     }
 
-    fn matmul_forward(
-        &self,
-        out: Span,
-        inp: Span,
-        weight: Span,
-        bias: Option<Span>,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
-        linear::matmul_forward(self, out, inp, weight, bias, n, c, oc)
+    fn matmul_forward(&self, out: Mat, inp: Mat, layer: Linear) {
+        linear::matmul_forward(self, out, inp, layer)
     }
 
-    fn matmul_backward(
-        &self,
-        dinp: Span,
-        dweight: Span,
-        dbias: Option<Span>,
-        dout: Span,
-        inp: Span,
-        weight: Span,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
-        linear::matmul_backward(self, dinp, dweight, dbias, dout, inp, weight, n, c, oc)
+    fn matmul_backward(&self, dinp: Mat, dlayer: Linear, dout: Mat, inp: Mat, w: Mat) {
+        linear::matmul_backward(self, dinp, dlayer, dout, inp, w)
     }
 
-    fn attention_state_len(&self, b: usize, t: usize, nh: usize) -> usize {
-        attention::attention_state_len(b, t, nh)
+    fn attention_state_len(&self, shape: AttnShape) -> usize {
+        attention::attention_state_len(shape.b, shape.t, shape.nh)
     }
 
-    fn attention_forward(
-        &self,
-        out: Span,
-        state: Span,
-        qkv: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
-    ) {
-        attention::attention_forward(self, out, state, qkv, b, t, c, nh)
+    fn attention_forward(&self, out: Mat, state: Span, qkv: Mat, shape: AttnShape) {
+        attention::attention_forward(self, out, state, qkv, shape)
     }
 
     fn attention_backward(
         &self,
-        dqkv: Span,
-        dout: Span,
-        qkv: Span,
-        out: Span,
+        dqkv: Mat,
+        dout: Mat,
+        qkv: Mat,
+        out: Mat,
         state: Span,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
+        shape: AttnShape,
     ) {
-        attention::attention_backward(self, dqkv, dout, qkv, out, state, b, t, c, nh)
+        attention::attention_backward(self, dqkv, dout, qkv, out, state, shape)
     }
 
-    fn attention_decode(
-        &self,
-        out: Span,
-        q: Span,
-        k: Span,
-        v: Span,
-        t: usize,
-        c: usize,
-        nh: usize,
-    ) {
-        attention::attention_decode(self, out, q, k, v, t, c, nh)
+    fn attention_decode(&self, out: Span, q: Span, k: Mat, v: Mat, nh: usize) {
+        attention::attention_decode(self, out, q, k, v, nh)
     }
 
     fn gelu_forward(&self, out: Span, inp: Span) {
@@ -234,82 +161,38 @@ impl Backend for CudaBackend {
 
     fn residual_layernorm_forward(
         &self,
-        residual: Span,
-        out: Span,
-        mean: Span,
-        rstd: Span,
-        a: Span,
-        b: Span,
-        weight: Span,
-        bias: Span,
-        n: usize,
-        c: usize,
+        residual: Mat,
+        y: Normed,
+        a: Mat,
+        b: Mat,
+        p: Norm,
         eps: f32,
     ) {
-        layernorm::residual_layernorm_forward(
-            self, residual, out, mean, rstd, a, b, weight, bias, n, c, eps,
-        )
+        layernorm::residual_layernorm_forward(self, residual, y, a, b, p, eps)
     }
 
-    fn matmul_gelu_forward(
-        &self,
-        pre: Span,
-        out: Span,
-        inp: Span,
-        weight: Span,
-        bias: Option<Span>,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
-        linear::matmul_gelu_forward(self, pre, out, inp, weight, bias, n, c, oc)
+    fn matmul_gelu_forward(&self, y: Gelu, inp: Mat, layer: Linear) {
+        linear::matmul_gelu_forward(self, y, inp, layer)
     }
 
-    fn gelu_matmul_backward(
-        &self,
-        dpre: Span,
-        dact: Span,
-        dweight: Span,
-        dbias: Option<Span>,
-        dout: Span,
-        act: Span,
-        pre: Span,
-        weight: Span,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
-        linear::gelu_matmul_backward(
-            self, dpre, dact, dweight, dbias, dout, act, pre, weight, n, c, oc,
-        )
+    fn gelu_matmul_backward(&self, d: Gelu, dlayer: Linear, dout: Mat, act: Gelu, w: Mat) {
+        linear::gelu_matmul_backward(self, d, dlayer, dout, act, w)
     }
 
     fn head_loss(
         &self,
         losses: Span,
-        grads: Option<(Span, Span, f32)>,
-        h: Span,
-        w: Span,
+        grads: Option<HeadGrads>,
+        h: Mat,
+        w: Mat,
         targets: TokenSpan,
-        n: usize,
-        c: usize,
-        v: usize,
         kind: HeadKind,
     ) {
-        head::head_loss(self, losses, grads, h, w, targets, n, c, v, kind)
+        head::head_loss(self, losses, grads, h, w, targets, kind)
     }
 
-    fn head_logits(
-        &self,
-        out: Span,
-        h: Span,
-        w: Span,
-        n: usize,
-        c: usize,
-        v: usize,
-        kind: HeadKind,
-    ) {
-        head::head_logits(self, out, h, w, n, c, v, kind)
+    fn head_logits(&self, out: Mat, h: Mat, w: Mat, kind: HeadKind) {
+        head::head_logits(self, out, h, w, kind)
     }
 
     fn adamw_update(&self, params: Span, grads: Span, m: Span, v: Span, hp: AdamW) {
