@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::sampler::{ChainTrace, SgldSettings};
+use super::stats::{mean, std_dev};
 
 /// A share of draws below the starting loss above this means w* is not a minimum.
 const MAX_FRACTION_BELOW: f64 = 0.3;
@@ -183,20 +184,4 @@ impl LlcEstimate {
         }
         out
     }
-}
-
-pub(super) fn mean(xs: &[f64]) -> f64 {
-    if xs.is_empty() {
-        return f64::NAN;
-    }
-    xs.iter().sum::<f64>() / xs.len() as f64
-}
-
-/// Sample standard deviation (n - 1); 0 for fewer than two values.
-pub(super) fn std_dev(xs: &[f64]) -> f64 {
-    if xs.len() < 2 {
-        return 0.0;
-    }
-    let m = mean(xs);
-    (xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
 }

@@ -2,12 +2,13 @@
 //! a set of weights w*, estimated by SGLD localised at w* (DESIGN.md section 7).
 //!
 //! `sampler` is the one SGLD loop, generic over the model through [`SgldTarget`];
-//! `estimate` turns its traces into lambda-hat and diagnostics. The targets: `gpt`
-//! (the model being trained, on its own backend), and through `host_target` two
-//! small host models: `dln` (deep linear networks, whose exact value `aoyagi` gives,
-//! validating the sampler) and `layernorm_mlp` (a LayerNorm example with a sudden
-//! loss drop). `over_training` keeps the LLC across checkpoints,
-//! `plot` draws it and the chains' traces, `command` is `hgpt llc`.
+//! `estimate` turns its traces into lambda-hat and diagnostics, with `stats` (the
+//! mean and standard deviation both use). The targets: `gpt` (the model being
+//! trained, on its own backend), and through `host_target` two small host models:
+//! `dln` (deep linear networks, whose exact value `aoyagi` gives, validating the
+//! sampler) and `layernorm_mlp` (a LayerNorm example with a sudden loss drop).
+//! `over_training` keeps the LLC across checkpoints, `plot` draws it and the
+//! chains' traces, `command` is `hgpt llc`.
 
 pub mod aoyagi;
 pub mod command;
@@ -19,6 +20,7 @@ pub mod layernorm_mlp;
 pub mod over_training;
 pub mod plot;
 pub mod sampler;
+mod stats;
 
 use std::io::IsTerminal;
 use std::path::Path;
