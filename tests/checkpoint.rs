@@ -42,13 +42,13 @@ fn resume_continues_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = trainer(&config);
     let mut got: Vec<u64> = (0..4).map(|_| first.train_step().loss.to_bits()).collect();
-    checkpoint::save(dir.path(), &first).unwrap();
+    checkpoint::save(dir.path(), &first.snapshot()).unwrap();
     drop(first);
 
     let mut resumed = trainer(&config);
     let ckpt = Checkpoint::open_run(dir.path()).unwrap();
     let (params, moments) = (ckpt.read_params().unwrap(), ckpt.read_moments().unwrap());
-    ckpt.restore(&mut resumed, &params, &moments).unwrap();
+    resumed.restore(&ckpt, &params, &moments).unwrap();
     assert_eq!(resumed.step, 4);
     got.extend((0..4).map(|_| resumed.train_step().loss.to_bits()));
     assert_eq!(got, expected, "losses after resume differ");

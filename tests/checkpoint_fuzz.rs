@@ -52,7 +52,7 @@ fn pristine() -> &'static Pristine {
         let mut tr = Trainer::new(&config, CpuBackend::<f32>::new(), data).unwrap();
         tr.train_step();
         let dir = tempfile::tempdir().unwrap();
-        let step = checkpoint::save(dir.path(), &tr).unwrap();
+        let step = checkpoint::save(dir.path(), &tr.snapshot()).unwrap();
         let files = FILES
             .iter()
             .map(|f| std::fs::read(step.join(f)).unwrap())

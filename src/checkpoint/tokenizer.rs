@@ -17,14 +17,6 @@ pub fn hash(data: &Dataset) -> Option<String> {
     data.tokenizer.as_ref().map(|t| t.hash().to_string())
 }
 
-/// Writes a copy of the data's tokenizer (if it has one) into `dir`, fsynced.
-pub fn save(data: &Dataset, dir: &Path) -> Result<()> {
-    match &data.tokenizer {
-        Some(tokenizer) => write(tokenizer, dir),
-        None => Ok(()),
-    }
-}
-
 /// Writes `tokenizer` into the checkpoint directory `dir`, fsynced.
 pub fn write(tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
     let path = dir.join(TOKENIZER_FILE);

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, DeviceChoice, open_gpu};
-use crate::checkpoint::{self, Checkpoint, compat};
+use crate::checkpoint::{self, Checkpoint, TrainingSnapshot, compat};
 use crate::config::Config;
 use crate::data::{self, Batch, Dataset};
 use crate::model::Gpt;
@@ -101,6 +101,38 @@ impl<B: Backend> Trainer<B> {
             tokens: b * seq * accum,
             skipped,
         }
+    }
+
+    /// The state a checkpoint holds, read back to the host.
+    pub fn snapshot(&self) -> TrainingSnapshot<'_> {
+        let be = &self.model.backend;
+        TrainingSnapshot {
+            config: &self.config,
+            step: self.step,
+            adam_step: self.optimizer.step,
+            params: self.model.read_params(),
+            moments: [be.read(self.optimizer.m), be.read(self.optimizer.v)].concat(),
+            loader: self.data.train.position(),
+            tokenizer: self.data.tokenizer.as_ref(),
+        }
+    }
+
+    /// Puts a trainer built with the checkpoint's model config where the checkpoint
+    /// left off: parameters and moments (as read by [`Checkpoint::read_params`] and
+    /// [`Checkpoint::read_moments`], before a device is opened), AdamW's count, step,
+    /// loader position.
+    pub fn restore(&mut self, ckpt: &Checkpoint, params: &[f32], moments: &[f32]) -> Result<()> {
+        let total = self.model.num_params();
+        self.model.write_params(params);
+        let be = &self.model.backend;
+        be.write(self.optimizer.m, &moments[..total]);
+        be.write(self.optimizer.v, &moments[total..]);
+        self.optimizer.step = ckpt.state.adam_step;
+        self.step = ckpt.state.step;
+        self.data
+            .train
+            .seek(ckpt.state.loader)
+            .context("cannot resume: the data differs from the checkpoint's")
     }
 
     /// Mean validation loss over up to `eval_steps` fixed batches.
@@ -257,7 +289,7 @@ fn continue_run<B: Backend>(
     run: &Path,
     device_line: &str,
 ) -> Result<Summary> {
-    ckpt.restore(&mut tr, params, moments)?;
+    tr.restore(ckpt, params, moments)?;
     run_trainer(tr, run, device_line, Some(ckpt.dir.clone()))
 }
 
@@ -354,13 +386,13 @@ fn run_trainer<B: Backend>(
         }
         if t.checkpoint_every > 0 && tr.step.is_multiple_of(t.checkpoint_every) && guard.is_clear()
         {
-            last_checkpoint = Some(checkpoint::save(out, &tr)?);
+            last_checkpoint = Some(checkpoint::save(out, &tr.snapshot())?);
         }
     }
     // The final (or interrupted) state, unless it follows non-finite steps: then the
     // last good checkpoint stays the newest.
     if guard.is_clear() {
-        last_checkpoint = Some(checkpoint::save(out, &tr)?);
+        last_checkpoint = Some(checkpoint::save(out, &tr.snapshot())?);
     }
     metrics.finish();
     let plot_path = out.join("loss.png");
