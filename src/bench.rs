@@ -20,7 +20,7 @@ use crate::backend::cpu::matmul::gemm;
 use crate::backend::cuda::{CudaBackend, GpuPrecision};
 use crate::backend::{Backend, DeviceChoice, open_gpu};
 use crate::config::Config;
-use crate::data::{self, Dataset};
+use crate::data::{self, DataSpec, Dataset};
 use crate::memory::{self, Target};
 use crate::train::Trainer;
 
@@ -114,7 +114,7 @@ pub fn run(req: &BenchRequest) -> Result<BenchReport> {
     if req.config.train.max_steps == 0 {
         bail!("--steps 0: the benchmark needs at least one timed step");
     }
-    let data = data::load(req.config, 0, 1)?;
+    let data = data::load(&DataSpec::of(req.config))?;
     let (gpu, device_line) = open_gpu(req.device, req.config)?;
     eprintln!("{device_line}");
     match gpu {

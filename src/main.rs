@@ -86,24 +86,6 @@ impl ConfigArgs {
         Config::load_or(self.config.as_deref(), default, &overrides)
     }
 
-    /// The config with `--micro-batch B` applied as train.batch_size (validated with
-    /// the rest).
-    fn load_with_micro_batch(&self, micro_batch: Option<usize>) -> Result<Config> {
-        let mut with = ConfigArgs {
-            config: self.config.clone(),
-            overrides: self.overrides.clone(),
-            steps: self.steps,
-            data: self.data.clone(),
-        };
-        if let Some(b) = micro_batch {
-            if b == 0 {
-                anyhow::bail!("--micro-batch 0: must be at least 1");
-            }
-            with.overrides.push(format!("train.batch_size={b}"));
-        }
-        with.load()
-    }
-
     /// "tiny" for the built-in config, else the config file's stem.
     fn name(&self) -> String {
         self.config
@@ -111,6 +93,14 @@ impl ConfigArgs {
             .and_then(|p| p.file_stem())
             .map_or("tiny".into(), |s| s.to_string_lossy().into_owned())
     }
+}
+
+/// `--micro-batch B`, checked: at least one sequence.
+fn micro_batch(b: Option<usize>) -> Result<Option<usize>> {
+    if b == Some(0) {
+        anyhow::bail!("--micro-batch 0: must be at least 1");
+    }
+    Ok(b)
 }
 
 /// Where the model runs; every command that runs the model takes it.
@@ -332,7 +322,11 @@ fn run(cli: Cli) -> Result<()> {
             hgpt::train::run(&config, &out, args.device.device)?;
         }
         Command::Bench(args) => {
-            let mut config = args.config.load_with_micro_batch(args.micro_batch)?;
+            let micro_batch = micro_batch(args.micro_batch)?;
+            let mut config = args.config.load()?;
+            if let Some(b) = micro_batch {
+                config.train.batch_size = b;
+            }
             if args.config.steps.is_none() {
                 config.train.max_steps = 10;
             }
@@ -349,7 +343,8 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Memory(args) => {
-            let config = args.config.load_with_micro_batch(args.micro_batch)?;
+            let micro_batch = micro_batch(args.micro_batch)?;
+            let config = args.config.load()?;
             let gpu_gib = if args.gpu_memory.is_empty() {
                 hgpt::memory::DEFAULT_GPU_GIB.to_vec()
             } else {
@@ -358,7 +353,8 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(g) = gpu_gib.iter().find(|g| !(**g > 0.0 && g.is_finite())) {
                 anyhow::bail!("--gpu-memory {g}: must be a positive number of GiB");
             }
-            let report = hgpt::memory::report(&config, config.train.batch_size, &gpu_gib);
+            let batch = micro_batch.unwrap_or(config.train.batch_size);
+            let report = hgpt::memory::report(&config, batch, &gpu_gib);
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -22,7 +22,7 @@ fn tiny_config(extra: &[&str]) -> Config {
 }
 
 fn trainer(config: &Config) -> Trainer<CpuBackend> {
-    let data = data::builtin(config, 0, 1).unwrap();
+    let data = data::builtin(&data::DataSpec::of(config)).unwrap();
     Trainer::new(config, CpuBackend::<f32>::new(), data).unwrap()
 }
 

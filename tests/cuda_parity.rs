@@ -804,7 +804,7 @@ fn bf16_weight_shadows_follow_adamw_sgld_and_every_write() {
         return;
     };
     let config = small_config("harmonic", true);
-    let data = data::builtin(&config, 0, 1).unwrap();
+    let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
     let mut tr = Trainer::new(&config, gpu, data).unwrap();
     let (b, t) = (config.train.batch_size, config.train.seq_len);
     let mut rng = ChaCha8Rng::seed_from_u64(23);
@@ -946,7 +946,7 @@ fn fifty_training_steps_track_the_cpu_loss_curve() {
     for (mode, tol) in [(GpuPrecision::Fp32, 1e-3), (GpuPrecision::Bf16, 5e-2)] {
         let Some(gpu) = open_gpu(mode) else { return };
         let config = small_config("harmonic", true);
-        let data = || data::builtin(&config, 0, 1).unwrap();
+        let data = || data::builtin(&data::DataSpec::of(&config)).unwrap();
         let mut cpu = Trainer::new(&config, CpuBackend::<f32>::new(), data()).unwrap();
         let mut gpu = Trainer::new(&config, gpu, data()).unwrap();
         let mut worst = 0f64;
@@ -981,7 +981,7 @@ fn training_step_holds_exactly_the_memory_plan() {
         for head in ["harmonic", "softmax"] {
             let Some(gpu) = open_gpu(mode) else { return };
             let config = small_config(head, true);
-            let data = data::builtin(&config, 0, 1).unwrap();
+            let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
             let mut tr = Trainer::new(&config, gpu, data).unwrap();
             tr.train_step();
             tr.train_step();

@@ -188,7 +188,7 @@ fn llmc_layout_shards_load_as_is() {
         &tokens,
         2,
     );
-    let data = hgpt::data::load(&config(dir.path(), 4, 16), 0, 1).unwrap();
+    let data = hgpt::data::load(&hgpt::data::DataSpec::of(&config(dir.path(), 4, 16))).unwrap();
     assert!(data.tokenizer.is_none());
     assert_eq!(data.vocab_size, *tokens.iter().max().unwrap() as usize + 1);
 }
@@ -247,7 +247,9 @@ fn bad_data_directories_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // No shards at all.
-    let msg = error_of(hgpt::data::load(&config(d, 2, 8), 0, 1));
+    let msg = error_of(hgpt::data::load(&hgpt::data::DataSpec::of(&config(
+        d, 2, 8,
+    ))));
     assert!(msg.contains("no train shards"), "{msg}");
 
     // A token outside the tokenizer's vocabulary.
@@ -258,7 +260,9 @@ fn bad_data_directories_are_refused() {
     bad[50] = 300;
     let val = d.join("val_000000.bin");
     write_shard(&val, &bad, TokenWidth::U16).unwrap();
-    let msg = error_of(hgpt::data::load(&config(d, 2, 8), 0, 1));
+    let msg = error_of(hgpt::data::load(&hgpt::data::DataSpec::of(&config(
+        d, 2, 8,
+    ))));
     assert!(
         msg.contains("token 300") && msg.contains(&val.display().to_string()),
         "{msg}"
@@ -266,9 +270,11 @@ fn bad_data_directories_are_refused() {
 
     // An interrupted prepare.
     write_shard(&val, &tokens, TokenWidth::U16).unwrap();
-    assert!(hgpt::data::load(&config(d, 2, 8), 0, 1).is_ok());
+    assert!(hgpt::data::load(&hgpt::data::DataSpec::of(&config(d, 2, 8))).is_ok());
     std::fs::write(d.join("prepare.incomplete"), "").unwrap();
-    let msg = error_of(hgpt::data::load(&config(d, 2, 8), 0, 1));
+    let msg = error_of(hgpt::data::load(&hgpt::data::DataSpec::of(&config(
+        d, 2, 8,
+    ))));
     assert!(msg.contains("did not finish"), "{msg}");
 }
 

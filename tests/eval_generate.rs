@@ -176,7 +176,7 @@ fn trained_model(head: &str) -> Gpt<CpuBackend> {
     ]
     .iter()
     .fold(Config::tiny(), |c, s| c.with_override(s).unwrap());
-    let data = data::builtin(&config, 0, 1).unwrap();
+    let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
     let mut tr = Trainer::new(&config, CpuBackend::new(), data).unwrap();
     for _ in 0..30 {
         tr.train_step();

@@ -449,7 +449,7 @@ fn small_gpt_config() -> Config {
 #[test]
 fn gpt_estimate_runs_on_the_training_loss_and_restores_weights() {
     let config = small_gpt_config();
-    let data = hgpt::data::load(&config, 0, 1).unwrap();
+    let data = hgpt::data::load(&hgpt::data::DataSpec::of(&config)).unwrap();
     let mut tr = Trainer::new(&config, CpuBackend::<f32>::new(), data).unwrap();
     for _ in 0..20 {
         tr.train_step();

@@ -43,7 +43,7 @@ fn cpu_training_step_allocates_exactly_the_plan() {
     ];
     for sets in variants {
         let config = small(sets);
-        let data = data::builtin(&config, 0, 1).unwrap();
+        let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
         let mut tr = Trainer::new(&config, CpuBackend::<f32>::new(), data).unwrap();
         tr.train_step();
         tr.evaluate();

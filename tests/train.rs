@@ -31,7 +31,7 @@ fn small(head: &str) -> Config {
 fn overfits_one_batch() {
     for head in ["harmonic", "softmax"] {
         let config = small(head);
-        let mut ds = data::builtin(&config, 0, 1).unwrap();
+        let mut ds = data::builtin(&data::DataSpec::of(&config)).unwrap();
         let batch = ds.train.next_batch();
         let mut model = Gpt::new(CpuBackend::<f32>::new(), &config.model);
         model.init(1);
@@ -55,7 +55,7 @@ fn overfits_one_batch() {
 }
 
 fn losses(config: &Config, steps: usize) -> Vec<f64> {
-    let data = data::builtin(config, 0, 1).unwrap();
+    let data = data::builtin(&data::DataSpec::of(config)).unwrap();
     let mut tr = Trainer::new(config, CpuBackend::<f32>::new(), data).unwrap();
     (0..steps).map(|_| tr.train_step().loss).collect()
 }
@@ -76,7 +76,7 @@ fn same_seed_gives_the_same_losses() {
 fn gradient_accumulation_matches_a_larger_batch() {
     // Two micro-batches of 2 sequences give the gradient of one batch of 4.
     let config = small("harmonic");
-    let mut ds = data::builtin(&config, 0, 1).unwrap();
+    let mut ds = data::builtin(&data::DataSpec::of(&config)).unwrap();
     let batch = ds.train.next_batch();
     let grads = |parts: usize| {
         let mut model = Gpt::new(CpuBackend::<f32>::new(), &config.model);

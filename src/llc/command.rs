@@ -330,7 +330,7 @@ fn run_checkpoint(args: &LlcArgs, path: &Path) -> Result<()> {
         .sgld
         .settings(&Defaults::gpt(config.train.batch_size))?;
     let params = ckpt.read_params()?;
-    let data = gpt::training_data(&config, batch_size, ckpt.state.tokenizer_hash.as_deref())?;
+    let data = gpt::training_data(&config, batch_size, Some(&ckpt.state))?;
     let mut model = DeviceGpt::open(args.device, &config)?;
     let progress = progress_bar(&settings);
     let est = model.estimate(&params, &config, data, batch_size, &settings, &progress)?;
@@ -385,8 +385,7 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
                 );
             }
             let params = ckpt.read_params()?;
-            let data =
-                gpt::training_data(&config, batch_size, ckpt.state.tokenizer_hash.as_deref())?;
+            let data = gpt::training_data(&config, batch_size, Some(&ckpt.state))?;
             jobs.push((params, data));
         }
         let progress = progress_bar(&settings);

@@ -19,7 +19,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, DeviceChoice, open_gpu};
 use crate::checkpoint::{self, Checkpoint, TrainingSnapshot, compat};
 use crate::config::Config;
-use crate::data::{self, Batch, Dataset};
+use crate::data::{self, Batch, DataSpec, Dataset};
 use crate::model::Gpt;
 use divergence::DivergenceGuard;
 use metrics::{EvalRecord, Metrics, SkippedRecord, TrainRecord};
@@ -51,13 +51,7 @@ pub struct Trainer<B: Backend> {
 impl<B: Backend> Trainer<B> {
     /// A freshly initialised model on `backend`, checked against the data's vocab.
     pub fn new(config: &Config, backend: B, data: Dataset) -> Result<Trainer<B>> {
-        if data.vocab_size > config.model.vocab_size {
-            bail!(
-                "model.vocab_size = {} is smaller than the data's vocabulary ({} tokens)",
-                config.model.vocab_size,
-                data.vocab_size
-            );
-        }
+        compat::check_data(&data, &config.model, None)?;
         let model = Gpt::new(backend, &config.model);
         model.init(config.train.seed);
         let optimizer = Optimizer::new(&model);
@@ -191,10 +185,11 @@ fn start(
             out.display()
         );
     }
-    let data = data::load(config, 0, 1)?;
+    let data = data::load(&DataSpec::of(config))?;
     let params = match init {
         Some(ckpt) => {
-            check_tokenizer(&data, ckpt, "cannot start from the checkpoint")?;
+            compat::check_data(&data, &config.model, Some(&ckpt.state))
+                .context("cannot start from the checkpoint")?;
             Some(ckpt.read_params()?)
         }
         None => None,
@@ -228,29 +223,14 @@ fn begin<B: Backend>(
     run_trainer(tr, out, device_line, None)
 }
 
-/// The data must be tokenized as the checkpoint's model was trained; `what` starts
-/// the error.
-fn check_tokenizer(data: &Dataset, ckpt: &Checkpoint, what: &str) -> Result<()> {
-    let hash = checkpoint::tokenizer::hash(data);
-    if hash != ckpt.state.tokenizer_hash {
-        let show = |h: &Option<String>| h.clone().unwrap_or("none".into());
-        bail!(
-            "{what}: the data's tokenizer (sha256 {}) differs from the checkpoint's ({})",
-            show(&hash),
-            show(&ckpt.state.tokenizer_hash)
-        );
-    }
-    Ok(())
-}
-
 /// Continues run `run` from its latest checkpoint under `config`, which may differ
 /// from the checkpoint's only in training keys that steer the loop (see
 /// [`compat::check_resume`]); the differences are reported.
 pub fn resume(run: &Path, config: &Config, device: DeviceChoice) -> Result<Summary> {
     let ckpt = Checkpoint::open_run(run)?;
     let changes = compat::check_resume(&ckpt.state.config, config)?;
-    let data = data::load(config, 0, 1)?;
-    check_tokenizer(&data, &ckpt, "cannot resume")?;
+    let data = data::load(&DataSpec::of(config))?;
+    compat::check_data(&data, &config.model, Some(&ckpt.state)).context("cannot resume")?;
     let (params, moments) = (ckpt.read_params()?, ckpt.read_moments()?);
     eprintln!(
         "resuming {} at step {}",
