@@ -13,12 +13,10 @@ use hgpt::config::Config;
 use hgpt::data;
 use hgpt::train::Trainer;
 
-use common::{fails, hgpt, losses, sets, strs, succeeds, train_args};
+use common::{fails, hgpt, losses, strs, succeeds, train_args};
 
 fn tiny_config(extra: &[&str]) -> Config {
-    let args = sets(extra);
-    args.chunks(2)
-        .fold(Config::tiny(), |c, pair| c.with_override(&pair[1]).unwrap())
+    common::config(common::TINY, extra)
 }
 
 fn trainer(config: &Config) -> Trainer<CpuBackend> {

@@ -1,9 +1,10 @@
 //! The data pipeline end to end: prepare, shards in llm.c's layout, the loader,
 //! and one-line errors for bad input.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use hgpt::config::Config;
 use hgpt::data::prepare::{PrepareOptions, PrepareReport, TokenizerSource, prepare};
@@ -433,12 +434,9 @@ fn train_error(code: i32, stderr: &str) -> &str {
     errors[0]
 }
 
+/// hgpt's exit code and stderr.
 fn hgpt(args: &[&str], cwd: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hgpt"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
+    let out = common::hgpt(args, cwd);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),

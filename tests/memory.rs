@@ -2,6 +2,8 @@
 //! CUDA backend's slots and peak in tests/cuda_parity.rs), and the planner's search
 //! for the largest micro-batch.
 
+mod common;
+
 use hgpt::backend::cpu::CpuBackend;
 use hgpt::backend::cuda::GpuPrecision;
 use hgpt::config::Config;
@@ -10,19 +12,7 @@ use hgpt::memory::{Target, largest_micro_batch, plan};
 use hgpt::train::Trainer;
 
 fn small(sets: &[&str]) -> Config {
-    let base = [
-        "model.n_layer=2",
-        "model.n_embd=32",
-        "model.n_head=2",
-        "model.block_size=32",
-        "train.seq_len=32",
-        "train.batch_size=3",
-        "data.builtin_train_bytes=20000",
-        "data.builtin_val_bytes=5000",
-    ];
-    base.iter()
-        .chain(sets)
-        .fold(Config::tiny(), |c, s| c.with_override(s).unwrap())
+    common::config(common::SMALL, &[&["train.batch_size=3"], sets].concat())
 }
 
 /// A training step (two micro-batches, clipping, AdamW) and a validation pass hold

@@ -1,6 +1,8 @@
 //! Training behaviour: overfitting one batch, determinism, the schedule, and what a
 //! run leaves in its directory.
 
+mod common;
+
 use hgpt::backend::DeviceChoice;
 use hgpt::backend::cpu::CpuBackend;
 use hgpt::config::Config;
@@ -12,19 +14,7 @@ use hgpt::train::{self, Trainer};
 
 /// The tiny config shrunk so a test trains in a second or two.
 fn small(head: &str) -> Config {
-    let sets = [
-        format!("model.head={head}"),
-        "model.n_layer=2".into(),
-        "model.n_embd=32".into(),
-        "model.n_head=2".into(),
-        "model.block_size=32".into(),
-        "train.seq_len=32".into(),
-        "train.batch_size=4".into(),
-        "data.builtin_train_bytes=20000".into(),
-        "data.builtin_val_bytes=5000".into(),
-    ];
-    sets.iter()
-        .fold(Config::tiny(), |c, s| c.with_override(s).unwrap())
+    common::config(common::SMALL, &[&format!("model.head={head}")])
 }
 
 #[test]
