@@ -2,7 +2,7 @@
 //!
 //! Warm-up steps, then timed optimizer steps of the real training loop (data,
 //! forward, backward, clipping, AdamW): tokens/s, ms/step, model FLOP/s by llm.c's
-//! count (6 N + 6 L C T per token, DESIGN.md section 6) over a peak: on the GPU
+//! count (6 N + 6 L C T per token, docs/DESIGN.md section 6) over a peak: on the GPU
 //! 989 TFLOP/s (H100 SXM dense bf16) unless `--peak-tflops` says otherwise (fp32
 //! runs use the measured GEMM peak), on the CPU the GEMM peak measured here on one
 //! large square product. Memory: the most the backend held at once, beside what

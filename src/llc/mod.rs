@@ -1,5 +1,5 @@
 //! The local learning coefficient (LLC): how degenerate the loss landscape is around
-//! a set of weights w*, estimated by SGLD localised at w* (DESIGN.md section 7).
+//! a set of weights w*, estimated by SGLD localised at w* (docs/DESIGN.md section 7).
 //!
 //! `sampler` is the one SGLD loop, generic over the model through [`SgldTarget`];
 //! `estimate` turns its traces into lambda-hat and diagnostics, with `stats` (the
