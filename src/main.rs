@@ -1,10 +1,12 @@
 //! The `hgpt` command line.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use hgpt::backend::DeviceChoice;
 use hgpt::checkpoint::Checkpoint;
@@ -12,6 +14,9 @@ use hgpt::config::Config;
 use hgpt::data::prepare::{PrepareOptions, TokenizerSource, prepare};
 use hgpt::export::Dtype;
 use hgpt::llc;
+use hgpt::observe::Observer;
+use hgpt::train::metrics::{EvalRecord, TrainRecord};
+use hgpt::train::{Summary, TrainObserver};
 
 #[derive(Parser)]
 #[command(
@@ -303,9 +308,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => {
             hgpt::train::signals::install()?;
+            let mut view = TrainView::default();
             if let Some(run) = &args.resume {
                 let saved = Checkpoint::open_run(run)?.state.config;
-                hgpt::train::resume(run, &args.config.load_or(saved)?, args.device.device)?;
+                let config = args.config.load_or(saved)?;
+                let summary = hgpt::train::resume(run, &config, args.device.device, &mut view)?;
+                print_summary(&summary);
                 return Ok(());
             }
             let out = args.out.unwrap_or_else(|| {
@@ -315,11 +323,14 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(init) = &args.init {
                 let saved = Checkpoint::open(init)?.state.config;
                 let config = args.config.load_or(saved)?;
-                hgpt::train::fine_tune(init, &config, &out, args.device.device)?;
+                let summary =
+                    hgpt::train::fine_tune(init, &config, &out, args.device.device, &mut view)?;
+                print_summary(&summary);
                 return Ok(());
             }
             let config = args.config.load()?;
-            hgpt::train::run(&config, &out, args.device.device)?;
+            let summary = hgpt::train::run(&config, &out, args.device.device, &mut view)?;
+            print_summary(&summary);
         }
         Command::Bench(args) => {
             let micro_batch = micro_batch(args.micro_batch)?;
@@ -407,6 +418,98 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Training as the user sees it: a progress bar on a terminal, log lines otherwise.
+#[derive(Default)]
+struct TrainView {
+    bar: Option<ProgressBar>,
+    max_steps: usize,
+}
+
+impl Observer for TrainView {
+    /// A line above the bar if there is one.
+    fn note(&mut self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+impl TrainObserver for TrainView {
+    fn start(&mut self, first_step: usize, max_steps: usize) {
+        self.max_steps = max_steps;
+        self.bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(max_steps as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_position(first_step as u64);
+            bar
+        });
+    }
+
+    fn logged(&mut self, r: &TrainRecord) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(r.step as u64);
+                bar.set_message(format!(
+                    "loss {:.4} | lr {:.2e} | {:.0} tok/s",
+                    r.train_loss, r.lr, r.tokens_per_s
+                ));
+            }
+            None => eprintln!(
+                "step {:>6}/{} | loss {:.4} | lr {:.2e} | norm {:.3} | {:.0} tok/s",
+                r.step, self.max_steps, r.train_loss, r.lr, r.grad_norm, r.tokens_per_s
+            ),
+        }
+    }
+
+    fn evaluated(&mut self, r: &EvalRecord) {
+        let line = format!(
+            "step {:>6}/{} | val loss {:.4}",
+            r.step, self.max_steps, r.val_loss
+        );
+        self.note(&line);
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The lines that end a training run.
+fn print_summary(s: &Summary) {
+    let checkpoint_line = s
+        .last_checkpoint
+        .as_ref()
+        .map_or("none written".into(), |c| c.display().to_string());
+    let out = s.run_dir.display();
+    if s.interrupted {
+        eprintln!(
+            "interrupted at step {}; checkpoint: {checkpoint_line}; continue with `hgpt train --resume {out}`",
+            s.steps
+        );
+        return;
+    }
+    eprintln!(
+        "done: {} steps in {:.1}s ({:.0} tok/s); train loss {}, val loss {}, unigram entropy {:.4}",
+        s.steps,
+        s.elapsed_s,
+        s.tokens_per_s,
+        s.final_train_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        s.final_val_loss.map_or("-".into(), |v| format!("{v:.4}")),
+        s.unigram_entropy
+    );
+    eprintln!(
+        "run directory: {out} (config.toml, metrics.jsonl, loss.png); checkpoint: {checkpoint_line}"
+    );
 }
 
 fn main() -> ExitCode {

@@ -132,7 +132,7 @@ fn a_run_writes_config_metrics_and_plot() {
         .and_then(|c| c.with_override("train.log_every=2"))
         .and_then(|c| c.with_override("train.eval_every=3"))
         .unwrap();
-    let summary = train::run(&config, dir.path(), DeviceChoice::Cpu).unwrap();
+    let summary = train::run(&config, dir.path(), DeviceChoice::Cpu, &mut ()).unwrap();
     assert_eq!(summary.steps, 6);
     let written = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
     assert_eq!(
