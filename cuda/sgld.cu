@@ -1,4 +1,5 @@
-// One SGLD step localised at w* (src/backend/cpu/sgld.rs is the reference):
+// One SGLD step localised at w* (src/backend/cpu/sgld.rs is the reference, its noise
+// src/backend/noise.rs):
 //
 //   w_i <- w_i - half_eps * (nbeta * g_i + gamma * (w_i - w*_i)) + noise_std * xi_i
 //   w16_i = bf16(w_i)   when w16 is not null: the bf16 shadow GEMMs read in bf16 mode

@@ -15,13 +15,11 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use serde::Serialize;
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::cpu::matmul::gemm;
-use crate::backend::cuda::{CudaBackend, GpuPrecision};
-use crate::backend::{Backend, DeviceChoice, open_gpu};
+use crate::backend::cuda::GpuPrecision;
+use crate::backend::{self, Backend, DeviceChoice, OpStats, Target};
 use crate::config::Config;
-use crate::data::{self, DataSpec, Dataset};
-use crate::memory::{self, Target};
+use crate::data::{self, DataSpec};
+use crate::memory;
 use crate::train::Trainer;
 
 /// H100 SXM dense bf16 tensor-core peak, TFLOP/s: the default MFU denominator on
@@ -59,8 +57,9 @@ pub struct BenchReport {
     pub peak_source: String,
     /// model_tflops / peak_tflops.
     pub mfu: f64,
-    /// Best of a few square GEMMs through the backend's own GEMM path (CPU: 1024^3
-    /// f32 on all threads; GPU: 4096^3 through cuBLASLt in the run's precision).
+    /// Best of a few square GEMMs through the backend's dense layer (CPU: 1024^3 f32
+    /// on all threads; GPU: 4096^3 through cuBLASLt in the run's precision, bf16 mode
+    /// converting the activation operand as the model's matmuls do).
     pub gemm_peak_tflops: f64,
     /// All matmul forward/backward FLOPs over their time (CPU only: per-op timing).
     pub matmul_tflops: Option<f64>,
@@ -78,20 +77,23 @@ pub fn flops_per_token(config: &Config, params: usize) -> f64 {
     6.0 * params as f64 + 6.0 * (m.n_layer * m.n_embd * config.train.seq_len) as f64
 }
 
-/// GFLOP/s of an n x n x n f32 GEMM on the CPU, best of `reps`.
-pub fn gemm_peak_gflops(n: usize, reps: usize) -> f64 {
-    let a: Vec<f32> = (0..n * n)
-        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3)
-        .collect();
-    let b: Vec<f32> = (0..n * n)
-        .map(|i| ((i * 104_729) % 1000) as f32 * 1e-3)
-        .collect();
-    let mut c = vec![0f32; n * n];
+/// GFLOP/s of an n x n x n GEMM through the backend's own dense layer
+/// (`matmul_forward`, no bias), best of `reps`: the product the model's matmuls run,
+/// in the backend's precision.
+pub fn gemm_peak_gflops(be: &dyn Backend, n: usize, reps: usize) -> f64 {
+    let (a, b, c) = (be.alloc(n * n), be.alloc(n * n), be.alloc(n * n));
+    be.fill(a, 0.5);
+    be.fill(b, 0.25);
     let mut best = f64::INFINITY;
-    for _ in 0..reps {
+    for _ in 0..reps.max(1) {
+        be.synchronize();
         let t0 = Instant::now();
-        gemm(&mut c, n, n, n, (&a, n, 1), (&b, n, 1), false, 1.0);
+        be.matmul_forward(c, a, b, None, n, n, n);
+        be.synchronize();
         best = best.min(t0.elapsed().as_secs_f64());
+    }
+    for s in [a, b, c] {
+        be.free(s);
     }
     2.0 * (n * n * n) as f64 / best / 1e9
 }
@@ -115,32 +117,96 @@ pub fn run(req: &BenchRequest) -> Result<BenchReport> {
         bail!("--steps 0: the benchmark needs at least one timed step");
     }
     let data = data::load(&DataSpec::of(req.config))?;
-    let (gpu, device_line) = open_gpu(req.device, req.config)?;
+    let (backend, device_line) = backend::open(
+        req.device,
+        req.config.train.precision,
+        req.config.model.head_size(),
+    )?;
     eprintln!("{device_line}");
-    match gpu {
-        Some(gpu) => run_gpu(req, gpu, data),
-        None => run_cpu(req, data),
-    }
-}
-
-/// Times `steps` optimizer steps after `warmup` untimed ones; `sync` waits for the
-/// device. Returns seconds.
-fn time_steps<B: Backend>(
-    tr: &mut Trainer<B>,
-    warmup: usize,
-    steps: usize,
-    sync: impl Fn(&B),
-) -> f64 {
-    for _ in 0..warmup {
+    let steps = req.config.train.max_steps;
+    let mut tr = Trainer::new(req.config, backend, data)?;
+    for _ in 0..req.warmup {
         tr.train_step();
     }
-    sync(&tr.model.backend);
+    let be = &tr.model.backend;
+    // Only the timed steps are profiled (where the backend profiles at all: the CPU,
+    // whose bookkeeping is a few map updates per op, nothing beside the ops' time).
+    be.synchronize();
+    be.start_profile();
     let t0 = Instant::now();
     for _ in 0..steps {
         tr.train_step();
     }
-    sync(&tr.model.backend);
-    t0.elapsed().as_secs_f64()
+    let be = &tr.model.backend;
+    be.synchronize();
+    let seconds = t0.elapsed().as_secs_f64();
+    let profile = be.take_profile();
+    // Read before the GEMM peak's own buffers count towards it.
+    let peak_memory_bytes = be.peak_memory_bytes();
+    let target = be.target();
+    let gemm_n = match target {
+        Target::Cpu => 1024,
+        Target::Cuda { .. } => 4096,
+    };
+    let gemm_peak_tflops = gemm_peak_gflops(be.as_ref(), gemm_n, 5) / 1e3;
+    let (peak_tflops, peak_source) = match (req.peak_tflops, target) {
+        (Some(p), _) => (p, "--peak-tflops".to_string()),
+        (None, Target::Cpu) => (gemm_peak_tflops, "measured f32 GEMM peak".into()),
+        (
+            None,
+            Target::Cuda {
+                precision: GpuPrecision::Bf16,
+                ..
+            },
+        ) => (H100_BF16_TFLOPS, "H100 SXM dense bf16 (default)".into()),
+        (
+            None,
+            Target::Cuda {
+                precision: GpuPrecision::Fp32,
+                ..
+            },
+        ) => (gemm_peak_tflops, "measured fp32 GEMM peak".into()),
+    };
+    let ops = op_reports(&profile, steps);
+    let (mm_flops, mm_time) = profile
+        .iter()
+        .filter(|(k, _)| k.starts_with("matmul"))
+        .fold((0.0, 0.0), |(f, s), (_, v)| {
+            (f + v.flops, s + v.time.as_secs_f64())
+        });
+    let matmul_tflops = (mm_time > 0.0).then(|| mm_flops / mm_time / 1e12);
+    let timing = Timing {
+        req,
+        params: tr.model.num_params(),
+        seconds,
+        peak_tflops,
+        peak_source,
+        gemm_peak_tflops,
+        peak_memory_bytes,
+        target,
+    };
+    Ok(timing.report(be.describe(), matmul_tflops, ops))
+}
+
+/// Each profiled op's calls, time per step, share of all ops' time and GFLOP/s.
+fn op_reports(
+    profile: &BTreeMap<&'static str, OpStats>,
+    steps: usize,
+) -> BTreeMap<String, OpReport> {
+    let op_time: f64 = profile.values().map(|s| s.time.as_secs_f64()).sum();
+    profile
+        .iter()
+        .map(|(name, s)| {
+            let secs = s.time.as_secs_f64();
+            let report = OpReport {
+                calls: s.calls,
+                ms_per_step: secs * 1e3 / steps as f64,
+                share: secs / op_time,
+                gflops: (s.flops > 0.0).then(|| s.flops / secs / 1e9),
+            };
+            (name.to_string(), report)
+        })
+        .collect()
 }
 
 /// The report's fields shared by both devices.
@@ -204,86 +270,6 @@ impl Timing<'_> {
 
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1 << 20) as f64
-}
-
-fn run_gpu(req: &BenchRequest, gpu: CudaBackend, data: Dataset) -> Result<BenchReport> {
-    let steps = req.config.train.max_steps;
-    let mut tr = Trainer::new(req.config, gpu, data)?;
-    let seconds = time_steps(&mut tr, req.warmup, steps, |be| be.synchronize());
-    let be = &tr.model.backend;
-    // Read before the GEMM peak's own buffers count towards it.
-    let peak_memory_bytes = be.peak_memory_bytes();
-    let gemm_peak_tflops = be.gemm_peak_gflops(4096, 5) / 1e3;
-    let (peak_tflops, peak_source) = match (req.peak_tflops, be.precision()) {
-        (Some(p), _) => (p, "--peak-tflops".to_string()),
-        (None, GpuPrecision::Bf16) => (H100_BF16_TFLOPS, "H100 SXM dense bf16 (default)".into()),
-        (None, GpuPrecision::Fp32) => (gemm_peak_tflops, "measured fp32 GEMM peak".into()),
-    };
-    let timing = Timing {
-        req,
-        params: tr.model.num_params(),
-        seconds,
-        peak_tflops,
-        peak_source,
-        gemm_peak_tflops,
-        peak_memory_bytes,
-        target: Target::Cuda {
-            precision: be.precision(),
-            cc_major: be.cc_major(),
-        },
-    };
-    Ok(timing.report(be.describe(), None, BTreeMap::new()))
-}
-
-/// The CPU run, profiling every op.
-fn run_cpu(req: &BenchRequest, data: Dataset) -> Result<BenchReport> {
-    let steps = req.config.train.max_steps;
-    let mut tr = Trainer::new(req.config, CpuBackend::<f32>::new(), data)?;
-    // Profile the timed steps only; the profile's bookkeeping is a few map updates
-    // per op, nothing beside the ops' own time.
-    for _ in 0..req.warmup {
-        tr.train_step();
-    }
-    tr.model.backend.start_profile();
-    let seconds = time_steps(&mut tr, 0, steps, |_| {});
-    let profile = tr.model.backend.take_profile();
-    let op_time: f64 = profile.values().map(|s| s.time.as_secs_f64()).sum();
-    let ops = profile
-        .iter()
-        .map(|(name, s)| {
-            let secs = s.time.as_secs_f64();
-            let report = OpReport {
-                calls: s.calls,
-                ms_per_step: secs * 1e3 / steps as f64,
-                share: secs / op_time,
-                gflops: (s.flops > 0.0).then(|| s.flops / secs / 1e9),
-            };
-            (name.to_string(), report)
-        })
-        .collect::<BTreeMap<_, _>>();
-    let (mm_flops, mm_time) = profile
-        .iter()
-        .filter(|(k, _)| k.starts_with("matmul"))
-        .fold((0.0, 0.0), |(f, s), (_, v)| {
-            (f + v.flops, s + v.time.as_secs_f64())
-        });
-    let gemm_peak_tflops = gemm_peak_gflops(1024, 5) / 1e3;
-    let (peak_tflops, peak_source) = match req.peak_tflops {
-        Some(p) => (p, "--peak-tflops".to_string()),
-        None => (gemm_peak_tflops, "measured f32 GEMM peak".to_string()),
-    };
-    let timing = Timing {
-        req,
-        params: tr.model.num_params(),
-        seconds,
-        peak_tflops,
-        peak_source,
-        gemm_peak_tflops,
-        peak_memory_bytes: tr.model.backend.peak_memory_bytes(),
-        target: Target::Cpu,
-    };
-    let matmul_tflops = Some(mm_flops / mm_time / 1e12);
-    Ok(timing.report(tr.model.backend.describe(), matmul_tflops, ops))
 }
 
 impl BenchReport {

@@ -11,8 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, DeviceChoice, open_gpu};
+use crate::backend::{self, Backend, DeviceChoice};
 use crate::checkpoint::{self, Checkpoint};
 use crate::data;
 use crate::data::manifest::TOKENIZER_FILE;
@@ -179,18 +178,11 @@ pub fn run(req: &EvalRequest) -> Result<Report> {
     let params = ckpt.read_params()?;
     let config = &ckpt.state.config;
     let (tokens, batch) = (&stream.tokens, 4096);
-    let (gpu, device_line) = open_gpu(req.device, config)?;
+    let (backend, device_line) =
+        backend::open(req.device, config.train.precision, config.model.head_size())?;
     eprintln!("{device_line}");
-    let score = match gpu {
-        Some(gpu) => {
-            let mut model = Gpt::with_params(gpu, &config.model, &params);
-            score(&mut model, tokens, stride, batch)
-        }
-        None => {
-            let mut model = Gpt::with_params(CpuBackend::<f32>::new(), &config.model, &params);
-            score(&mut model, tokens, stride, batch)
-        }
-    };
+    let mut model = Gpt::with_params(backend, &config.model, &params);
+    let score = score(&mut model, tokens, stride, batch);
     Ok(Report::new(score, stream.bytes))
 }
 

@@ -8,8 +8,7 @@ use anyhow::{Result, bail};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, DeviceChoice, open_gpu};
+use crate::backend::{self, Backend, DeviceChoice};
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::Tokenizer;
 use crate::model::Gpt;
@@ -168,15 +167,10 @@ pub fn run(req: &GenerateRequest, out: &mut impl Write) -> Result<()> {
     let config = &ckpt.state.config;
     write!(out, "{}", req.prompt)?;
     out.flush()?;
-    let (gpu, device_line) = open_gpu(req.device, config)?;
+    let (backend, device_line) =
+        backend::open(req.device, config.train.precision, config.model.head_size())?;
     eprintln!("{device_line}");
-    match gpu {
-        Some(gpu) => stream.run(&mut Gpt::with_params(gpu, &config.model, &params), out),
-        None => {
-            let cpu = CpuBackend::<f32>::new();
-            stream.run(&mut Gpt::with_params(cpu, &config.model, &params), out)
-        }
-    }
+    stream.run(&mut Gpt::with_params(backend, &config.model, &params), out)
 }
 
 /// A generation whose text goes to a writer as it comes.

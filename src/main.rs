@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -112,7 +113,8 @@ fn micro_batch(b: Option<usize>) -> Result<Option<usize>> {
 #[derive(Args)]
 struct DeviceArgs {
     /// auto: the GPU when the CUDA driver and a device are present, else the CPU
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    #[arg(long, default_value_t = DeviceChoice::Auto,
+          value_parser = PossibleValuesParser::new(DeviceChoice::NAMES).try_map(|s| s.parse::<DeviceChoice>()))]
     device: DeviceChoice,
 }
 

@@ -13,23 +13,12 @@
 
 use serde::Serialize;
 
+pub use crate::backend::Target;
 use crate::backend::cpu::{attention as cpu_attention, head as cpu_head};
 use crate::backend::cuda::{self, GpuPrecision, StepShape};
 use crate::backend::gpu_precision;
 use crate::config::{Config, HeadChoice};
 use crate::model::{ActivationFloats, ParamLayout};
-
-/// Which backend the plan is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
-    Cpu,
-    /// A GPU in the given precision; `cc_major` is its compute capability's major
-    /// version (9 for H100 and H200), which sets the cuBLASLt workspace.
-    Cuda {
-        precision: GpuPrecision,
-        cc_major: i32,
-    },
-}
 
 /// One line of the plan.
 #[derive(Clone, Debug, Serialize)]

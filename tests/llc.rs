@@ -163,7 +163,7 @@ fn tuned_step_grows_where_flat_and_settles_where_stiff() {
 
 #[test]
 fn sgld_noise_is_standard_normal_and_keyed() {
-    use hgpt::backend::cpu::sgld::{gaussian, noise_key};
+    use hgpt::backend::noise::{gaussian, noise_key};
     let key = noise_key(7, 1, 42);
     let xs: Vec<f64> = (0..200_000).map(|i| gaussian(key, i) as f64).collect();
     let n = xs.len() as f64;
@@ -192,7 +192,8 @@ fn sgld_noise_is_standard_normal_and_keyed() {
 
 #[test]
 fn cpu_sgld_update_is_the_formula_element_by_element() {
-    use hgpt::backend::cpu::sgld::{gaussian, sgld_update};
+    use hgpt::backend::cpu::sgld::sgld_update;
+    use hgpt::backend::noise::gaussian;
     // Longer than one parallel chunk, so the chunks' noise indices are checked too.
     let n = 10_000;
     let w: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
@@ -578,7 +579,7 @@ const PINNED_NOISE: [(u64, f32); 6] = [
 
 #[test]
 fn sgld_noise_is_pinned() {
-    use hgpt::backend::cpu::sgld::gaussian;
+    use hgpt::backend::noise::gaussian;
     for (i, want) in PINNED_NOISE {
         assert_eq!(gaussian(PINNED_KEY, i), want, "draw {i}");
     }

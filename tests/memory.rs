@@ -4,6 +4,7 @@
 
 mod common;
 
+use hgpt::backend::Backend;
 use hgpt::backend::cpu::CpuBackend;
 use hgpt::backend::cuda::GpuPrecision;
 use hgpt::config::Config;

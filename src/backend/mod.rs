@@ -14,68 +14,17 @@
 //!
 //! Spans passed as outputs must not overlap any other span of the same call.
 
+mod boxed;
 pub mod cpu;
 pub mod cuda;
+pub mod device;
+pub mod noise;
 
-use anyhow::{Result, bail};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-use crate::config::{Config, Precision};
 use crate::head::HeadKind;
-use cuda::{CudaBackend, GpuPrecision};
-
-/// Which device runs the model (`--device`): the GPU when one is usable (auto), the
-/// CPU, or the GPU or an error saying why not (cuda).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceChoice {
-    #[default]
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-/// How the GPU runs a config's `train.precision` ("auto" is bf16 there).
-pub fn gpu_precision(precision: Precision) -> GpuPrecision {
-    match precision {
-        Precision::Fp32 => GpuPrecision::Fp32,
-        Precision::Auto | Precision::Bf16 => GpuPrecision::Bf16,
-    }
-}
-
-/// Opens the GPU backend when `choice` asks for it (auto: when the driver library and
-/// a device are present), or returns None for the CPU; with it, a line for the user
-/// saying which it is and why (printed by the caller once set-up has succeeded, so a
-/// failed command prints only its error). The GPU runs in `config`'s precision, and a
-/// model whose head size its attention kernels cannot take is refused before any GPU
-/// work.
-pub fn open_gpu(choice: DeviceChoice, config: &Config) -> Result<(Option<CudaBackend>, String)> {
-    let precision = config.train.precision;
-    let open = || -> Result<(Option<CudaBackend>, String)> {
-        let hs = config.model.head_size();
-        if hs > cuda::MAX_HEAD_SIZE {
-            bail!(
-                "model.n_embd / model.n_head = {hs}: the CUDA backend's attention takes head \
-                 sizes up to {}; use --device cpu or more heads",
-                cuda::MAX_HEAD_SIZE
-            );
-        }
-        let be = CudaBackend::new(gpu_precision(precision))?;
-        let line = format!("device: {}", be.describe());
-        Ok((Some(be), line))
-    };
-    let why_cpu = match choice {
-        DeviceChoice::Cuda => return open(),
-        DeviceChoice::Auto => match cuda::device_count() {
-            Ok(_) => return open(),
-            Err(e) => format!("auto: no usable GPU: {e:#}"),
-        },
-        DeviceChoice::Cpu => "--device cpu".to_string(),
-    };
-    let mut line = format!("device: cpu ({why_cpu})");
-    if precision == Precision::Bf16 {
-        line += "; train.precision = \"bf16\" applies to CUDA only, the CPU runs fp32";
-    }
-    Ok((None, line))
-}
+pub use device::{DeviceChoice, Target, gpu_precision, open, open_cpu};
 
 /// A contiguous range of floats inside one backend buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,7 +90,7 @@ pub struct AdamW {
 
 /// One SGLD step localised at w* (src/llc/sampler.rs):
 /// w <- w - (eps/2) (nbeta g + gamma (w - w*)) + sqrt(eps) xi, where xi_i is the
-/// standard normal number i of the stream `noise_key` (cpu::sgld::gaussian), drawn
+/// standard normal number i of the stream `noise_key` (noise::gaussian), drawn
 /// the same way by every backend.
 #[derive(Clone, Copy, Debug)]
 pub struct SgldStep {
@@ -159,7 +108,7 @@ impl SgldStep {
             epsilon: epsilon as f32,
             nbeta: nbeta as f32,
             gamma: gamma as f32,
-            noise_key: cpu::sgld::noise_key(seed, chain, step),
+            noise_key: noise::noise_key(seed, chain, step),
         }
     }
 
@@ -174,11 +123,34 @@ impl SgldStep {
     }
 }
 
+/// Wall time and floating-point work of one op, summed over a profile's calls.
+#[derive(Clone, Debug, Default)]
+pub struct OpStats {
+    pub calls: u64,
+    pub time: Duration,
+    pub flops: f64,
+}
+
 /// Shapes: `n` rows (B*T positions), `c` channels, `oc` output channels, `v` vocabulary,
 /// `nh` attention heads. Matrices are row-major; weights are `[out, in]`.
 pub trait Backend {
     /// A short human-readable description ("cpu (2 threads, f32)").
     fn describe(&self) -> String;
+    /// What this backend runs on (for the memory plan and the benchmark).
+    fn target(&self) -> Target;
+    /// Waits until all queued work is done (for timing); a backend whose ops return
+    /// finished need not.
+    fn synchronize(&self) {}
+    /// The most bytes of buffers this backend has held at once.
+    fn peak_memory_bytes(&self) -> usize;
+    /// Starts timing every op (for `hgpt bench`), where the backend can without
+    /// waiting on each op; the default cannot.
+    fn start_profile(&self) {}
+    /// The per-op times and FLOPs since `start_profile`, by op name (empty when the
+    /// backend does not profile).
+    fn take_profile(&self) -> BTreeMap<&'static str, OpStats> {
+        BTreeMap::new()
+    }
 
     // ---- memory ----
     /// A new zero-filled buffer of `len` floats.

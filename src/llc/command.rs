@@ -7,18 +7,20 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
 
 use super::dln::DeepLinearNetwork;
-use super::gpt::{self, DeviceGpt};
+use super::gpt;
 use super::host_target::HostTarget;
 use super::layernorm_mlp::{self, LayerNormMlp, Schedule};
 use super::over_training::{LlcLog, StepLlc};
 use super::sampler::{NBeta, SgldSettings};
 use super::{aoyagi, estimate, progress_bar, write_outputs};
-use crate::backend::DeviceChoice;
+use crate::backend::{self, Backend, DeviceChoice, Target};
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::Config;
+use crate::model::Gpt;
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -35,7 +37,8 @@ pub struct LlcArgs {
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// auto: the GPU when the CUDA driver and a device are present, else the CPU
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    #[arg(long, default_value_t = DeviceChoice::Auto,
+          value_parser = PossibleValuesParser::new(DeviceChoice::NAMES).try_map(|s| s.parse::<DeviceChoice>()))]
     device: DeviceChoice,
     /// Output directory (default: the checkpoint's for --checkpoint, the run's for --run)
     #[arg(long, value_name = "DIR")]
@@ -319,6 +322,15 @@ fn run_layernorm(args: &LayerNormArgs) -> Result<()> {
     Ok(())
 }
 
+/// The model of `config` on the backend `device` asks for (saying which on stderr),
+/// for estimating one checkpoint after another without reopening the device.
+fn open_model(device: DeviceChoice, config: &Config) -> Result<Gpt<Box<dyn Backend>>> {
+    let (backend, device_line) =
+        backend::open(device, config.train.precision, config.model.head_size())?;
+    eprintln!("{device_line}");
+    Ok(Gpt::new(backend, &config.model))
+}
+
 fn run_checkpoint(args: &LlcArgs, path: &Path) -> Result<()> {
     args.sgld.settings(&Defaults::gpt(1))?;
     if !path.exists() {
@@ -331,9 +343,13 @@ fn run_checkpoint(args: &LlcArgs, path: &Path) -> Result<()> {
         .settings(&Defaults::gpt(config.train.batch_size))?;
     let params = ckpt.read_params()?;
     let data = gpt::training_data(&config, batch_size, Some(&ckpt.state))?;
-    let mut model = DeviceGpt::open(args.device, &config)?;
+    let mut model = open_model(args.device, &config)?;
+    model.write_params(&params);
     let progress = progress_bar(&settings);
-    let est = model.estimate(&params, &config, data, batch_size, &settings, &progress)?;
+    let seq_len = config.train.seq_len;
+    let est = gpt::estimate_on(
+        &mut model, data.train, batch_size, seq_len, &settings, &progress,
+    )?;
     progress.finish_and_clear();
     let out = args.out.clone().unwrap_or_else(|| ckpt.dir.clone());
     let title = format!("{} step {}", run_name(&ckpt.dir), ckpt.state.step);
@@ -363,15 +379,15 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
     let (batch_size, settings) = args
         .sgld
         .settings(&Defaults::gpt(config.train.batch_size))?;
-    let mut model = DeviceGpt::open(args.device, &config)?;
+    let mut model = open_model(args.device, &config)?;
     let out = args.out.clone().unwrap_or_else(|| run.to_path_buf());
     create_dir(&out)?;
     let mut log = LlcLog::create(&out.join("llc.jsonl"))?;
     // On the CPU, checkpoints are estimated side by side (BENCHMARKS.md: two at once
     // beat one after another by 10-25% on two cores); a GPU takes them in turn.
-    let side_by_side = match model {
-        DeviceGpt::Cpu(_) => rayon::current_num_threads(),
-        DeviceGpt::Cuda(_) => 1,
+    let side_by_side = match model.backend.target() {
+        Target::Cpu => rayon::current_num_threads(),
+        Target::Cuda { .. } => 1,
     };
     for group in steps.chunks(side_by_side) {
         let mut jobs = Vec::with_capacity(group.len());
@@ -392,7 +408,11 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
         progress.set_length(progress.length().unwrap_or(0) * jobs.len() as u64);
         let estimates = if jobs.len() == 1 {
             let (params, data) = jobs.pop().expect("one job");
-            vec![model.estimate(&params, &config, data, batch_size, &settings, &progress)]
+            model.write_params(&params);
+            let seq_len = config.train.seq_len;
+            vec![gpt::estimate_on(
+                &mut model, data.train, batch_size, seq_len, &settings, &progress,
+            )]
         } else {
             gpt::estimate_side_by_side(jobs, &config, batch_size, &settings, &progress)
         };

@@ -6,9 +6,7 @@ use indicatif::ProgressBar;
 
 use super::estimate::LlcEstimate;
 use super::sampler::{SgldSettings, SgldTarget};
-use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::CudaBackend;
-use crate::backend::{Backend, DeviceChoice, SgldStep, Span, open_gpu};
+use crate::backend::{self, Backend, SgldStep, Span};
 use crate::checkpoint::{TrainingState, compat};
 use crate::config::Config;
 use crate::data::{self, Batch, DataSpec, Dataset, Loader};
@@ -156,7 +154,7 @@ pub fn estimate_side_by_side(
                     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
                     pool.install(|| {
                         let mut model =
-                            Gpt::with_params(CpuBackend::<f32>::new(), &config.model, &params);
+                            Gpt::with_params(backend::open_cpu(), &config.model, &params);
                         let seq_len = config.train.seq_len;
                         estimate_on(
                             &mut model, data.train, batch_size, seq_len, settings, progress,
@@ -170,46 +168,4 @@ pub fn estimate_side_by_side(
             .map(|h| h.join().expect("an estimate's thread panicked"))
             .collect()
     })
-}
-
-/// A GPT on whichever device `--device` chose, for estimating one checkpoint after
-/// another without reopening the device.
-pub enum DeviceGpt {
-    Cpu(Box<Gpt<CpuBackend>>),
-    Cuda(Box<Gpt<CudaBackend>>),
-}
-
-impl DeviceGpt {
-    /// Opens the device (saying which on stderr) and allocates the model there.
-    pub fn open(device: DeviceChoice, config: &Config) -> Result<DeviceGpt> {
-        let (gpu, device_line) = open_gpu(device, config)?;
-        eprintln!("{device_line}");
-        Ok(match gpu {
-            Some(gpu) => DeviceGpt::Cuda(Box::new(Gpt::new(gpu, &config.model))),
-            None => DeviceGpt::Cpu(Box::new(Gpt::new(CpuBackend::new(), &config.model))),
-        })
-    }
-
-    /// The LLC at `params` on the training data of `config`.
-    pub fn estimate(
-        &mut self,
-        params: &[f32],
-        config: &Config,
-        data: Dataset,
-        batch_size: usize,
-        settings: &SgldSettings,
-        progress: &ProgressBar,
-    ) -> Result<LlcEstimate> {
-        let seq_len = config.train.seq_len;
-        match self {
-            DeviceGpt::Cpu(m) => {
-                m.write_params(params);
-                estimate_on(m, data.train, batch_size, seq_len, settings, progress)
-            }
-            DeviceGpt::Cuda(m) => {
-                m.write_params(params);
-                estimate_on(m, data.train, batch_size, seq_len, settings, progress)
-            }
-        }
-    }
 }

@@ -16,8 +16,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, DeviceChoice, open_gpu};
+use crate::backend::{self, Backend, DeviceChoice};
 use crate::checkpoint::{self, Checkpoint, TrainingSnapshot, compat};
 use crate::config::Config;
 use crate::data::{self, Batch, DataSpec, Dataset};
@@ -227,41 +226,20 @@ fn start(
         }
         None => None,
     };
-    let (gpu, device_line) = open_gpu(device, config)?;
+    let (backend, device_line) = open_backend(device, config)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create run directory {}", out.display()))?;
     write_config(config, out)?;
-    let params = params.as_deref();
-    match gpu {
-        Some(gpu) => begin(
-            Trainer::new(config, gpu, data)?,
-            params,
-            out,
-            &device_line,
-            observer,
-        ),
-        None => begin(
-            Trainer::new(config, CpuBackend::<f32>::new(), data)?,
-            params,
-            out,
-            &device_line,
-            observer,
-        ),
-    }
-}
-
-/// Starts a new run, from `params` when given.
-fn begin<B: Backend>(
-    tr: Trainer<B>,
-    params: Option<&[f32]>,
-    out: &Path,
-    device_line: &str,
-    observer: &mut dyn TrainObserver,
-) -> Result<Summary> {
-    if let Some(p) = params {
+    let tr = Trainer::new(config, backend, data)?;
+    if let Some(p) = &params {
         tr.model.write_params(p);
     }
-    run_trainer(tr, out, device_line, None, observer)
+    run_trainer(tr, out, &device_line, None, observer)
+}
+
+/// The backend `device` and the config's precision and head size ask for.
+fn open_backend(device: DeviceChoice, config: &Config) -> Result<(Box<dyn Backend>, String)> {
+    backend::open(device, config.train.precision, config.model.head_size())
 }
 
 /// Continues run `run` from its latest checkpoint under `config`, which may differ
@@ -293,31 +271,10 @@ pub fn resume(
         ));
     }
     write_config(config, run)?;
-    let host = (params.as_slice(), moments.as_slice());
-    let (gpu, device_line) = open_gpu(device, config)?;
-    match gpu {
-        Some(gpu) => {
-            let tr = Trainer::new(config, gpu, data)?;
-            continue_run(tr, &ckpt, host, run, &device_line, observer)
-        }
-        None => {
-            let tr = Trainer::new(config, CpuBackend::<f32>::new(), data)?;
-            continue_run(tr, &ckpt, host, run, &device_line, observer)
-        }
-    }
-}
-
-/// Restores `tr` from the checkpoint's (parameters, moments) and trains on.
-fn continue_run<B: Backend>(
-    mut tr: Trainer<B>,
-    ckpt: &Checkpoint,
-    (params, moments): (&[f32], &[f32]),
-    run: &Path,
-    device_line: &str,
-    observer: &mut dyn TrainObserver,
-) -> Result<Summary> {
-    tr.restore(ckpt, params, moments)?;
-    run_trainer(tr, run, device_line, Some(ckpt.dir.clone()), observer)
+    let (backend, device_line) = open_backend(device, config)?;
+    let mut tr = Trainer::new(config, backend, data)?;
+    tr.restore(&ckpt, &params, &moments)?;
+    run_trainer(tr, run, &device_line, Some(ckpt.dir.clone()), observer)
 }
 
 fn write_config(config: &Config, out: &Path) -> Result<()> {

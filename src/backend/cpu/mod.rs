@@ -17,12 +17,12 @@ pub mod sgld;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use num_traits::{Float, FromPrimitive};
 use rayon::prelude::*;
 
-use super::{AdamW, Backend, SgldStep, Span, TokenSpan};
+use super::{AdamW, Backend, OpStats, SgldStep, Span, Target, TokenSpan};
 use crate::head::HeadKind;
 
 /// Float types the CPU ops run in: f32 for training, f64 for gradient checks.
@@ -118,14 +118,6 @@ impl<T> Drop for Store<T> {
     }
 }
 
-/// Wall time and floating-point work per op, collected when profiling is on.
-#[derive(Clone, Debug, Default)]
-pub struct OpStats {
-    pub calls: u64,
-    pub time: Duration,
-    pub flops: f64,
-}
-
 pub struct CpuBackend<F: Real = f32> {
     floats: Store<F>,
     tokens: Store<u32>,
@@ -152,12 +144,6 @@ impl<F: Real> CpuBackend<F> {
         }
     }
 
-    /// The most bytes of buffers (`alloc`, `alloc_tokens`) held at once. Op-internal
-    /// scratch (the head's chunk of dot products) is host memory outside this count.
-    pub fn peak_memory_bytes(&self) -> usize {
-        self.peak.get()
-    }
-
     fn track(&self, delta: isize) {
         let held = (self.held.get() as isize + delta) as usize;
         self.held.set(held);
@@ -176,15 +162,6 @@ impl<F: Real> CpuBackend<F> {
 
     fn toks(&self, s: TokenSpan) -> &[u32] {
         self.tokens.get(s.buf, s.off, s.len)
-    }
-
-    /// Starts collecting per-op time and FLOPs (for `hgpt bench`).
-    pub fn start_profile(&self) {
-        *self.profile.borrow_mut() = Some(BTreeMap::new());
-    }
-
-    pub fn take_profile(&self) -> BTreeMap<&'static str, OpStats> {
-        self.profile.borrow_mut().take().unwrap_or_default()
     }
 
     fn timed<R>(&self, op: &'static str, flops: f64, f: impl FnOnce() -> R) -> R {
@@ -219,6 +196,25 @@ impl<F: Real> Backend for CpuBackend<F> {
             rayon::current_num_threads(),
             std::any::type_name::<F>()
         )
+    }
+
+    fn target(&self) -> Target {
+        Target::Cpu
+    }
+
+    /// The most bytes of buffers (`alloc`, `alloc_tokens`) held at once. Op-internal
+    /// scratch (the head's chunk of dot products) is host memory outside this count.
+    fn peak_memory_bytes(&self) -> usize {
+        self.peak.get()
+    }
+
+    /// Ops return finished on the CPU, so timing each costs nothing beside it.
+    fn start_profile(&self) {
+        *self.profile.borrow_mut() = Some(BTreeMap::new());
+    }
+
+    fn take_profile(&self) -> BTreeMap<&'static str, OpStats> {
+        self.profile.borrow_mut().take().unwrap_or_default()
     }
 
     fn alloc(&self, len: usize) -> Span {

@@ -41,7 +41,7 @@ use anyhow::{Context, Result, anyhow};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaStream, result as drv};
 
-use crate::backend::{Span, TokenSpan};
+use crate::backend::{Backend, Span, TokenSpan};
 use gemm::Gemm;
 use kernels::{Arg, Kernels};
 use libs::Lib;
@@ -312,10 +312,6 @@ impl CudaBackend {
         })
     }
 
-    pub fn precision(&self) -> GpuPrecision {
-        self.precision
-    }
-
     /// The GPU's compute capability major version (9 for H100 and H200).
     pub fn cc_major(&self) -> i32 {
         self.cc_major
@@ -333,11 +329,6 @@ impl CudaBackend {
         self.epilogue_fallbacks.get()
     }
 
-    /// The most device memory this backend has held at once, in bytes.
-    pub fn peak_memory_bytes(&self) -> usize {
-        self.peak.get()
-    }
-
     /// Every scratch slot's bytes now (0: not allocated), named by slot.
     pub fn scratch_bytes(&self) -> Vec<(String, usize)> {
         let slots = self.scratch.borrow();
@@ -348,13 +339,6 @@ impl CudaBackend {
                 (format!("{slot:?}"), bytes)
             })
             .collect()
-    }
-
-    /// Waits for all queued GPU work (for timing).
-    pub fn synchronize(&self) {
-        if let Err(e) = self.ctx.synchronize() {
-            panic!("CUDA error while waiting for the GPU: {e}");
-        }
     }
 
     fn track(&self, delta: isize) {

@@ -2,8 +2,6 @@
 //! the cuBLASLt GEMMs around them, all on one stream. Kernel arguments must match the
 //! kernel signatures in cuda/*.cu exactly (pointer, int, long long, float).
 
-use std::time::Instant;
-
 use cudarc::cublaslt::sys::cublasStatus_t as Status;
 use cudarc::driver::result as drv;
 use cudarc::driver::sys as cu;
@@ -12,7 +10,7 @@ use super::gemm::{DType, Epilogue, Operand, Product};
 use super::kernels::Arg;
 use super::kernels::Arg::{F32, I32, I64, Ptr};
 use super::{CudaBackend, DeviceMem, GpuPrecision, MAX_HEAD_SIZE, Slot};
-use crate::backend::{AdamW, Backend, SgldStep, Span, TokenSpan};
+use crate::backend::{AdamW, Backend, SgldStep, Span, Target, TokenSpan};
 use crate::head::HeadKind;
 
 /// A GEMM operand before precision handling (`trans`: its transpose is used).
@@ -97,40 +95,6 @@ struct HeadInputs {
 }
 
 impl CudaBackend {
-    /// GFLOP/s of an n x n x n cuBLASLt GEMM in this backend's precision (operands
-    /// already converted), best of `reps`.
-    pub fn gemm_peak_gflops(&self, n: usize, reps: usize) -> f64 {
-        let (a, b, c) = (self.alloc(n * n), self.alloc(n * n), self.alloc(n * n));
-        self.fill(a, 0.5);
-        self.fill(b, 0.25);
-        let (pa, pb) = match self.precision {
-            GpuPrecision::Fp32 => (self.ptr(a), self.ptr(b)),
-            GpuPrecision::Bf16 => (
-                self.bf16_copy(self.ptr(a), n * n, Slot::OperandA),
-                self.bf16_copy(self.ptr(b), n * n, Slot::OperandB),
-            ),
-        };
-        let op = |ptr| Operand { ptr, trans: false };
-        let mut best = f64::INFINITY;
-        for _ in 0..reps.max(1) {
-            self.synchronize();
-            let t0 = Instant::now();
-            self.gemm_typed(
-                self.dtype(),
-                self.ptr(c),
-                op(pa),
-                op(pb),
-                product(n, n, n, 1.0, 0.0),
-            );
-            self.synchronize();
-            best = best.min(t0.elapsed().as_secs_f64());
-        }
-        for s in [a, b, c] {
-            self.free(s);
-        }
-        2.0 * (n * n * n) as f64 / best / 1e9
-    }
-
     fn dtype(&self) -> DType {
         match self.precision {
             GpuPrecision::Fp32 => DType::F32,
@@ -492,6 +456,25 @@ impl Backend for CudaBackend {
             GpuPrecision::Bf16 => "bf16 GEMMs, fp32 master weights",
         };
         format!("cuda ({}, {}, {p})", self.name, self.arch)
+    }
+
+    fn target(&self) -> Target {
+        Target::Cuda {
+            precision: self.precision,
+            cc_major: self.cc_major,
+        }
+    }
+
+    fn synchronize(&self) {
+        if let Err(e) = self.ctx.synchronize() {
+            panic!("CUDA error while waiting for the GPU: {e}");
+        }
+    }
+
+    /// The most device memory this backend has held at once: buffers, scratch,
+    /// shadows and the GEMM workspace.
+    fn peak_memory_bytes(&self) -> usize {
+        self.peak.get()
     }
 
     fn alloc(&self, len: usize) -> Span {
