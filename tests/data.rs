@@ -10,6 +10,7 @@ use hgpt::config::Config;
 use hgpt::data::prepare::{PrepareOptions, PrepareReport, TokenizerSource, prepare};
 use hgpt::data::shard::{Shard, TokenWidth, write_shard};
 use hgpt::data::{Batch, Loader, LoaderPosition, Tokenizer, corpus};
+use indicatif::ProgressBar;
 
 fn options(inputs: &[&Path], out: &Path, tokenizer: TokenizerSource) -> PrepareOptions {
     PrepareOptions {
@@ -85,7 +86,7 @@ fn round_trip_text_to_shards_and_back() {
         ("trained", TokenizerSource::Train(400)),
     ] {
         let out = dir.path().join(name);
-        let report = prepare(&options(&[&input], &out, source)).unwrap();
+        let report = prepare(&options(&[&input], &out, source), &ProgressBar::hidden()).unwrap();
         let tok = Tokenizer::from_file(&out.join("tokenizer.json")).unwrap();
         let m = &report.manifest;
         assert_eq!(m.tokenizer_sha256, tok.hash());
@@ -286,10 +287,16 @@ fn prepare_refuses_empty_input_and_counts_invalid_utf8() {
     std::fs::create_dir_all(&empty).unwrap();
     std::fs::write(empty.join("a.txt"), "").unwrap();
     let out = dir.path().join("out");
-    let msg = error_of(prepare(&options(&[&empty], &out, TokenizerSource::Bytes)));
+    let msg = error_of(prepare(
+        &options(&[&empty], &out, TokenizerSource::Bytes),
+        &ProgressBar::hidden(),
+    ));
     assert!(msg.contains("no input text"), "{msg}");
     std::fs::write(empty.join("a.txt"), "<|endoftext|>\n<|endoftext|>").unwrap();
-    let msg = error_of(prepare(&options(&[&empty], &out, TokenizerSource::Bytes)));
+    let msg = error_of(prepare(
+        &options(&[&empty], &out, TokenizerSource::Bytes),
+        &ProgressBar::hidden(),
+    ));
     assert!(msg.contains("no text in the input"), "{msg}");
     assert_eq!(
         std::fs::read_dir(&out).unwrap().count(),
@@ -301,7 +308,11 @@ fn prepare_refuses_empty_input_and_counts_invalid_utf8() {
     std::fs::create_dir_all(&input).unwrap();
     std::fs::write(input.join("a.txt"), b"caf\xe9 ok \xff\xfe end").unwrap();
     std::fs::write(input.join("b.txt"), "clean text").unwrap();
-    let report: PrepareReport = prepare(&options(&[&input], &out, TokenizerSource::Bytes)).unwrap();
+    let report: PrepareReport = prepare(
+        &options(&[&input], &out, TokenizerSource::Bytes),
+        &ProgressBar::hidden(),
+    )
+    .unwrap();
     assert_eq!(report.manifest.invalid_utf8, 3);
     assert_eq!(report.files_with_invalid_utf8, 1);
     assert!(
@@ -313,7 +324,10 @@ fn prepare_refuses_empty_input_and_counts_invalid_utf8() {
     assert_eq!(docs, vec!["caf\u{FFFD} ok \u{FFFD}\u{FFFD} end"]);
 
     // A second prepare into the same directory would mix old and new shards.
-    let msg = error_of(prepare(&options(&[&input], &out, TokenizerSource::Bytes)));
+    let msg = error_of(prepare(
+        &options(&[&input], &out, TokenizerSource::Bytes),
+        &ProgressBar::hidden(),
+    ));
     assert!(msg.contains("already holds prepared data"), "{msg}");
 }
 
@@ -329,7 +343,10 @@ fn a_failed_prepare_leaves_nothing_behind() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let msg = error_of(prepare(&options(&[&input], &out, TokenizerSource::Bytes)));
+    let msg = error_of(prepare(
+        &options(&[&input], &out, TokenizerSource::Bytes),
+        &ProgressBar::hidden(),
+    ));
     assert!(msg.contains("b.jsonl:2: no string field \"text\""), "{msg}");
     assert!(!msg.contains('\n'), "{msg}");
     assert_eq!(

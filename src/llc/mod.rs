@@ -8,10 +8,10 @@
 //! `dln` (deep linear networks, whose exact value `aoyagi` gives, validating the
 //! sampler) and `layernorm_mlp` (a LayerNorm example with a sudden loss drop).
 //! `over_training` keeps the LLC across checkpoints, `plot` draws it and the
-//! chains' traces, `command` is `hgpt llc`.
+//! chains' traces. Progress goes to an `indicatif::ProgressBar` the caller makes
+//! (hidden or drawn); `hgpt llc` is src/cli/llc.rs.
 
 pub mod aoyagi;
-pub mod command;
 pub mod dln;
 pub mod estimate;
 pub mod gpt;
@@ -22,12 +22,11 @@ pub mod plot;
 pub mod sampler;
 mod stats;
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 pub use estimate::LlcEstimate;
 pub use host_target::{HostModel, HostTarget};
@@ -48,18 +47,6 @@ pub fn estimate<T: SgldTarget>(
         target.batch_size(),
         start.elapsed().as_secs_f64(),
     ))
-}
-
-/// A bar over every SGLD step of every chain, drawn only on a terminal.
-pub fn progress_bar(settings: &SgldSettings) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let steps = settings.chains * (settings.burnin + settings.draws);
-    ProgressBar::new(steps as u64).with_style(
-        ProgressStyle::with_template("sgld {bar:40} {pos}/{len} steps, eta {eta}")
-            .expect("valid template"),
-    )
 }
 
 /// Writes `llc.json` (estimate, diagnostics and every chain's trace) and `llc.png`

@@ -1,26 +1,28 @@
-//! `hgpt llc`: the command-line forms of the estimator.
+//! `hgpt llc`: the command-line forms of the estimator, with their progress bars
+//! and printed results.
 //!
 //! - `hgpt llc --checkpoint PATH` and `hgpt llc --run RUN`: the GPT of a run;
 //! - `hgpt llc dln --widths ... --rank R`: a deep linear network beside theory;
 //! - `hgpt llc layernorm`: the LayerNorm example with its loss drop.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 
-use super::dln::DeepLinearNetwork;
-use super::gpt;
-use super::host_target::HostTarget;
-use super::layernorm_mlp::{self, LayerNormMlp, Schedule};
-use super::over_training::{LlcLog, StepLlc};
-use super::sampler::{NBeta, SgldSettings};
-use super::{aoyagi, estimate, progress_bar, write_outputs};
-use crate::backend::{self, Backend, DeviceChoice, Target};
-use crate::checkpoint::{self, Checkpoint};
-use crate::config::Config;
-use crate::model::Gpt;
+use hgpt::backend::{self, Backend, DeviceChoice, Target};
+use hgpt::checkpoint::{self, Checkpoint};
+use hgpt::config::Config;
+use hgpt::llc::dln::DeepLinearNetwork;
+use hgpt::llc::host_target::HostTarget;
+use hgpt::llc::layernorm_mlp::{self, LayerNormMlp, Schedule};
+use hgpt::llc::over_training::{LlcLog, StepLlc};
+use hgpt::llc::sampler::{NBeta, SgldSettings};
+use hgpt::llc::{aoyagi, estimate, gpt, write_outputs};
+use hgpt::model::Gpt;
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -383,8 +385,8 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| run.to_path_buf());
     create_dir(&out)?;
     let mut log = LlcLog::create(&out.join("llc.jsonl"))?;
-    // On the CPU, checkpoints are estimated side by side (BENCHMARKS.md: two at once
-    // beat one after another by 10-25% on two cores); a GPU takes them in turn.
+    // On the CPU, checkpoints are estimated side by side (on two cores two at once
+    // beat one after another; BENCHMARKS.md has the figures); a GPU takes them in turn.
     let side_by_side = match model.backend.target() {
         Target::Cpu => rayon::current_num_threads(),
         Target::Cuda { .. } => 1,
@@ -480,4 +482,16 @@ fn run_name(path: &Path) -> String {
 fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| anyhow::anyhow!("cannot create output directory {}: {e}", dir.display()))
+}
+
+/// A bar over every SGLD step of every chain, drawn only on a terminal.
+fn progress_bar(settings: &SgldSettings) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let steps = settings.chains * (settings.burnin + settings.draws);
+    ProgressBar::new(steps as u64).with_style(
+        ProgressStyle::with_template("sgld {bar:40} {pos}/{len} steps, eta {eta}")
+            .expect("valid template"),
+    )
 }
