@@ -7,14 +7,12 @@ use clap::{Args, ValueEnum};
 
 use hgpt::eval::{EvalRequest, Report};
 
-use super::{DeviceArgs, Stderr};
+use super::{CheckpointArgs, DeviceArgs, Stderr};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// A checkpoint directory (RUN/checkpoints/step_N), or a run directory for its
-    /// latest checkpoint
-    #[arg(long, value_name = "PATH")]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    from: CheckpointArgs,
     /// A directory made by `hgpt prepare` (its val split unless --split train), or a
     /// UTF-8 text file, tokenized with the checkpoint's tokenizer
     #[arg(long, value_name = "PATH")]
@@ -55,7 +53,7 @@ impl From<Split> for hgpt::eval::Split {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let request = EvalRequest {
-        checkpoint: &args.checkpoint,
+        checkpoint: &args.from.checkpoint,
         data: &args.data,
         split: args.split.into(),
         max_tokens: args.max_tokens,

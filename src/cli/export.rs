@@ -8,12 +8,12 @@ use clap::Args;
 
 use hgpt::export::Dtype;
 
+use super::CheckpointArgs;
+
 #[derive(Args)]
 pub struct ExportArgs {
-    /// A checkpoint directory (RUN/checkpoints/step_N), or a run directory for its
-    /// latest checkpoint
-    #[arg(long, value_name = "PATH")]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    from: CheckpointArgs,
     /// Output directory (created if needed; files in it are replaced)
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -34,7 +34,7 @@ pub struct ImportArgs {
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
-    let line = hgpt::export::export_checkpoint(&args.checkpoint, &args.out, args.dtype)?;
+    let line = hgpt::export::export_checkpoint(&args.from.checkpoint, &args.out, args.dtype)?;
     eprintln!("{line}");
     Ok(())
 }

@@ -1,21 +1,17 @@
 //! `hgpt generate`: text streamed to stdout as it is produced; the device, a
 //! random seed and notes on stderr.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use clap::Args;
 
 use hgpt::generate::GenerateRequest;
 
-use super::{DeviceArgs, Stderr};
+use super::{CheckpointArgs, DeviceArgs, Stderr};
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// A checkpoint directory (RUN/checkpoints/step_N), or a run directory for its
-    /// latest checkpoint
-    #[arg(long, value_name = "PATH")]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    from: CheckpointArgs,
     /// Text to continue; only its last context-length tokens are used
     #[arg(long, value_name = "TEXT", default_value = "")]
     prompt: String,
@@ -38,7 +34,7 @@ pub struct GenerateArgs {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let request = GenerateRequest {
-        checkpoint: &args.checkpoint,
+        checkpoint: &args.from.checkpoint,
         prompt: &args.prompt,
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,

@@ -111,6 +111,15 @@ fn micro_batch(b: Option<usize>) -> Result<Option<usize>> {
     Ok(b)
 }
 
+/// The checkpoint a command reads (eval, generate, export).
+#[derive(Args)]
+struct CheckpointArgs {
+    /// A checkpoint directory (RUN/checkpoints/step_N), or a run directory for its
+    /// latest checkpoint
+    #[arg(long, value_name = "PATH")]
+    checkpoint: PathBuf,
+}
+
 /// Where the model runs; every command that runs the model takes it.
 #[derive(Args)]
 struct DeviceArgs {

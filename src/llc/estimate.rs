@@ -147,41 +147,4 @@ impl LlcEstimate {
     pub fn trustworthy(&self) -> bool {
         self.warnings.is_empty()
     }
-
-    /// Lines for a person: the estimate, the settings, the diagnostics, the warnings.
-    pub fn summary(&self) -> String {
-        let s = &self.settings;
-        let mut out = format!(
-            "LLC estimate {:.4} ± {:.4} (std over {} chains)\n",
-            self.estimate,
-            self.std,
-            self.chain_estimates.len()
-        );
-        let epsilon = if s.tune_epsilon {
-            format!("{:.3e} (tuned from {:.3e})", self.epsilon, s.epsilon)
-        } else {
-            format!("{:.3e}", s.epsilon)
-        };
-        out += &format!(
-            "  initial loss {:.6}, {} parameters, batch {}, nbeta {:.4}, epsilon {epsilon}, gamma {}\n",
-            self.init_loss, self.num_params, self.batch_size, s.nbeta, s.gamma
-        );
-        out += &format!(
-            "  {} chains x {} draws after {} burn-in steps, {:.1}s\n",
-            self.chain_estimates.len(),
-            s.draws,
-            s.burnin,
-            self.seconds
-        );
-        out += &format!(
-            "  draws below the initial loss {:.1}%, trace levelled off: {}, diverged chains: {}\n",
-            100.0 * self.fraction_below_init,
-            if self.levelled { "yes" } else { "no" },
-            self.diverged_chains
-        );
-        for w in &self.warnings {
-            out += &format!("warning: {w}\n");
-        }
-        out
-    }
 }
