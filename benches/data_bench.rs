@@ -88,7 +88,7 @@ fn loader(prepared: &Path) -> Result<()> {
     config.train.seq_len = 1024;
     config.train.batch_size = 8;
     let t0 = Instant::now();
-    let mut data = hgpt::data::load(&config, 0, 1)?;
+    let mut data = hgpt::data::load(&hgpt::data::DataSpec::of(&config))?;
     let load_s = t0.elapsed().as_secs_f64();
     let scanned: u64 = shard_tokens(prepared)?;
     let (b, t) = (config.train.batch_size, config.train.seq_len);

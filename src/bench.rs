@@ -1,8 +1,9 @@
-//! `hgpt bench`: training throughput and model FLOPs utilisation (MFU).
+//! The benchmark behind `hgpt bench` (whose table is src/cli/bench.rs): training
+//! throughput and model FLOPs utilisation (MFU).
 //!
 //! Warm-up steps, then timed optimizer steps of the real training loop (data,
 //! forward, backward, clipping, AdamW): tokens/s, ms/step, model FLOP/s by llm.c's
-//! count (6 N + 6 L C T per token, DESIGN.md section 6) over a peak: on the GPU
+//! count (6 N + 6 L C T per token, docs/DESIGN.md section 6) over a peak: on the GPU
 //! 989 TFLOP/s (H100 SXM dense bf16) unless `--peak-tflops` says otherwise (fp32
 //! runs use the measured GEMM peak), on the CPU the GEMM peak measured here on one
 //! large square product. Memory: the most the backend held at once, beside what
@@ -17,8 +18,9 @@ use serde::Serialize;
 
 use crate::backend::{self, Backend, DeviceChoice, GpuPrecision, Linear, Mat, OpStats, Target};
 use crate::config::Config;
-use crate::data;
+use crate::data::{self, DataSpec};
 use crate::memory;
+use crate::observe::Observer;
 use crate::train::Trainer;
 
 /// H100 SXM dense bf16 tensor-core peak, TFLOP/s: the default MFU denominator on
@@ -110,7 +112,8 @@ pub struct BenchRequest<'a> {
     pub peak_tflops: Option<f64>,
 }
 
-pub fn run(req: &BenchRequest) -> Result<BenchReport> {
+/// Runs the benchmark on the chosen device (which `observer` hears of).
+pub fn run(req: &BenchRequest, observer: &mut dyn Observer) -> Result<BenchReport> {
     if let Some(p) = req.peak_tflops
         && !(p > 0.0 && p.is_finite())
     {
@@ -119,13 +122,13 @@ pub fn run(req: &BenchRequest) -> Result<BenchReport> {
     if req.config.train.max_steps == 0 {
         bail!("--steps 0: the benchmark needs at least one timed step");
     }
-    let data = data::load(req.config, 0, 1)?;
+    let data = data::load(&DataSpec::of(req.config))?;
     let (backend, device_line) = backend::open(
         req.device,
         req.config.train.precision,
         req.config.model.head_size(),
     )?;
-    eprintln!("{device_line}");
+    observer.note(&device_line);
     let steps = req.config.train.max_steps;
     let mut tr = Trainer::new(req.config, backend, data)?;
     for _ in 0..req.warmup {
@@ -277,69 +280,4 @@ impl Timing<'_> {
 
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1 << 20) as f64
-}
-
-impl BenchReport {
-    pub fn table(&self) -> String {
-        let mut s = format!(
-            "device: {}\n{} head, {:.2}M parameters; {} x {} tokens x {} micro-batches = {} tokens/step; \
-             {} warm-up + {} timed steps\n\
-             throughput: {:.0} tokens/s, {:.1} ms/step\n\
-             MFU: {:.1}% ({:.3} model TFLOP/s at {:.0} MFLOP/token, of {:.3} TFLOP/s: {})\n\
-             GEMM peak: {:.3} TFLOP/s",
-            self.device,
-            self.head,
-            self.params as f64 / 1e6,
-            self.micro_batch,
-            self.seq_len,
-            self.grad_accum,
-            self.tokens_per_step,
-            self.warmup_steps,
-            self.steps,
-            self.tokens_per_s,
-            self.ms_per_step,
-            100.0 * self.mfu,
-            self.model_tflops,
-            self.flops_per_token / 1e6,
-            self.peak_tflops,
-            self.peak_source,
-            self.gemm_peak_tflops,
-        );
-        if let Some(mm) = self.matmul_tflops {
-            s += &format!(
-                "; model matmuls: {:.3} TFLOP/s ({:.0}% of peak)",
-                mm,
-                100.0 * mm / self.gemm_peak_tflops
-            );
-        }
-        s += &format!(
-            "\npeak memory held by the backend: {:.0} MiB (planned {:.0} MiB)\n",
-            self.peak_memory_mib, self.planned_memory_mib
-        );
-        if self.epilogue_fallbacks > 0 {
-            s += &format!(
-                "epilogue fallbacks: {} GEMMs ran their bias/GELU as separate kernels\n",
-                self.epilogue_fallbacks
-            );
-        }
-        s += "\n";
-        if self.ops.is_empty() {
-            return s;
-        }
-        s += &format!(
-            "{:<20} {:>8} {:>12} {:>7} {:>10}\n",
-            "op", "calls", "ms/step", "share", "GFLOP/s"
-        );
-        for (name, op) in &self.ops {
-            s += &format!(
-                "{:<20} {:>8} {:>12.2} {:>6.1}% {:>10}\n",
-                name,
-                op.calls,
-                op.ms_per_step,
-                100.0 * op.share,
-                op.gflops.map_or("-".into(), |g| format!("{g:.1}"))
-            );
-        }
-        s
-    }
 }

@@ -16,6 +16,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::data;
 use crate::data::manifest::TOKENIZER_FILE;
 use crate::model::Gpt;
+use crate::observe::Observer;
 
 /// One window: inputs `tokens[start..start + len]`, targets one further; only the
 /// last `scored` targets count.
@@ -109,21 +110,10 @@ impl Report {
             bits_per_byte: bytes.map(|b| score.nats / std::f64::consts::LN_2 / b as f64),
         }
     }
-
-    /// One line for a person.
-    pub fn line(&self) -> String {
-        let bpb = self
-            .bits_per_byte
-            .map_or(String::new(), |b| format!(" | {b:.4} bits/byte"));
-        format!(
-            "loss {:.4} nats/token | perplexity {:.3}{bpb} | {} tokens scored",
-            self.loss, self.perplexity, self.tokens
-        )
-    }
 }
 
 /// Which split of a prepared data directory to score.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
     Val,
     Train,
@@ -150,8 +140,9 @@ struct Stream {
     bytes: Option<usize>,
 }
 
-/// Loads the checkpoint and the data, and scores it on the chosen device.
-pub fn run(req: &EvalRequest) -> Result<Report> {
+/// Loads the checkpoint and the data, and scores it on the chosen device (which
+/// `observer` hears of).
+pub fn run(req: &EvalRequest, observer: &mut dyn Observer) -> Result<Report> {
     let ckpt = Checkpoint::open(req.checkpoint)?;
     let context = ckpt.state.config.model.block_size;
     let stride = req.stride.unwrap_or(context);
@@ -180,7 +171,7 @@ pub fn run(req: &EvalRequest) -> Result<Report> {
     let (tokens, batch) = (&stream.tokens, 4096);
     let (backend, device_line) =
         backend::open(req.device, config.train.precision, config.model.head_size())?;
-    eprintln!("{device_line}");
+    observer.note(&device_line);
     let mut model = Gpt::with_params(backend, &config.model, &params);
     let score = score(&mut model, tokens, stride, batch);
     Ok(Report::new(score, stream.bytes))

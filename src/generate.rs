@@ -12,6 +12,7 @@ use crate::backend::{self, Backend, DeviceChoice};
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::Tokenizer;
 use crate::model::Gpt;
+use crate::observe::Observer;
 
 /// How the next token is picked from the logits.
 pub struct Sampler {
@@ -122,15 +123,16 @@ pub struct GenerateRequest<'a> {
     pub max_new_tokens: usize,
     pub temperature: f32,
     pub top_k: usize,
-    /// None: a random seed, printed to stderr so the text can be had again.
+    /// None: a random seed, noted to the observer so the text can be had again.
     pub seed: Option<u64>,
     pub device: DeviceChoice,
 }
 
-/// Generates on the CPU, writing the prompt and then each piece of text to `out`
-/// as soon as it is complete (a token can end inside a UTF-8 character; such a
-/// tail waits for the token that completes it).
-pub fn run(req: &GenerateRequest, out: &mut impl Write) -> Result<()> {
+/// Generates on the chosen device, writing the prompt and then each piece of text
+/// to `out` as soon as it is complete (a token can end inside a UTF-8 character;
+/// such a tail waits for the token that completes it). `observer` hears of the
+/// device, a random seed, and a prompt cut to the context.
+pub fn run(req: &GenerateRequest, out: &mut impl Write, observer: &mut dyn Observer) -> Result<()> {
     if !(req.temperature >= 0.0 && req.temperature.is_finite()) {
         bail!(
             "--temperature {}: must be a number >= 0 (0 is greedy)",
@@ -145,15 +147,15 @@ pub fn run(req: &GenerateRequest, out: &mut impl Write) -> Result<()> {
         prompt.push(tokenizer.eot()); // an empty prompt starts a new document
     }
     if prompt.len() > block {
-        eprintln!(
+        observer.note(&format!(
             "note: the prompt is {} tokens, longer than the model's context; keeping its last {block}",
             prompt.len()
-        );
+        ));
         prompt.drain(..prompt.len() - block);
     }
     let seed = req.seed.unwrap_or_else(|| {
         let seed = rand::random::<u64>() >> 12; // short enough to retype
-        eprintln!("seed {seed}");
+        observer.note(&format!("seed {seed}"));
         seed
     });
     let mut sampler = Sampler::new(req.temperature, req.top_k, seed);
@@ -169,7 +171,7 @@ pub fn run(req: &GenerateRequest, out: &mut impl Write) -> Result<()> {
     out.flush()?;
     let (backend, device_line) =
         backend::open(req.device, config.train.precision, config.model.head_size())?;
-    eprintln!("{device_line}");
+    observer.note(&device_line);
     stream.run(&mut Gpt::with_params(backend, &config.model, &params), out)
 }
 

@@ -16,4 +16,5 @@ pub mod head;
 pub mod llc;
 pub mod memory;
 pub mod model;
+pub mod observe;
 pub mod train;

@@ -5,7 +5,7 @@
 //! says it holds beyond those (`Target::step_scratch`: on the GPU every scratch slot,
 //! the bf16 weight shadow and the cuBLASLt workspace). Tests check the
 //! plan against the CPU backend's allocation counter, and (on a GPU) against the
-//! CUDA backend's slots and peak.
+//! CUDA backend's slots and peak. `hgpt memory` prints it (src/cli/memory.rs).
 //!
 //! Two totals: with the head as it runs (chunks of positions, never B x T x V at
 //! once), and without chunking, as a naive head would hold it: the full fp32 logits
@@ -218,59 +218,4 @@ pub fn report(config: &Config, b: usize, gpu_gib: &[f64]) -> MemoryReport {
         })
         .collect();
     MemoryReport { plans, fits }
-}
-
-impl MemoryReport {
-    pub fn table(&self) -> String {
-        let (cpu, gpu) = (&self.plans[0], &self.plans[1]);
-        let mut s = format!(
-            "memory plan of one training step: micro-batch {} x {} tokens = {} tokens, {:.2}M parameters\n\n",
-            cpu.micro_batch,
-            cpu.seq_len,
-            cpu.micro_batch * cpu.seq_len,
-            cpu.params as f64 / 1e6
-        );
-        s += &format!("{:<52} {:>12} {:>24}\n", "GiB", cpu.device, gpu.device);
-        // Every item of either plan, in order of first appearance.
-        let mut names: Vec<&str> = cpu.items.iter().map(|i| i.what.as_str()).collect();
-        for i in &gpu.items {
-            if !names.contains(&i.what.as_str()) {
-                names.push(&i.what);
-            }
-        }
-        let cell = |p: &MemoryPlan, name: &str| {
-            p.items
-                .iter()
-                .find(|i| i.what == name)
-                .map_or("-".to_string(), |i| format!("{:.3}", gib(i.bytes)))
-        };
-        for name in names {
-            s += &format!(
-                "{:<52} {:>12} {:>24}\n",
-                name,
-                cell(cpu, name),
-                cell(gpu, name)
-            );
-        }
-        let row = |label: &str, f: fn(&MemoryPlan) -> usize| {
-            format!(
-                "{:<52} {:>12.3} {:>24.3}\n",
-                label,
-                gib(f(cpu)),
-                gib(f(gpu))
-            )
-        };
-        s += &row("total, chunked head", |p| p.total_bytes);
-        s += &row("total, unchunked head (full [B,T,V] logits + grad)", |p| {
-            p.unchunked_total_bytes
-        });
-        s += "\n";
-        for f in &self.fits {
-            s += &format!(
-                "largest micro-batch in {:.2} GiB ({}): {} chunked, {} unchunked\n",
-                f.gpu_gib, f.device, f.largest_micro_batch, f.largest_micro_batch_unchunked
-            );
-        }
-        s
-    }
 }

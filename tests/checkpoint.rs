@@ -13,16 +13,14 @@ use hgpt::config::Config;
 use hgpt::data;
 use hgpt::train::Trainer;
 
-use common::{fails, hgpt, losses, sets, strs, succeeds, train_args};
+use common::{fails, hgpt, losses, strs, succeeds, train_args};
 
 fn tiny_config(extra: &[&str]) -> Config {
-    let args = sets(extra);
-    args.chunks(2)
-        .fold(Config::tiny(), |c, pair| c.with_override(&pair[1]).unwrap())
+    common::config(common::TINY, extra)
 }
 
 fn trainer(config: &Config) -> Trainer<CpuBackend> {
-    let data = data::builtin(config, 0, 1).unwrap();
+    let data = data::builtin(&data::DataSpec::of(config)).unwrap();
     Trainer::new(config, CpuBackend::<f32>::new(), data).unwrap()
 }
 
@@ -42,13 +40,13 @@ fn resume_continues_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = trainer(&config);
     let mut got: Vec<u64> = (0..4).map(|_| first.train_step().loss.to_bits()).collect();
-    checkpoint::save(dir.path(), &first).unwrap();
+    checkpoint::save(dir.path(), &first.snapshot()).unwrap();
     drop(first);
 
     let mut resumed = trainer(&config);
     let ckpt = Checkpoint::open_run(dir.path()).unwrap();
     let (params, moments) = (ckpt.read_params().unwrap(), ckpt.read_moments().unwrap());
-    ckpt.restore(&mut resumed, &params, &moments).unwrap();
+    resumed.restore(&ckpt, &params, &moments).unwrap();
     assert_eq!(resumed.step, 4);
     got.extend((0..4).map(|_| resumed.train_step().loss.to_bits()));
     assert_eq!(got, expected, "losses after resume differ");

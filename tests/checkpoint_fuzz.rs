@@ -48,11 +48,11 @@ fn pristine() -> &'static Pristine {
         ]
         .iter()
         .fold(Config::tiny(), |c, s| c.with_override(s).unwrap());
-        let data = data::builtin(&config, 0, 1).unwrap();
+        let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
         let mut tr = Trainer::new(&config, CpuBackend::<f32>::new(), data).unwrap();
         tr.train_step();
         let dir = tempfile::tempdir().unwrap();
-        let step = checkpoint::save(dir.path(), &tr).unwrap();
+        let step = checkpoint::save(dir.path(), &tr.snapshot()).unwrap();
         let files = FILES
             .iter()
             .map(|f| std::fs::read(step.join(f)).unwrap())

@@ -1,14 +1,16 @@
 //! The data pipeline end to end: prepare, shards in llm.c's layout, the loader,
 //! and one-line errors for bad input.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use hgpt::config::Config;
 use hgpt::data::prepare::{PrepareOptions, PrepareReport, TokenizerSource, prepare};
 use hgpt::data::shard::{Shard, TokenWidth, write_shard};
 use hgpt::data::{Batch, Loader, LoaderPosition, Tokenizer, corpus};
+use indicatif::ProgressBar;
 
 fn options(inputs: &[&Path], out: &Path, tokenizer: TokenizerSource) -> PrepareOptions {
     PrepareOptions {
@@ -84,7 +86,7 @@ fn round_trip_text_to_shards_and_back() {
         ("trained", TokenizerSource::Train(400)),
     ] {
         let out = dir.path().join(name);
-        let report = prepare(&options(&[&input], &out, source)).unwrap();
+        let report = prepare(&options(&[&input], &out, source), &ProgressBar::hidden()).unwrap();
         let tok = Tokenizer::from_file(&out.join("tokenizer.json")).unwrap();
         let m = &report.manifest;
         assert_eq!(m.tokenizer_sha256, tok.hash());
@@ -188,7 +190,7 @@ fn llmc_layout_shards_load_as_is() {
         &tokens,
         2,
     );
-    let data = hgpt::data::load(&config(dir.path(), 4, 16), 0, 1).unwrap();
+    let data = hgpt::data::load(&hgpt::data::DataSpec::of(&config(dir.path(), 4, 16))).unwrap();
     assert!(data.tokenizer.is_none());
     assert_eq!(data.vocab_size, *tokens.iter().max().unwrap() as usize + 1);
 }
@@ -247,7 +249,9 @@ fn bad_data_directories_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // No shards at all.
-    let msg = error_of(hgpt::data::load(&config(d, 2, 8), 0, 1));
+    let msg = error_of(hgpt::data::load(&hgpt::data::DataSpec::of(&config(
+        d, 2, 8,
+    ))));
     assert!(msg.contains("no train shards"), "{msg}");
 
     // A token outside the tokenizer's vocabulary.
@@ -258,7 +262,9 @@ fn bad_data_directories_are_refused() {
     bad[50] = 300;
     let val = d.join("val_000000.bin");
     write_shard(&val, &bad, TokenWidth::U16).unwrap();
-    let msg = error_of(hgpt::data::load(&config(d, 2, 8), 0, 1));
+    let msg = error_of(hgpt::data::load(&hgpt::data::DataSpec::of(&config(
+        d, 2, 8,
+    ))));
     assert!(
         msg.contains("token 300") && msg.contains(&val.display().to_string()),
         "{msg}"
@@ -266,9 +272,11 @@ fn bad_data_directories_are_refused() {
 
     // An interrupted prepare.
     write_shard(&val, &tokens, TokenWidth::U16).unwrap();
-    assert!(hgpt::data::load(&config(d, 2, 8), 0, 1).is_ok());
+    assert!(hgpt::data::load(&hgpt::data::DataSpec::of(&config(d, 2, 8))).is_ok());
     std::fs::write(d.join("prepare.incomplete"), "").unwrap();
-    let msg = error_of(hgpt::data::load(&config(d, 2, 8), 0, 1));
+    let msg = error_of(hgpt::data::load(&hgpt::data::DataSpec::of(&config(
+        d, 2, 8,
+    ))));
     assert!(msg.contains("did not finish"), "{msg}");
 }
 
@@ -279,10 +287,16 @@ fn prepare_refuses_empty_input_and_counts_invalid_utf8() {
     std::fs::create_dir_all(&empty).unwrap();
     std::fs::write(empty.join("a.txt"), "").unwrap();
     let out = dir.path().join("out");
-    let msg = error_of(prepare(&options(&[&empty], &out, TokenizerSource::Bytes)));
+    let msg = error_of(prepare(
+        &options(&[&empty], &out, TokenizerSource::Bytes),
+        &ProgressBar::hidden(),
+    ));
     assert!(msg.contains("no input text"), "{msg}");
     std::fs::write(empty.join("a.txt"), "<|endoftext|>\n<|endoftext|>").unwrap();
-    let msg = error_of(prepare(&options(&[&empty], &out, TokenizerSource::Bytes)));
+    let msg = error_of(prepare(
+        &options(&[&empty], &out, TokenizerSource::Bytes),
+        &ProgressBar::hidden(),
+    ));
     assert!(msg.contains("no text in the input"), "{msg}");
     assert_eq!(
         std::fs::read_dir(&out).unwrap().count(),
@@ -294,7 +308,11 @@ fn prepare_refuses_empty_input_and_counts_invalid_utf8() {
     std::fs::create_dir_all(&input).unwrap();
     std::fs::write(input.join("a.txt"), b"caf\xe9 ok \xff\xfe end").unwrap();
     std::fs::write(input.join("b.txt"), "clean text").unwrap();
-    let report: PrepareReport = prepare(&options(&[&input], &out, TokenizerSource::Bytes)).unwrap();
+    let report: PrepareReport = prepare(
+        &options(&[&input], &out, TokenizerSource::Bytes),
+        &ProgressBar::hidden(),
+    )
+    .unwrap();
     assert_eq!(report.manifest.invalid_utf8, 3);
     assert_eq!(report.files_with_invalid_utf8, 1);
     assert!(
@@ -306,7 +324,10 @@ fn prepare_refuses_empty_input_and_counts_invalid_utf8() {
     assert_eq!(docs, vec!["caf\u{FFFD} ok \u{FFFD}\u{FFFD} end"]);
 
     // A second prepare into the same directory would mix old and new shards.
-    let msg = error_of(prepare(&options(&[&input], &out, TokenizerSource::Bytes)));
+    let msg = error_of(prepare(
+        &options(&[&input], &out, TokenizerSource::Bytes),
+        &ProgressBar::hidden(),
+    ));
     assert!(msg.contains("already holds prepared data"), "{msg}");
 }
 
@@ -322,7 +343,10 @@ fn a_failed_prepare_leaves_nothing_behind() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let msg = error_of(prepare(&options(&[&input], &out, TokenizerSource::Bytes)));
+    let msg = error_of(prepare(
+        &options(&[&input], &out, TokenizerSource::Bytes),
+        &ProgressBar::hidden(),
+    ));
     assert!(msg.contains("b.jsonl:2: no string field \"text\""), "{msg}");
     assert!(!msg.contains('\n'), "{msg}");
     assert_eq!(
@@ -427,12 +451,9 @@ fn train_error(code: i32, stderr: &str) -> &str {
     errors[0]
 }
 
+/// hgpt's exit code and stderr.
 fn hgpt(args: &[&str], cwd: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hgpt"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
+    let out = common::hgpt(args, cwd);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -7,7 +7,6 @@ mod common;
 use std::path::Path;
 
 use hgpt::backend::cpu::CpuBackend;
-use hgpt::config::Config;
 use hgpt::data;
 use hgpt::generate::{Sampler, argmax, generate};
 use hgpt::model::Gpt;
@@ -163,20 +162,16 @@ fn generate_is_deterministic_for_a_seed() {
 
 /// A model trained a little, so its logits are far from ties.
 fn trained_model(head: &str) -> Gpt<CpuBackend> {
-    let config = [
-        format!("model.head={head}"),
-        "model.n_layer=2".into(),
-        "model.n_head=2".into(),
-        "model.n_embd=32".into(),
-        "model.block_size=24".into(),
-        "train.seq_len=24".into(),
-        "train.batch_size=4".into(),
-        "data.builtin_train_bytes=20000".into(),
-        "data.builtin_val_bytes=4000".into(),
-    ]
-    .iter()
-    .fold(Config::tiny(), |c, s| c.with_override(s).unwrap());
-    let data = data::builtin(&config, 0, 1).unwrap();
+    let config = common::config(
+        common::SMALL,
+        &[
+            &format!("model.head={head}"),
+            "model.block_size=24",
+            "train.seq_len=24",
+            "data.builtin_val_bytes=4000",
+        ],
+    );
+    let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
     let mut tr = Trainer::new(&config, CpuBackend::new(), data).unwrap();
     for _ in 0..30 {
         tr.train_step();

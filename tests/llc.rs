@@ -2,8 +2,9 @@
 //! it, SGLD's invariants, the LayerNorm example's spike, the GPT target, and the
 //! command line's errors.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Command;
 
 use hgpt::backend::SgldStep;
 use hgpt::backend::cpu::CpuBackend;
@@ -16,24 +17,11 @@ use hgpt::model::Gpt;
 use hgpt::train::Trainer;
 use indicatif::ProgressBar;
 
-fn hgpt(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hgpt"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
+use common::hgpt;
 
 /// Runs hgpt expecting a usage error; returns its single stderr line.
 fn fails(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let out = hgpt(args, dir.path());
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line for {args:?}, got: {stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    lines[0].to_string()
+    common::fails(args, tempfile::tempdir().unwrap().path())
 }
 
 #[test]
@@ -431,26 +419,19 @@ fn layernorm_example_spikes_at_the_loss_drop() {
 
 /// A one-layer GPT small enough to train and sample in a second.
 fn small_gpt_config() -> Config {
-    let mut c = Config::tiny();
-    for kv in [
+    let one_layer = [
         "model.n_layer=1",
-        "model.n_embd=32",
-        "model.n_head=2",
         "model.block_size=16",
         "train.seq_len=16",
-        "train.batch_size=4",
-        "data.builtin_train_bytes=20000",
         "data.builtin_val_bytes=2000",
-    ] {
-        c = c.with_override(kv).unwrap();
-    }
-    c
+    ];
+    common::config(common::SMALL, &one_layer)
 }
 
 #[test]
 fn gpt_estimate_runs_on_the_training_loss_and_restores_weights() {
     let config = small_gpt_config();
-    let data = hgpt::data::load(&config, 0, 1).unwrap();
+    let data = hgpt::data::load(&hgpt::data::DataSpec::of(&config)).unwrap();
     let mut tr = Trainer::new(&config, CpuBackend::<f32>::new(), data).unwrap();
     for _ in 0..20 {
         tr.train_step();

@@ -2,6 +2,8 @@
 //! CUDA backend's slots and peak in tests/cuda_parity.rs), and the planner's search
 //! for the largest micro-batch.
 
+mod common;
+
 use hgpt::backend::Backend;
 use hgpt::backend::GpuPrecision;
 use hgpt::backend::cpu::CpuBackend;
@@ -11,19 +13,7 @@ use hgpt::memory::{Target, largest_micro_batch, plan};
 use hgpt::train::Trainer;
 
 fn small(sets: &[&str]) -> Config {
-    let base = [
-        "model.n_layer=2",
-        "model.n_embd=32",
-        "model.n_head=2",
-        "model.block_size=32",
-        "train.seq_len=32",
-        "train.batch_size=3",
-        "data.builtin_train_bytes=20000",
-        "data.builtin_val_bytes=5000",
-    ];
-    base.iter()
-        .chain(sets)
-        .fold(Config::tiny(), |c, s| c.with_override(s).unwrap())
+    common::config(common::SMALL, &[&["train.batch_size=3"], sets].concat())
 }
 
 /// A training step (two micro-batches, clipping, AdamW) and a validation pass hold
@@ -44,7 +34,7 @@ fn cpu_training_step_allocates_exactly_the_plan() {
     ];
     for sets in variants {
         let config = small(sets);
-        let data = data::builtin(&config, 0, 1).unwrap();
+        let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
         let mut tr = Trainer::new(&config, CpuBackend::<f32>::new(), data).unwrap();
         tr.train_step();
         tr.evaluate();

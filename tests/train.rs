@@ -1,6 +1,8 @@
 //! Training behaviour: overfitting one batch, determinism, the schedule, and what a
 //! run leaves in its directory.
 
+mod common;
+
 use hgpt::backend::DeviceChoice;
 use hgpt::backend::cpu::CpuBackend;
 use hgpt::config::Config;
@@ -12,26 +14,14 @@ use hgpt::train::{self, Trainer};
 
 /// The tiny config shrunk so a test trains in a second or two.
 fn small(head: &str) -> Config {
-    let sets = [
-        format!("model.head={head}"),
-        "model.n_layer=2".into(),
-        "model.n_embd=32".into(),
-        "model.n_head=2".into(),
-        "model.block_size=32".into(),
-        "train.seq_len=32".into(),
-        "train.batch_size=4".into(),
-        "data.builtin_train_bytes=20000".into(),
-        "data.builtin_val_bytes=5000".into(),
-    ];
-    sets.iter()
-        .fold(Config::tiny(), |c, s| c.with_override(s).unwrap())
+    common::config(common::SMALL, &[&format!("model.head={head}")])
 }
 
 #[test]
 fn overfits_one_batch() {
     for head in ["harmonic", "softmax"] {
         let config = small(head);
-        let mut ds = data::builtin(&config, 0, 1).unwrap();
+        let mut ds = data::builtin(&data::DataSpec::of(&config)).unwrap();
         let batch = ds.train.next_batch();
         let mut model = Gpt::new(CpuBackend::<f32>::new(), &config.model);
         model.init(1);
@@ -55,7 +45,7 @@ fn overfits_one_batch() {
 }
 
 fn losses(config: &Config, steps: usize) -> Vec<f64> {
-    let data = data::builtin(config, 0, 1).unwrap();
+    let data = data::builtin(&data::DataSpec::of(config)).unwrap();
     let mut tr = Trainer::new(config, CpuBackend::<f32>::new(), data).unwrap();
     (0..steps).map(|_| tr.train_step().loss).collect()
 }
@@ -76,7 +66,7 @@ fn same_seed_gives_the_same_losses() {
 fn gradient_accumulation_matches_a_larger_batch() {
     // Two micro-batches of 2 sequences give the gradient of one batch of 4.
     let config = small("harmonic");
-    let mut ds = data::builtin(&config, 0, 1).unwrap();
+    let mut ds = data::builtin(&data::DataSpec::of(&config)).unwrap();
     let batch = ds.train.next_batch();
     let grads = |parts: usize| {
         let mut model = Gpt::new(CpuBackend::<f32>::new(), &config.model);
@@ -142,7 +132,7 @@ fn a_run_writes_config_metrics_and_plot() {
         .and_then(|c| c.with_override("train.log_every=2"))
         .and_then(|c| c.with_override("train.eval_every=3"))
         .unwrap();
-    let summary = train::run(&config, dir.path(), DeviceChoice::Cpu).unwrap();
+    let summary = train::run(&config, dir.path(), DeviceChoice::Cpu, &mut ()).unwrap();
     assert_eq!(summary.steps, 6);
     let written = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
     assert_eq!(

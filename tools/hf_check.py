@@ -89,7 +89,7 @@ def greedy(model, tokenizer, prompt, ids, max_new):
 
 
 def check_harmonic_training(model, tokens):
-    """The model's loss equals the harmonic loss of DESIGN.md section 3, computed
+    """The model's loss equals the harmonic loss of docs/DESIGN.md section 3, computed
     here from the tensors, and its gradients are finite."""
     cfg = model.config
     ids = torch.tensor([tokens[: min(len(tokens), cfg.n_positions)]])

@@ -6,7 +6,7 @@ against `hgpt train` step by step.
         [--steps N] [--warmup W] [--device cuda|cpu] [--peak-tflops X] [--json]
     python tools/torch_ref.py --check [--config F] [--set k=v]... [--steps N]
 
-The model is hgpt's exactly (src/model, src/head, DESIGN.md section 3): GPT-2 with
+The model is hgpt's exactly (src/model, src/head, docs/DESIGN.md section 3): GPT-2 with
 pre-LayerNorm blocks, biases in every Linear, GELU (tanh), causal attention, ln_f,
 then the harmonic head (s = max(|h|^2 + |w|^2 - 2 h.w, eps), z = -(n/2) ln s,
 cross-entropy on z) or the softmax head, tied to wte unless the config unties it.

@@ -1,9 +1,13 @@
 //! Whether a run may resume under a new config: the model and the data must be the
 //! same; training keys that steer the loop, the schedule or the optimizer may change.
+//! And whether data can feed a model: its vocabulary and, for a model from a
+//! checkpoint, its tokenizer.
 
 use anyhow::{Result, bail};
 
-use crate::config::Config;
+use super::TrainingState;
+use crate::config::{Config, ModelConfig};
+use crate::data::Dataset;
 
 /// [train] keys that may change on resume. The others (batch_size, seq_len, seed)
 /// define the stream of batches the loader position points into.
@@ -84,6 +88,35 @@ pub fn check_init(saved: &Config, new: &Config) -> Result<()> {
         bail!(
             "cannot start from the checkpoint: the model differs from its ({})",
             changed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Whether `data` can feed a model of config `model`: every token id within its
+/// vocabulary, and for a model from `checkpoint`, the data tokenized by the
+/// checkpoint's tokenizer (both without one for shards that came without a
+/// tokenizer.json).
+pub fn check_data(
+    data: &Dataset,
+    model: &ModelConfig,
+    checkpoint: Option<&TrainingState>,
+) -> Result<()> {
+    if let Some(state) = checkpoint {
+        let hash = data.tokenizer.as_ref().map(|t| t.hash());
+        if hash != state.tokenizer_hash.as_deref() {
+            bail!(
+                "the data's tokenizer (sha256 {}) differs from the checkpoint's ({})",
+                hash.unwrap_or("none"),
+                state.tokenizer_hash.as_deref().unwrap_or("none")
+            );
+        }
+    }
+    if data.vocab_size > model.vocab_size {
+        bail!(
+            "model.vocab_size = {} is smaller than the data's vocabulary ({} tokens)",
+            model.vocab_size,
+            data.vocab_size
         );
     }
     Ok(())

@@ -11,6 +11,10 @@
 //! the step directory) replaced, also atomically. So a crash at any moment leaves
 //! `latest` naming a complete checkpoint, and a step directory exists only complete.
 //! Old checkpoints are then pruned (see [`retention`]).
+//!
+//! This module knows a run only as a [`TrainingSnapshot`] (plain host data), not
+//! the training loop: the trainer makes the snapshot and restores itself from a
+//! [`Checkpoint`].
 
 pub mod atomic;
 pub mod compat;
@@ -28,7 +32,6 @@ use crate::backend::Backend;
 use crate::config::{self, Config};
 use crate::data::{LoaderPosition, Tokenizer};
 use crate::model::{Gpt, ParamLayout};
-use crate::train::Trainer;
 pub use state::{FORMAT_VERSION, TrainingState};
 use tensors::{Slot, TensorFile};
 
@@ -135,12 +138,30 @@ fn optimizer_slots(layout: &ParamLayout) -> Vec<Slot> {
     [moment("m", 0), moment("v", layout.total)].concat()
 }
 
-/// Writes the trainer's state as checkpoint `step_%08d` of `run` and makes it the
-/// latest, then prunes old ones. Returns the checkpoint directory.
-pub fn save<B: Backend>(run: &Path, tr: &Trainer<B>) -> Result<PathBuf> {
+/// A training run's state as plain host data: everything a checkpoint holds.
+pub struct TrainingSnapshot<'a> {
+    /// The resolved config of the run.
+    pub config: &'a Config,
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// AdamW updates applied (less than `step` when the divergence guard skipped some).
+    pub adam_step: u64,
+    /// The parameters, laid out as [`ParamLayout`] says.
+    pub params: Vec<f32>,
+    /// AdamW's moments, m then v, each laid out as `params`.
+    pub moments: Vec<f32>,
+    /// Where the training loader continues.
+    pub loader: LoaderPosition,
+    /// The data's tokenizer; None for shards that came without a tokenizer.json.
+    pub tokenizer: Option<&'a Tokenizer>,
+}
+
+/// Writes `snap` as checkpoint `step_%08d` of `run` and makes it the latest, then
+/// prunes old ones. Returns the checkpoint directory.
+pub fn save(run: &Path, snap: &TrainingSnapshot) -> Result<PathBuf> {
     let root = checkpoints_dir(run);
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    let name = step_dir_name(tr.step);
+    let name = step_dir_name(snap.step);
     let dir = root.join(&name);
     if latest(run).ok().as_deref() == Some(dir.as_path()) {
         return Ok(dir); // resumed here and took no step since: already on disk
@@ -149,36 +170,31 @@ pub fn save<B: Backend>(run: &Path, tr: &Trainer<B>) -> Result<PathBuf> {
     let tmp = root.join(format!("{TMP_PREFIX}{name}"));
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
 
-    let model = &tr.model;
-    write_model_file(&tmp, &tr.config, tr.step, &model.read_params())?;
-    let step = tr.step.to_string();
-    let moments = [
-        model.backend.read(tr.optimizer.m),
-        model.backend.read(tr.optimizer.v),
-    ]
-    .concat();
+    write_model_file(&tmp, snap.config, snap.step, &snap.params)?;
     let optimizer_meta = BTreeMap::from([
-        ("step".to_string(), step),
-        ("adam_step".to_string(), tr.optimizer.step.to_string()),
+        ("step".to_string(), snap.step.to_string()),
+        ("adam_step".to_string(), snap.adam_step.to_string()),
     ]);
     tensors::write(
         &tmp.join(OPTIMIZER_FILE),
-        &optimizer_slots(&model.layout),
-        &moments,
+        &optimizer_slots(&ParamLayout::new(&snap.config.model)),
+        &snap.moments,
         optimizer_meta,
         FORMAT_VERSION,
     )?;
     let state = TrainingState {
         format_version: FORMAT_VERSION,
         hgpt_version: env!("CARGO_PKG_VERSION").to_string(),
-        step: tr.step,
-        adam_step: tr.optimizer.step,
-        loader: tr.data.train.position(),
-        tokenizer_hash: tokenizer::hash(&tr.data),
-        config: tr.config.clone(),
+        step: snap.step,
+        adam_step: snap.adam_step,
+        loader: snap.loader,
+        tokenizer_hash: snap.tokenizer.map(|t| t.hash().to_string()),
+        config: snap.config.clone(),
     };
     state.write(&tmp.join(STATE_FILE))?;
-    tokenizer::save(&tr.data, &tmp)?;
+    if let Some(t) = snap.tokenizer {
+        tokenizer::write(t, &tmp)?;
+    }
     atomic::sync_dir(&tmp)?;
 
     // A directory of this step that `latest` does not name is left from a run that
@@ -189,7 +205,7 @@ pub fn save<B: Backend>(run: &Path, tr: &Trainer<B>) -> Result<PathBuf> {
     }
     atomic::rename_synced(&tmp, &dir)?;
     atomic::replace_file(&root.join(LATEST_FILE), format!("{name}\n").as_bytes())?;
-    prune(run, tr.step, &tr.config)?;
+    prune(run, snap.step, snap.config)?;
     Ok(dir)
 }
 
@@ -379,28 +395,6 @@ impl Checkpoint {
             );
         }
         Ok(())
-    }
-
-    /// Puts a trainer built with the checkpoint's model config where the checkpoint
-    /// left off: parameters and moments (as read by [`Checkpoint::read_params`] and
-    /// [`Checkpoint::read_moments`]), AdamW's count, step, loader position.
-    pub fn restore<B: Backend>(
-        &self,
-        tr: &mut Trainer<B>,
-        params: &[f32],
-        moments: &[f32],
-    ) -> Result<()> {
-        let total = tr.model.num_params();
-        tr.model.write_params(params);
-        let be = &tr.model.backend;
-        be.write(tr.optimizer.m, &moments[..total]);
-        be.write(tr.optimizer.v, &moments[total..]);
-        tr.optimizer.step = self.state.adam_step;
-        tr.step = self.state.step;
-        tr.data
-            .train
-            .seek(self.state.loader)
-            .context("cannot resume: the data differs from the checkpoint's")
     }
 }
 

@@ -7,23 +7,8 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 use super::{Checkpoint, STATE_FILE};
-use crate::data::Dataset;
 use crate::data::Tokenizer;
 use crate::data::manifest::TOKENIZER_FILE;
-
-/// The hash state.json records: the data's tokenizer's, or None for shards that
-/// came without a tokenizer.json (llm.c's).
-pub fn hash(data: &Dataset) -> Option<String> {
-    data.tokenizer.as_ref().map(|t| t.hash().to_string())
-}
-
-/// Writes a copy of the data's tokenizer (if it has one) into `dir`, fsynced.
-pub fn save(data: &Dataset, dir: &Path) -> Result<()> {
-    match &data.tokenizer {
-        Some(tokenizer) => write(tokenizer, dir),
-        None => Ok(()),
-    }
-}
 
 /// Writes `tokenizer` into the checkpoint directory `dir`, fsynced.
 pub fn write(tokenizer: &Tokenizer, dir: &Path) -> Result<()> {

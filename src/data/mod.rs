@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::config::Config;
+use crate::config::{Config, DataConfig};
 pub use loader::{Batch, Loader, LoaderPosition};
 use manifest::{INCOMPLETE_FILE, MANIFEST_FILE, Manifest, Split, TOKENIZER_FILE};
 use shard::Shard;
@@ -34,12 +34,54 @@ pub struct Dataset {
     pub unigram_entropy: f64,
 }
 
-/// The data `config` asks for: `[data] dir`, or the built-in corpus when empty.
-pub fn load(config: &Config, rank: usize, world: usize) -> Result<Dataset> {
-    if config.data.dir.is_empty() {
-        builtin(config, rank, world)
+/// What the loaders need: where the tokens come from and how they are cut into
+/// batches. The training loader reads window `rank` of every `world` (the
+/// validation loader reads them all).
+#[derive(Clone, Debug)]
+pub struct DataSpec<'a> {
+    /// `[data]`: a prepared directory, or the built-in corpus's sizes when `dir` is
+    /// empty.
+    pub source: &'a DataConfig,
+    /// Sequences per batch.
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Seeds the shuffled window order (and the built-in corpus).
+    pub seed: u64,
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl DataSpec<'_> {
+    /// The data of a run of `config`, as one process (rank 0 of 1) reads it.
+    pub fn of(config: &Config) -> DataSpec<'_> {
+        let t = &config.train;
+        DataSpec {
+            source: &config.data,
+            batch_size: t.batch_size,
+            seq_len: t.seq_len,
+            seed: t.seed,
+            rank: 0,
+            world: 1,
+        }
+    }
+
+    /// Training and validation loaders over `train` and `val`.
+    fn loaders(&self, train: Vec<Shard>, val: Vec<Shard>) -> (Result<Loader>, Result<Loader>) {
+        let (b, t, seed) = (self.batch_size, self.seq_len, self.seed);
+        (
+            Loader::new(train, b, t, seed, self.rank, self.world),
+            Loader::new(val, b, t, seed, 0, 1),
+        )
+    }
+}
+
+/// The data `spec` asks for: `[data] dir`, or the built-in corpus when empty.
+pub fn load(spec: &DataSpec) -> Result<Dataset> {
+    if spec.source.dir.is_empty() {
+        builtin(spec)
     } else {
-        prepared(Path::new(&config.data.dir), config, rank, world)
+        prepared(Path::new(&spec.source.dir), spec)
     }
 }
 
@@ -69,13 +111,13 @@ pub fn join_documents(tok: &Tokenizer, docs: &[String]) -> Vec<u32> {
 }
 
 /// The built-in corpus as a dataset: train and val drawn with different seeds.
-pub fn builtin(config: &Config, rank: usize, world: usize) -> Result<Dataset> {
-    let (d, t) = (&config.data, &config.train);
+pub fn builtin(spec: &DataSpec) -> Result<Dataset> {
+    let d = spec.source;
     let tok = Tokenizer::bytes();
-    let train = join_documents(&tok, &corpus::generate(t.seed, d.builtin_train_bytes));
+    let train = join_documents(&tok, &corpus::generate(spec.seed, d.builtin_train_bytes));
     let val = join_documents(
         &tok,
-        &corpus::generate(t.seed ^ 0x5eed_f7a1, d.builtin_val_bytes),
+        &corpus::generate(spec.seed ^ 0x5eed_f7a1, d.builtin_val_bytes),
     );
     let description = format!(
         "built-in corpus: {} training tokens, {} validation tokens (byte-level, vocab {})",
@@ -87,11 +129,10 @@ pub fn builtin(config: &Config, rank: usize, world: usize) -> Result<Dataset> {
     let (counts, _) = shard::count_tokens(&train);
     let val = vec![Shard::in_memory("the built-in corpus", val)];
     let too_little = |key: &str, bytes: usize| format!("data.{key} = {bytes}: too little text");
+    let (train, val) = spec.loaders(train, val);
     Ok(Dataset {
-        train: Loader::new(train, t.batch_size, t.seq_len, t.seed, rank, world)
-            .with_context(|| too_little("builtin_train_bytes", d.builtin_train_bytes))?,
-        val: Loader::new(val, t.batch_size, t.seq_len, t.seed, 0, 1)
-            .with_context(|| too_little("builtin_val_bytes", d.builtin_val_bytes))?,
+        train: train.with_context(|| too_little("builtin_train_bytes", d.builtin_train_bytes))?,
+        val: val.with_context(|| too_little("builtin_val_bytes", d.builtin_val_bytes))?,
         vocab_size: tok.vocab_size(),
         tokenizer: Some(tok),
         description,
@@ -193,8 +234,7 @@ pub fn prepared_split(dir: &Path, split: &str) -> Result<(Vec<Shard>, Option<Tok
 }
 
 /// Shards in `dir` as written by `hgpt prepare` or llm.c's scripts.
-pub fn prepared(dir: &Path, config: &Config, rank: usize, world: usize) -> Result<Dataset> {
-    let t = &config.train;
+pub fn prepared(dir: &Path, spec: &DataSpec) -> Result<Dataset> {
     let (manifest, tokenizer) = open_prepared(dir)?;
     let tokenizer_path = dir.join(TOKENIZER_FILE);
     let train = open_split(dir, "train", manifest.as_ref().map(|m| &m.train))?;
@@ -234,11 +274,10 @@ pub fn prepared(dir: &Path, config: &Config, rank: usize, world: usize) -> Resul
             " (no tokenizer.json: vocab from the largest id)"
         }
     );
+    let (train_loader, val_loader) = spec.loaders(train, val);
     Ok(Dataset {
-        train: Loader::new(train, t.batch_size, t.seq_len, t.seed, rank, world)
-            .with_context(|| format!("{}: training shards", dir.display()))?,
-        val: Loader::new(val, t.batch_size, t.seq_len, t.seed, 0, 1)
-            .with_context(|| format!("{}: validation shards", dir.display()))?,
+        train: train_loader.with_context(|| format!("{}: training shards", dir.display()))?,
+        val: val_loader.with_context(|| format!("{}: validation shards", dir.display()))?,
         vocab_size,
         tokenizer,
         description,

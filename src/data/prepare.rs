@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use super::input::{DocumentReader, InputFile, Piece, list_files};
@@ -241,18 +241,6 @@ fn train_tokenizer(vocab_size: usize, files: &[InputFile], field: &str) -> Resul
     }
 }
 
-fn progress_bar(total: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec}, {msg}, eta {eta}",
-        )
-        .expect("valid template"),
-    );
-    bar.set_message("0k tokens/s");
-    bar
-}
-
 /// Groups of pieces of about GROUP_BYTES, sent from a reader thread; the
 /// channel's bound keeps memory bounded. The thread returns the reader's UTF-8
 /// counts.
@@ -283,7 +271,11 @@ fn spawn_reader(files: Vec<InputFile>, field: &str) -> (mpsc::Receiver<Vec<Piece
     (rx, thread)
 }
 
-pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
+/// Runs `hgpt prepare`: reads, tokenizes and writes the shards, the tokenizer and
+/// the manifest. `progress` counts the input bytes read (its length is set to
+/// their total) and carries the tokens/s as its message; the caller draws it or
+/// passes a hidden one.
+pub fn prepare(opts: &PrepareOptions, progress: &ProgressBar) -> Result<PrepareReport> {
     let start = Instant::now();
     if !(opts.val_fraction > 0.0 && opts.val_fraction < 1.0) {
         bail!(
@@ -320,7 +312,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     let width = TokenWidth::for_vocab(tokenizer.vocab_size());
     let mut train = SplitWriter::new("train", &opts.out, width, opts.shard_tokens);
     let mut val = SplitWriter::new("val", &opts.out, width, opts.shard_tokens);
-    let bar = progress_bar(total_bytes);
+    let bar = progress;
+    bar.set_length(total_bytes);
     let (groups, reader) = spawn_reader(files.clone(), &opts.jsonl_field);
     let (mut documents, mut tokens, mut bytes) = (0u64, 0u64, 0u64);
     let mut to_val = false;

@@ -1,6 +1,6 @@
 //! Output heads: the usual softmax over dot products, and the harmonic head.
 //!
-//! Harmonic head (DESIGN.md section 3), per position with hidden state h and class
+//! Harmonic head (docs/DESIGN.md section 3), per position with hidden state h and class
 //! centres w_i:
 //!
 //! ```text

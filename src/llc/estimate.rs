@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::sampler::{ChainTrace, SgldSettings};
+use super::stats::{mean, std_dev};
 
 /// A share of draws below the starting loss above this means w* is not a minimum.
 const MAX_FRACTION_BELOW: f64 = 0.3;
@@ -146,57 +147,4 @@ impl LlcEstimate {
     pub fn trustworthy(&self) -> bool {
         self.warnings.is_empty()
     }
-
-    /// Lines for a person: the estimate, the settings, the diagnostics, the warnings.
-    pub fn summary(&self) -> String {
-        let s = &self.settings;
-        let mut out = format!(
-            "LLC estimate {:.4} ± {:.4} (std over {} chains)\n",
-            self.estimate,
-            self.std,
-            self.chain_estimates.len()
-        );
-        let epsilon = if s.tune_epsilon {
-            format!("{:.3e} (tuned from {:.3e})", self.epsilon, s.epsilon)
-        } else {
-            format!("{:.3e}", s.epsilon)
-        };
-        out += &format!(
-            "  initial loss {:.6}, {} parameters, batch {}, nbeta {:.4}, epsilon {epsilon}, gamma {}\n",
-            self.init_loss, self.num_params, self.batch_size, s.nbeta, s.gamma
-        );
-        out += &format!(
-            "  {} chains x {} draws after {} burn-in steps, {:.1}s\n",
-            self.chain_estimates.len(),
-            s.draws,
-            s.burnin,
-            self.seconds
-        );
-        out += &format!(
-            "  draws below the initial loss {:.1}%, trace levelled off: {}, diverged chains: {}\n",
-            100.0 * self.fraction_below_init,
-            if self.levelled { "yes" } else { "no" },
-            self.diverged_chains
-        );
-        for w in &self.warnings {
-            out += &format!("warning: {w}\n");
-        }
-        out
-    }
-}
-
-pub(super) fn mean(xs: &[f64]) -> f64 {
-    if xs.is_empty() {
-        return f64::NAN;
-    }
-    xs.iter().sum::<f64>() / xs.len() as f64
-}
-
-/// Sample standard deviation (n - 1); 0 for fewer than two values.
-pub(super) fn std_dev(xs: &[f64]) -> f64 {
-    if xs.len() < 2 {
-        return 0.0;
-    }
-    let m = mean(xs);
-    (xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
 }

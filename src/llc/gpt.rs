@@ -1,15 +1,15 @@
 //! The GPT as an SGLD target: its own training loss (mean next-token loss over the
 //! batch, harmonic or softmax head) and gradients, on whatever backend runs it.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 
 use super::estimate::LlcEstimate;
 use super::sampler::{SgldSettings, SgldTarget};
 use crate::backend::{self, Backend, SgldStep, Span};
-use crate::checkpoint;
+use crate::checkpoint::{TrainingState, compat};
 use crate::config::Config;
-use crate::data::{self, Batch, Dataset, Loader};
+use crate::data::{self, Batch, DataSpec, Dataset, Loader};
 use crate::model::Gpt;
 
 /// A model and the training batches to sample it with, on the model's backend: w*
@@ -103,31 +103,18 @@ impl<B: Backend> SgldTarget for GptTarget<'_, B> {
 }
 
 /// The training data of `config` (`[data] dir`, or the built-in corpus) in batches
-/// of `batch_size`, checked against a model trained on data tokenized as
-/// `tokenizer_hash` says (when known).
+/// of `batch_size`, checked against a model from `checkpoint` (when there is one).
 pub fn training_data(
     config: &Config,
     batch_size: usize,
-    tokenizer_hash: Option<&str>,
+    checkpoint: Option<&TrainingState>,
 ) -> Result<Dataset> {
-    let mut config = config.clone();
-    config.train.batch_size = batch_size;
-    let data = data::load(&config, 0, 1)?;
-    if let (Some(have), Some(want)) = (checkpoint::tokenizer::hash(&data), tokenizer_hash)
-        && have != want
-    {
-        bail!(
-            "{}: tokenizer sha256 {have}, but the model was trained on {want}: not the data it was trained on",
-            data.description
-        );
-    }
-    if data.vocab_size > config.model.vocab_size {
-        bail!(
-            "the data's vocabulary ({} tokens) is larger than the model's vocab_size {}",
-            data.vocab_size,
-            config.model.vocab_size
-        );
-    }
+    let data = data::load(&DataSpec {
+        batch_size,
+        ..DataSpec::of(config)
+    })?;
+    compat::check_data(&data, &config.model, checkpoint)
+        .with_context(|| data.description.clone())?;
     Ok(data)
 }
 

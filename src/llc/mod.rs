@@ -1,16 +1,17 @@
 //! The local learning coefficient (LLC): how degenerate the loss landscape is around
-//! a set of weights w*, estimated by SGLD localised at w* (DESIGN.md section 7).
+//! a set of weights w*, estimated by SGLD localised at w* (docs/DESIGN.md section 7).
 //!
 //! `sampler` is the one SGLD loop, generic over the model through [`SgldTarget`];
-//! `estimate` turns its traces into lambda-hat and diagnostics. The targets: `gpt`
-//! (the model being trained, on its own backend), and through `host_target` two
-//! small host models: `dln` (deep linear networks, whose exact value `aoyagi` gives,
-//! validating the sampler) and `layernorm_mlp` (a LayerNorm example with a sudden
-//! loss drop). `over_training` keeps the LLC across checkpoints,
-//! `plot` draws it and the chains' traces, `command` is `hgpt llc`.
+//! `estimate` turns its traces into lambda-hat and diagnostics, with `stats` (the
+//! mean and standard deviation both use). The targets: `gpt` (the model being
+//! trained, on its own backend), and through `host_target` two small host models:
+//! `dln` (deep linear networks, whose exact value `aoyagi` gives, validating the
+//! sampler) and `layernorm_mlp` (a LayerNorm example with a sudden loss drop).
+//! `over_training` keeps the LLC across checkpoints, `plot` draws it and the
+//! chains' traces. Progress goes to an `indicatif::ProgressBar` the caller makes
+//! (hidden or drawn); `hgpt llc` is src/cli/llc.rs.
 
 pub mod aoyagi;
-pub mod command;
 pub mod dln;
 pub mod estimate;
 pub mod gpt;
@@ -19,13 +20,13 @@ pub mod layernorm_mlp;
 pub mod over_training;
 pub mod plot;
 pub mod sampler;
+mod stats;
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 pub use estimate::LlcEstimate;
 pub use host_target::{HostModel, HostTarget};
@@ -46,18 +47,6 @@ pub fn estimate<T: SgldTarget>(
         target.batch_size(),
         start.elapsed().as_secs_f64(),
     ))
-}
-
-/// A bar over every SGLD step of every chain, drawn only on a terminal.
-pub fn progress_bar(settings: &SgldSettings) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let steps = settings.chains * (settings.burnin + settings.draws);
-    ProgressBar::new(steps as u64).with_style(
-        ProgressStyle::with_template("sgld {bar:40} {pos}/{len} steps, eta {eta}")
-            .expect("valid template"),
-    )
 }
 
 /// Writes `llc.json` (estimate, diagnostics and every chain's trace) and `llc.png`

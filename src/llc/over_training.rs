@@ -39,18 +39,6 @@ impl StepLlc {
             seconds: e.seconds,
         }
     }
-
-    /// One line for a person: step, estimate, and the first warning if any.
-    pub fn line(&self) -> String {
-        let warning = self
-            .warnings
-            .first()
-            .map_or(String::new(), |w| format!("  warning: {w}"));
-        format!(
-            "step {:>8}  LLC {:>10.4} ± {:.4}  loss at w* {:.4}{warning}",
-            self.step, self.estimate, self.std, self.init_loss
-        )
-    }
 }
 
 /// Appends records to llc.jsonl as they come, so a long run leaves what it has.

@@ -21,7 +21,7 @@ use anyhow::{Result, bail};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::estimate::{mean, std_dev};
+use super::stats::{mean, std_dev};
 use crate::backend::SgldStep;
 
 /// A model SGLD can sample. Its parameters w, the anchor w* and the last gradient

@@ -24,10 +24,11 @@ impl DivergenceGuard {
         self.streak = 0;
     }
 
-    /// Counts a skipped step; an error once `max_bad_steps` came in a row.
-    pub fn bad_step(&mut self, step: usize, last_checkpoint: Option<&Path>) -> Result<()> {
+    /// Counts a skipped step and returns the warning for the user; an error once
+    /// `max_bad_steps` came in a row.
+    pub fn bad_step(&mut self, step: usize, last_checkpoint: Option<&Path>) -> Result<String> {
         self.streak += 1;
-        eprintln!(
+        let warning = format!(
             "step {step}: non-finite loss or gradient norm, update skipped ({} of at most {} in a row)",
             self.streak, self.max_bad_steps
         );
@@ -38,7 +39,7 @@ impl DivergenceGuard {
                 last_checkpoint.map_or("none".into(), |p| p.display().to_string())
             );
         }
-        Ok(())
+        Ok(warning)
     }
 
     /// No skipped step since the last good one: the state is fit to checkpoint.

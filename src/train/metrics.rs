@@ -1,13 +1,11 @@
 //! Training metrics: metrics.jsonl in the run directory (one JSON object per log
-//! step and per evaluation), and what the user sees: a progress bar on a terminal,
-//! plain log lines otherwise.
+//! step, per evaluation and per skipped step), and the records kept for the plot.
 
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -46,8 +44,6 @@ enum Record {
 
 pub struct Metrics {
     file: BufWriter<File>,
-    bar: Option<ProgressBar>,
-    max_steps: usize,
     pub train: Vec<TrainRecord>,
     pub eval: Vec<EvalRecord>,
 }
@@ -55,7 +51,7 @@ pub struct Metrics {
 impl Metrics {
     /// Opens metrics.jsonl for appending. When resuming (first_step > 0) the
     /// records up to first_step are read back, so the loss plot shows the whole run.
-    pub fn create(path: &Path, first_step: usize, max_steps: usize) -> Result<Metrics> {
+    pub fn create(path: &Path, first_step: usize) -> Result<Metrics> {
         let (mut train, mut eval) = (Vec::new(), Vec::new());
         if first_step > 0 && path.exists() {
             let text = std::fs::read_to_string(path)
@@ -75,32 +71,11 @@ impl Metrics {
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(max_steps as u64);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-                )
-                .expect("valid template"),
-            );
-            bar.set_position(first_step as u64);
-            bar
-        });
         Ok(Metrics {
             file: BufWriter::new(file),
-            bar,
-            max_steps,
             train,
             eval,
         })
-    }
-
-    /// A line for the user, above the bar if there is one.
-    pub fn say(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
-        }
     }
 
     fn append<T: Serialize>(&mut self, record: &T) -> Result<()> {
@@ -111,30 +86,12 @@ impl Metrics {
     }
 
     pub fn log_train(&mut self, r: TrainRecord) -> Result<()> {
-        let line = format!(
-            "step {:>6}/{} | loss {:.4} | lr {:.2e} | norm {:.3} | {:.0} tok/s",
-            r.step, self.max_steps, r.train_loss, r.lr, r.grad_norm, r.tokens_per_s
-        );
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(r.step as u64);
-                bar.set_message(format!(
-                    "loss {:.4} | lr {:.2e} | {:.0} tok/s",
-                    r.train_loss, r.lr, r.tokens_per_s
-                ));
-            }
-            None => eprintln!("{line}"),
-        }
         self.append(&r)?;
         self.train.push(r);
         Ok(())
     }
 
     pub fn log_eval(&mut self, r: EvalRecord) -> Result<()> {
-        self.say(&format!(
-            "step {:>6}/{} | val loss {:.4}",
-            r.step, self.max_steps, r.val_loss
-        ));
         self.append(&r)?;
         self.eval.push(r);
         Ok(())
@@ -142,11 +99,5 @@ impl Metrics {
 
     pub fn log_skipped(&mut self, r: SkippedRecord) -> Result<()> {
         self.append(&r)
-    }
-
-    pub fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
     }
 }

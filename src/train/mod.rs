@@ -1,7 +1,8 @@
 //! The training loop: micro-batches with gradient accumulation, global-norm
 //! clipping, AdamW with warm-up + cosine schedule, periodic validation, metrics and
 //! a loss plot in the run directory; checkpoints, exact resume, a stop on SIGINT or
-//! SIGTERM, and a guard against non-finite steps.
+//! SIGTERM, and a guard against non-finite steps. What the user sees goes to a
+//! [`TrainObserver`]; the loop prints nothing.
 
 pub mod divergence;
 pub mod metrics;
@@ -16,10 +17,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::backend::{self, Backend, DeviceChoice};
-use crate::checkpoint::{self, Checkpoint, compat};
+use crate::checkpoint::{self, Checkpoint, TrainingSnapshot, compat};
 use crate::config::Config;
-use crate::data::{self, Batch, Dataset};
+use crate::data::{self, Batch, DataSpec, Dataset};
 use crate::model::Gpt;
+use crate::observe::Observer;
 use divergence::DivergenceGuard;
 use metrics::{EvalRecord, Metrics, SkippedRecord, TrainRecord};
 use optim::{Optimizer, clip_scale};
@@ -50,13 +52,7 @@ pub struct Trainer<B: Backend> {
 impl<B: Backend> Trainer<B> {
     /// A freshly initialised model on `backend`, checked against the data's vocab.
     pub fn new(config: &Config, backend: B, data: Dataset) -> Result<Trainer<B>> {
-        if data.vocab_size > config.model.vocab_size {
-            bail!(
-                "model.vocab_size = {} is smaller than the data's vocabulary ({} tokens)",
-                config.model.vocab_size,
-                data.vocab_size
-            );
-        }
+        compat::check_data(&data, &config.model, None)?;
         let model = Gpt::new(backend, &config.model);
         model.init(config.train.seed);
         let optimizer = Optimizer::new(&model);
@@ -102,6 +98,38 @@ impl<B: Backend> Trainer<B> {
         }
     }
 
+    /// The state a checkpoint holds, read back to the host.
+    pub fn snapshot(&self) -> TrainingSnapshot<'_> {
+        let be = &self.model.backend;
+        TrainingSnapshot {
+            config: &self.config,
+            step: self.step,
+            adam_step: self.optimizer.step,
+            params: self.model.read_params(),
+            moments: [be.read(self.optimizer.m), be.read(self.optimizer.v)].concat(),
+            loader: self.data.train.position(),
+            tokenizer: self.data.tokenizer.as_ref(),
+        }
+    }
+
+    /// Puts a trainer built with the checkpoint's model config where the checkpoint
+    /// left off: parameters and moments (as read by [`Checkpoint::read_params`] and
+    /// [`Checkpoint::read_moments`], before a device is opened), AdamW's count, step,
+    /// loader position.
+    pub fn restore(&mut self, ckpt: &Checkpoint, params: &[f32], moments: &[f32]) -> Result<()> {
+        let total = self.model.num_params();
+        self.model.write_params(params);
+        let be = &self.model.backend;
+        be.write(self.optimizer.m, &moments[..total]);
+        be.write(self.optimizer.v, &moments[total..]);
+        self.optimizer.step = ckpt.state.adam_step;
+        self.step = ckpt.state.step;
+        self.data
+            .train
+            .seek(ckpt.state.loader)
+            .context("cannot resume: the data differs from the checkpoint's")
+    }
+
     /// Mean validation loss over up to `eval_steps` fixed batches.
     pub fn evaluate(&mut self) -> f64 {
         let t = &self.config.train;
@@ -115,20 +143,49 @@ impl<B: Backend> Trainer<B> {
     }
 }
 
-/// What a finished run reports.
+/// What the training loop reports as it goes, beside the notes of [`Observer`]
+/// (the run's description, resume notes, divergence warnings); the command line
+/// draws a progress bar or prints log lines.
+pub trait TrainObserver: Observer {
+    /// Training runs from `first_step` to `max_steps`; called before any note of the
+    /// run itself.
+    fn start(&mut self, _first_step: usize, _max_steps: usize) {}
+    /// A logged training step, as written to metrics.jsonl.
+    fn logged(&mut self, _record: &TrainRecord) {}
+    /// A validation loss, as written to metrics.jsonl.
+    fn evaluated(&mut self, _record: &EvalRecord) {}
+    /// The loop ended (the summary follows as the run's return value).
+    fn finish(&mut self) {}
+}
+
+/// Ignores everything.
+impl TrainObserver for () {}
+
+/// What a finished (or interrupted) run reports.
 #[derive(Clone, Debug)]
 pub struct Summary {
     pub steps: usize,
-    pub final_train_loss: f64,
+    /// The last logged training loss; None when no step was logged.
+    pub final_train_loss: Option<f64>,
     pub final_val_loss: Option<f64>,
     pub unigram_entropy: f64,
     pub tokens_per_s: f64,
+    pub elapsed_s: f64,
     pub run_dir: PathBuf,
+    /// The newest checkpoint the run has; None when none was written.
+    pub last_checkpoint: Option<PathBuf>,
+    /// A stop signal ended the run before max_steps.
+    pub interrupted: bool,
 }
 
 /// Trains `config` from scratch on the device `device` picks, writing into `out`.
-pub fn run(config: &Config, out: &Path, device: DeviceChoice) -> Result<Summary> {
-    start(config, out, device, None)
+pub fn run(
+    config: &Config,
+    out: &Path,
+    device: DeviceChoice,
+    observer: &mut dyn TrainObserver,
+) -> Result<Summary> {
+    start(config, out, device, None, observer)
 }
 
 /// Trains `config` as a new run (step 0, fresh optimizer) from the parameters of
@@ -139,10 +196,11 @@ pub fn fine_tune(
     config: &Config,
     out: &Path,
     device: DeviceChoice,
+    observer: &mut dyn TrainObserver,
 ) -> Result<Summary> {
     let ckpt = Checkpoint::open(init)?;
     compat::check_init(&ckpt.state.config, config)?;
-    start(config, out, device, Some(&ckpt))
+    start(config, out, device, Some(&ckpt), observer)
 }
 
 fn start(
@@ -150,6 +208,7 @@ fn start(
     out: &Path,
     device: DeviceChoice,
     init: Option<&Checkpoint>,
+    observer: &mut dyn TrainObserver,
 ) -> Result<Summary> {
     if checkpoint::checkpoints_dir(out).exists() {
         bail!(
@@ -158,10 +217,11 @@ fn start(
             out.display()
         );
     }
-    let data = data::load(config, 0, 1)?;
+    let data = data::load(&DataSpec::of(config))?;
     let params = match init {
         Some(ckpt) => {
-            check_tokenizer(&data, ckpt, "cannot start from the checkpoint")?;
+            compat::check_data(&data, &config.model, Some(&ckpt.state))
+                .context("cannot start from the checkpoint")?;
             Some(ckpt.read_params()?)
         }
         None => None,
@@ -174,7 +234,7 @@ fn start(
     if let Some(p) = &params {
         tr.model.write_params(p);
     }
-    run_trainer(tr, out, &device_line, None)
+    run_trainer(tr, out, &device_line, None, observer)
 }
 
 /// The backend `device` and the config's precision and head size ask for.
@@ -182,49 +242,39 @@ fn open_backend(device: DeviceChoice, config: &Config) -> Result<(Box<dyn Backen
     backend::open(device, config.train.precision, config.model.head_size())
 }
 
-/// The data must be tokenized as the checkpoint's model was trained; `what` starts
-/// the error.
-fn check_tokenizer(data: &Dataset, ckpt: &Checkpoint, what: &str) -> Result<()> {
-    let hash = checkpoint::tokenizer::hash(data);
-    if hash != ckpt.state.tokenizer_hash {
-        let show = |h: &Option<String>| h.clone().unwrap_or("none".into());
-        bail!(
-            "{what}: the data's tokenizer (sha256 {}) differs from the checkpoint's ({})",
-            show(&hash),
-            show(&ckpt.state.tokenizer_hash)
-        );
-    }
-    Ok(())
-}
-
 /// Continues run `run` from its latest checkpoint under `config`, which may differ
 /// from the checkpoint's only in training keys that steer the loop (see
 /// [`compat::check_resume`]); the differences are reported.
-pub fn resume(run: &Path, config: &Config, device: DeviceChoice) -> Result<Summary> {
+pub fn resume(
+    run: &Path,
+    config: &Config,
+    device: DeviceChoice,
+    observer: &mut dyn TrainObserver,
+) -> Result<Summary> {
     let ckpt = Checkpoint::open_run(run)?;
     let changes = compat::check_resume(&ckpt.state.config, config)?;
-    let data = data::load(config, 0, 1)?;
-    check_tokenizer(&data, &ckpt, "cannot resume")?;
+    let data = data::load(&DataSpec::of(config))?;
+    compat::check_data(&data, &config.model, Some(&ckpt.state)).context("cannot resume")?;
     let (params, moments) = (ckpt.read_params()?, ckpt.read_moments()?);
-    eprintln!(
+    observer.note(&format!(
         "resuming {} at step {}",
         ckpt.dir.display(),
         ckpt.state.step
-    );
+    ));
     for change in &changes {
-        eprintln!("changed on resume: {change}");
+        observer.note(&format!("changed on resume: {change}"));
     }
     if ckpt.state.step >= config.train.max_steps {
-        eprintln!(
+        observer.note(&format!(
             "note: the run is at step {} of train.max_steps = {}: nothing to train (raise it with --steps)",
             ckpt.state.step, config.train.max_steps
-        );
+        ));
     }
     write_config(config, run)?;
     let (backend, device_line) = open_backend(device, config)?;
     let mut tr = Trainer::new(config, backend, data)?;
-    ckpt.restore(&mut tr, &params, &moments)?;
-    run_trainer(tr, run, &device_line, Some(ckpt.dir.clone()))
+    tr.restore(&ckpt, &params, &moments)?;
+    run_trainer(tr, run, &device_line, Some(ckpt.dir.clone()), observer)
 }
 
 fn write_config(config: &Config, out: &Path) -> Result<()> {
@@ -240,13 +290,15 @@ fn run_trainer<B: Backend>(
     out: &Path,
     device_line: &str,
     mut last_checkpoint: Option<PathBuf>,
+    observer: &mut dyn TrainObserver,
 ) -> Result<Summary> {
     let t = tr.config.train.clone();
     let m = tr.config.model.clone();
     let first_step = tr.step;
-    let mut metrics = Metrics::create(&out.join("metrics.jsonl"), first_step, t.max_steps)?;
-    metrics.say(device_line);
-    metrics.say(&format!(
+    let mut metrics = Metrics::create(&out.join("metrics.jsonl"), first_step)?;
+    observer.start(first_step, t.max_steps);
+    observer.note(device_line);
+    observer.note(&format!(
         "hgpt: {} layers, {} heads, {} channels, {} head, {:.2}M parameters on {}",
         m.n_layer,
         m.n_head,
@@ -255,14 +307,14 @@ fn run_trainer<B: Backend>(
         tr.model.num_params() as f64 / 1e6,
         tr.model.backend.describe()
     ));
-    metrics.say(&format!("data: {}", tr.data.description));
-    metrics.say(&format!(
+    observer.note(&format!("data: {}", tr.data.description));
+    observer.note(&format!(
         "unigram entropy of the training data: {:.4} nats/token ({:.3} bits); ln(vocab) = {:.4}",
         tr.data.unigram_entropy,
         tr.data.unigram_entropy / std::f64::consts::LN_2,
         (m.vocab_size as f64).ln()
     ));
-    metrics.say(&format!(
+    observer.note(&format!(
         "training {} steps of {} x {} tokens x {} micro-batches into {}",
         t.max_steps,
         t.batch_size,
@@ -285,7 +337,8 @@ fn run_trainer<B: Backend>(
                 grad_norm: s.grad_norm,
                 skipped: true,
             })?;
-            guard.bad_step(tr.step, last_checkpoint.as_deref())?;
+            let warning = guard.bad_step(tr.step, last_checkpoint.as_deref())?;
+            observer.note(&warning);
         } else {
             guard.good_step();
             window = (
@@ -296,14 +349,16 @@ fn run_trainer<B: Backend>(
             );
         }
         if (tr.step.is_multiple_of(t.log_every) || tr.step == t.max_steps) && window.1 > 0 {
-            metrics.log_train(TrainRecord {
+            let record = TrainRecord {
                 step: tr.step,
                 train_loss: window.0 / window.1 as f64,
                 lr: s.lr,
                 grad_norm: s.grad_norm,
                 tokens_per_s: window.2 as f64 / window.3.elapsed().as_secs_f64(),
                 elapsed_s: start.elapsed().as_secs_f64(),
-            })?;
+            };
+            observer.logged(&record);
+            metrics.log_train(record)?;
             window = (0.0, 0, 0, Instant::now());
         }
         interrupted = signals::stop_requested();
@@ -312,64 +367,42 @@ fn run_trainer<B: Backend>(
         }
         if (t.eval_every > 0 && tr.step.is_multiple_of(t.eval_every)) || tr.step == t.max_steps {
             let val_loss = tr.evaluate();
-            metrics.log_eval(EvalRecord {
+            let record = EvalRecord {
                 step: tr.step,
                 val_loss,
-            })?;
+            };
+            observer.evaluated(&record);
+            metrics.log_eval(record)?;
             last_val = Some(val_loss);
         }
         if t.checkpoint_every > 0 && tr.step.is_multiple_of(t.checkpoint_every) && guard.is_clear()
         {
-            last_checkpoint = Some(checkpoint::save(out, &tr)?);
+            last_checkpoint = Some(checkpoint::save(out, &tr.snapshot())?);
         }
     }
     // The final (or interrupted) state, unless it follows non-finite steps: then the
     // last good checkpoint stays the newest.
     if guard.is_clear() {
-        last_checkpoint = Some(checkpoint::save(out, &tr)?);
+        last_checkpoint = Some(checkpoint::save(out, &tr.snapshot())?);
     }
-    metrics.finish();
+    observer.finish();
     let plot_path = out.join("loss.png");
     let title = format!(
         "{} head, {} layers x {} channels",
         m.head, m.n_layer, m.n_embd
     );
     plot::plot_losses(&plot_path, &title, &metrics.train, &metrics.eval)?;
-    let elapsed = start.elapsed().as_secs_f64();
+    let elapsed_s = start.elapsed().as_secs_f64();
     let tokens = ((tr.step - first_step) * t.batch_size * t.seq_len * t.grad_accum) as f64;
-    let summary = Summary {
+    Ok(Summary {
         steps: tr.step,
-        final_train_loss: metrics.train.last().map_or(f64::NAN, |r| r.train_loss),
+        final_train_loss: metrics.train.last().map(|r| r.train_loss),
         final_val_loss: last_val,
         unigram_entropy: tr.data.unigram_entropy,
-        tokens_per_s: tokens / elapsed,
+        tokens_per_s: tokens / elapsed_s,
+        elapsed_s,
         run_dir: out.to_path_buf(),
-    };
-    let checkpoint_line =
-        last_checkpoint.map_or("none written".into(), |c| c.display().to_string());
-    if interrupted {
-        eprintln!(
-            "interrupted at step {}; checkpoint: {checkpoint_line}; continue with `hgpt train --resume {}`",
-            tr.step,
-            out.display()
-        );
-        return Ok(summary);
-    }
-    eprintln!(
-        "done: {} steps in {:.1}s ({:.0} tok/s); train loss {}, val loss {}, unigram entropy {:.4}",
-        summary.steps,
-        elapsed,
-        summary.tokens_per_s,
-        metrics
-            .train
-            .last()
-            .map_or("-".into(), |r| format!("{:.4}", r.train_loss)),
-        last_val.map_or("-".into(), |v| format!("{v:.4}")),
-        summary.unigram_entropy
-    );
-    eprintln!(
-        "run directory: {} (config.toml, metrics.jsonl, loss.png); checkpoint: {checkpoint_line}",
-        out.display()
-    );
-    Ok(summary)
+        last_checkpoint,
+        interrupted,
+    })
 }

@@ -1,9 +1,15 @@
-//! Helpers shared by the command-line tests: running the built binary, and a tiny
-//! model configuration that trains in well under a second.
+//! Helpers shared by the tests: running the built binary, small model
+//! configurations that train in well under a second (as `--set` overrides for the
+//! command line, and as a [`Config`] in process), and an independent f64 GPT-2
+//! forward pass (`reference`).
 #![allow(dead_code)] // each test crate uses its own subset
+
+pub mod reference;
 
 use std::path::Path;
 use std::process::{Command, Output};
+
+use hgpt::config::Config;
 
 pub fn hgpt(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hgpt"))
@@ -60,6 +66,27 @@ pub const TINY: &[&str] = &[
     "data.builtin_train_bytes=20000",
     "data.builtin_val_bytes=4000",
 ];
+
+/// Overrides for a 2-layer, 32-channel model with 32-token sequences on a little
+/// built-in text, the rest as configs/tiny.toml has it.
+pub const SMALL: &[&str] = &[
+    "model.n_layer=2",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "model.block_size=32",
+    "train.seq_len=32",
+    "train.batch_size=4",
+    "data.builtin_train_bytes=20000",
+    "data.builtin_val_bytes=5000",
+];
+
+/// The built-in tiny config with `base` then `extra` applied as `--set` would
+/// apply them (later ones win); `base` is [`TINY`] or [`SMALL`].
+pub fn config(base: &[&str], extra: &[&str]) -> Config {
+    base.iter()
+        .chain(extra)
+        .fold(Config::tiny(), |c, s| c.with_override(s).unwrap())
+}
 
 /// `--set` arguments: TINY then `extra` (later ones win).
 pub fn sets(extra: &[&str]) -> Vec<String> {

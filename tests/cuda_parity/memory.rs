@@ -18,7 +18,7 @@ fn training_step_holds_exactly_the_memory_plan() {
         for head in ["harmonic", "softmax"] {
             let gpu = open_gpu(mode);
             let config = small_config(head, true);
-            let data = data::builtin(&config, 0, 1).unwrap();
+            let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
             let mut tr = Trainer::new(&config, gpu, data).unwrap();
             tr.train_step();
             tr.train_step();

@@ -22,7 +22,7 @@ use super::harness::{open_gpu, rel_err, small_config};
 fn bf16_weight_shadows_follow_adamw_sgld_and_every_write() {
     let gpu = open_gpu(GpuPrecision::Bf16);
     let config = small_config("harmonic", true);
-    let data = data::builtin(&config, 0, 1).unwrap();
+    let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
     let mut tr = Trainer::new(&config, gpu, data).unwrap();
     let (b, t) = (config.train.batch_size, config.train.seq_len);
     let mut rng = ChaCha8Rng::seed_from_u64(23);

@@ -51,7 +51,7 @@ fn fifty_training_steps_track_the_cpu_loss_curve() {
     for (mode, tol) in [(GpuPrecision::Fp32, 1e-3), (GpuPrecision::Bf16, 5e-2)] {
         let gpu = open_gpu(mode);
         let config = small_config("harmonic", true);
-        let data = || data::builtin(&config, 0, 1).unwrap();
+        let data = || data::builtin(&data::DataSpec::of(&config)).unwrap();
         let mut cpu = Trainer::new(&config, CpuBackend::<f32>::new(), data()).unwrap();
         let mut gpu = Trainer::new(&config, gpu, data()).unwrap();
         let mut worst = 0f64;

@@ -1,4 +1,4 @@
-// cuda/head.cu on the CPU emulator (emu.h) against an f64 reference of DESIGN.md section 3
+// cuda/head.cu on the CPU emulator (emu.h) against an f64 reference of docs/DESIGN.md section 3
 // (src/head/mod.rs): head_rows in its three modes (logits; loss; loss and G, with the
 // bf16 copy of G and rowsum(G)) for the softmax and the harmonic head, at V = 257 (a
 // tail after the 256 threads), 1000 and 50257 (GPT-2's vocabulary); row_sq_norms from
@@ -61,7 +61,7 @@ struct Want {
     std::vector<double> z, loss, g, rowsum, rowabs;
 };
 
-// DESIGN.md section 3, in f64 from the kernel's inputs.
+// docs/DESIGN.md section 3, in f64 from the kernel's inputs.
 static Want reference(const Rows& r, bool harmonic, double half_n, double scale) {
     Want w;
     for (int n = 0; n < r.N; n++) {

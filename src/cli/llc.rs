@@ -1,26 +1,30 @@
-//! `hgpt llc`: the command-line forms of the estimator.
+//! `hgpt llc`: the command-line forms of the estimator, with their progress bars
+//! and printed results.
 //!
 //! - `hgpt llc --checkpoint PATH` and `hgpt llc --run RUN`: the GPT of a run;
 //! - `hgpt llc dln --widths ... --rank R`: a deep linear network beside theory;
 //! - `hgpt llc layernorm`: the LayerNorm example with its loss drop.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 
-use super::dln::DeepLinearNetwork;
-use super::gpt;
-use super::host_target::HostTarget;
-use super::layernorm_mlp::{self, LayerNormMlp, Schedule};
-use super::over_training::{LlcLog, StepLlc};
-use super::sampler::{NBeta, SgldSettings};
-use super::{aoyagi, estimate, progress_bar, write_outputs};
-use crate::backend::{self, Backend, DeviceChoice, Target};
-use crate::checkpoint::{self, Checkpoint};
-use crate::config::Config;
-use crate::model::Gpt;
+use hgpt::backend::{self, Backend, DeviceChoice, Target};
+use hgpt::checkpoint::{self, Checkpoint};
+use hgpt::config::Config;
+use hgpt::llc::LlcEstimate;
+use hgpt::llc::dln::DeepLinearNetwork;
+use hgpt::llc::host_target::HostTarget;
+use hgpt::llc::layernorm_mlp::{self, LayerNormMlp, Schedule};
+use hgpt::llc::over_training::{LlcLog, StepLlc};
+use hgpt::llc::sampler::{NBeta, SgldSettings};
+use hgpt::llc::{aoyagi, estimate, gpt, write_outputs};
+use hgpt::model::Gpt;
+
+use super::DeviceArgs;
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -36,10 +40,8 @@ pub struct LlcArgs {
     /// Prepared data directory to sample batches from (default: the run's own)
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// auto: the GPU when the CUDA driver and a device are present, else the CPU
-    #[arg(long, default_value_t = DeviceChoice::Auto,
-          value_parser = PossibleValuesParser::new(DeviceChoice::NAMES).try_map(|s| s.parse::<DeviceChoice>()))]
-    device: DeviceChoice,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Output directory (default: the checkpoint's for --checkpoint, the run's for --run)
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -259,7 +261,7 @@ fn run_dln(args: &DlnArgs) -> Result<()> {
         v["theory"] = theory.into();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", est.summary());
+        print!("{}", summary(&est));
         println!(
             "theory (Aoyagi) {theory:.4}; estimate / theory = {:.3}",
             est.estimate / theory
@@ -342,8 +344,8 @@ fn run_checkpoint(args: &LlcArgs, path: &Path) -> Result<()> {
         .sgld
         .settings(&Defaults::gpt(config.train.batch_size))?;
     let params = ckpt.read_params()?;
-    let data = gpt::training_data(&config, batch_size, ckpt.state.tokenizer_hash.as_deref())?;
-    let mut model = open_model(args.device, &config)?;
+    let data = gpt::training_data(&config, batch_size, Some(&ckpt.state))?;
+    let mut model = open_model(args.device.device, &config)?;
     model.write_params(&params);
     let progress = progress_bar(&settings);
     let seq_len = config.train.seq_len;
@@ -357,7 +359,7 @@ fn run_checkpoint(args: &LlcArgs, path: &Path) -> Result<()> {
     if args.sgld.json {
         println!("{}", serde_json::to_string_pretty(&est.without_traces())?);
     } else {
-        print!("{}", est.summary());
+        print!("{}", summary(&est));
         println!("wrote {}/llc.json and llc.png", out.display());
     }
     Ok(())
@@ -379,12 +381,12 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
     let (batch_size, settings) = args
         .sgld
         .settings(&Defaults::gpt(config.train.batch_size))?;
-    let mut model = open_model(args.device, &config)?;
+    let mut model = open_model(args.device.device, &config)?;
     let out = args.out.clone().unwrap_or_else(|| run.to_path_buf());
     create_dir(&out)?;
     let mut log = LlcLog::create(&out.join("llc.jsonl"))?;
-    // On the CPU, checkpoints are estimated side by side (BENCHMARKS.md: two at once
-    // beat one after another by 10-25% on two cores); a GPU takes them in turn.
+    // On the CPU, checkpoints are estimated side by side (on two cores two at once
+    // beat one after another; BENCHMARKS.md has the figures); a GPU takes them in turn.
     let side_by_side = match model.backend.target() {
         Target::Cpu => rayon::current_num_threads(),
         Target::Cuda { .. } => 1,
@@ -401,8 +403,7 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
                 );
             }
             let params = ckpt.read_params()?;
-            let data =
-                gpt::training_data(&config, batch_size, ckpt.state.tokenizer_hash.as_deref())?;
+            let data = gpt::training_data(&config, batch_size, Some(&ckpt.state))?;
             jobs.push((params, data));
         }
         let progress = progress_bar(&settings);
@@ -423,7 +424,7 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
             if args.sgld.json {
                 println!("{}", serde_json::to_string(&record)?);
             } else {
-                println!("{}", record.line());
+                println!("{}", step_line(&record));
             }
             log.push(record)?;
         }
@@ -481,4 +482,65 @@ fn run_name(path: &Path) -> String {
 fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| anyhow::anyhow!("cannot create output directory {}: {e}", dir.display()))
+}
+
+/// A bar over every SGLD step of every chain, drawn only on a terminal.
+fn progress_bar(settings: &SgldSettings) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let steps = settings.chains * (settings.burnin + settings.draws);
+    ProgressBar::new(steps as u64).with_style(
+        ProgressStyle::with_template("sgld {bar:40} {pos}/{len} steps, eta {eta}")
+            .expect("valid template"),
+    )
+}
+
+/// An estimate as lines for a person: the estimate, the settings, the diagnostics, the warnings.
+fn summary(e: &LlcEstimate) -> String {
+    let s = &e.settings;
+    let mut out = format!(
+        "LLC estimate {:.4} ± {:.4} (std over {} chains)\n",
+        e.estimate,
+        e.std,
+        e.chain_estimates.len()
+    );
+    let epsilon = if s.tune_epsilon {
+        format!("{:.3e} (tuned from {:.3e})", e.epsilon, s.epsilon)
+    } else {
+        format!("{:.3e}", s.epsilon)
+    };
+    out += &format!(
+        "  initial loss {:.6}, {} parameters, batch {}, nbeta {:.4}, epsilon {epsilon}, gamma {}\n",
+        e.init_loss, e.num_params, e.batch_size, s.nbeta, s.gamma
+    );
+    out += &format!(
+        "  {} chains x {} draws after {} burn-in steps, {:.1}s\n",
+        e.chain_estimates.len(),
+        s.draws,
+        s.burnin,
+        e.seconds
+    );
+    out += &format!(
+        "  draws below the initial loss {:.1}%, trace levelled off: {}, diverged chains: {}\n",
+        100.0 * e.fraction_below_init,
+        if e.levelled { "yes" } else { "no" },
+        e.diverged_chains
+    );
+    for w in &e.warnings {
+        out += &format!("warning: {w}\n");
+    }
+    out
+}
+
+/// A record of the LLC over a run as one line for a person: step, estimate, and the first warning if any.
+fn step_line(r: &StepLlc) -> String {
+    let warning = r
+        .warnings
+        .first()
+        .map_or(String::new(), |w| format!("  warning: {w}"));
+    format!(
+        "step {:>8}  LLC {:>10.4} ± {:.4}  loss at w* {:.4}{warning}",
+        r.step, r.estimate, r.std, r.init_loss
+    )
 }

@@ -1,0 +1,154 @@
+//! The commands of the `hgpt` binary: their arguments (clap), and what they print.
+//! The library computes and returns values; these modules parse, call it, and
+//! render its reports, notes and progress on stdout and stderr.
+
+mod bench;
+mod eval;
+mod export;
+mod generate;
+mod llc;
+mod memory;
+mod prepare;
+mod train;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
+
+use hgpt::backend::DeviceChoice;
+use hgpt::config::Config;
+use hgpt::observe::Observer;
+
+#[derive(Parser)]
+#[command(
+    name = "hgpt",
+    version,
+    about = "Pretrain small GPTs with a harmonic (Euclidean-distance) output head"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model (with no arguments: configs/tiny.toml on the built-in corpus)
+    Train(train::TrainArgs),
+    /// Measure training throughput: tokens/s, ms/step, MFU, peak memory (per-op
+    /// GEMM efficiency on the CPU)
+    Bench(bench::BenchArgs),
+    /// Plan the memory of a training step (CPU and GPU, with and without head
+    /// chunking) and the largest micro-batch that fits a GPU
+    Memory(memory::MemoryArgs),
+    /// Estimate the local learning coefficient (LLC): of a checkpoint, of every
+    /// checkpoint of a run, of a deep linear network (`dln`), or across the
+    /// LayerNorm example's loss drop (`layernorm`)
+    Llc(Box<llc::LlcArgs>),
+    /// Score a checkpoint on data: loss, perplexity, bits per byte
+    Eval(eval::EvalArgs),
+    /// Generate text from a checkpoint, streamed as it is produced
+    Generate(generate::GenerateArgs),
+    /// Tokenize text into llm.c-format token shards for `train --data DIR`
+    Prepare(prepare::PrepareArgs),
+    /// Write a checkpoint as a Hugging Face model directory (transformers loads it)
+    Export(export::ExportArgs),
+    /// Turn a Hugging Face GPT-2 directory (or an hgpt export) into a checkpoint
+    Import(export::ImportArgs),
+}
+
+/// Which configuration to run, shared by every command that builds a model.
+#[derive(Args)]
+struct ConfigArgs {
+    /// TOML config file (default: the built-in configs/tiny.toml)
+    #[arg(long, short, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. --set train.lr=1e-3 --set model.head=softmax
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Shorthand for --set train.max_steps=N
+    #[arg(long, value_name = "N")]
+    steps: Option<usize>,
+    /// Shorthand for --set data.dir=DIR (a directory made by `hgpt prepare`, or llm.c shards)
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config> {
+        self.load_or(Config::tiny())
+    }
+
+    /// The config, with `default` in place of the tiny config when no file is given.
+    fn load_or(&self, default: Config) -> Result<Config> {
+        let mut overrides = self.overrides.clone();
+        if let Some(n) = self.steps {
+            overrides.push(format!("train.max_steps={n}"));
+        }
+        if let Some(dir) = &self.data {
+            // Quoted so the value stays a TOML string whatever the path holds.
+            let dir = toml::Value::String(dir.display().to_string());
+            overrides.push(format!("data.dir={dir}"));
+        }
+        Config::load_or(self.config.as_deref(), default, &overrides)
+    }
+
+    /// "tiny" for the built-in config, else the config file's stem.
+    fn name(&self) -> String {
+        self.config
+            .as_ref()
+            .and_then(|p| p.file_stem())
+            .map_or("tiny".into(), |s| s.to_string_lossy().into_owned())
+    }
+}
+
+/// `--micro-batch B`, checked: at least one sequence.
+fn micro_batch(b: Option<usize>) -> Result<Option<usize>> {
+    if b == Some(0) {
+        bail!("--micro-batch 0: must be at least 1");
+    }
+    Ok(b)
+}
+
+/// The checkpoint a command reads (eval, generate, export).
+#[derive(Args)]
+struct CheckpointArgs {
+    /// A checkpoint directory (RUN/checkpoints/step_N), or a run directory for its
+    /// latest checkpoint
+    #[arg(long, value_name = "PATH")]
+    checkpoint: PathBuf,
+}
+
+/// Where the model runs; every command that runs the model takes it.
+#[derive(Args)]
+struct DeviceArgs {
+    /// auto: the GPU when the CUDA driver and a device are present, else the CPU
+    #[arg(long, default_value_t = DeviceChoice::Auto,
+          value_parser = PossibleValuesParser::new(DeviceChoice::NAMES).try_map(|s| s.parse::<DeviceChoice>()))]
+    device: DeviceChoice,
+}
+
+/// Notes from the library, one line each on stderr.
+struct Stderr;
+
+impl Observer for Stderr {
+    fn note(&mut self, line: &str) {
+        eprintln!("{line}");
+    }
+}
+
+/// Runs the command the arguments name.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Memory(args) => memory::run(args),
+        Command::Llc(args) => llc::run(&args),
+        Command::Eval(args) => eval::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Prepare(args) => prepare::run(args),
+        Command::Export(args) => export::export(args),
+        Command::Import(args) => export::import(args),
+    }
+}
