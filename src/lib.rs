@@ -19,4 +19,5 @@ pub mod head;
 pub mod llc;
 pub mod memory;
 pub mod model;
+pub mod probe;
 pub mod train;

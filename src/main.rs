@@ -13,6 +13,8 @@ use hgpt::data::prepare::{PrepareOptions, TokenizerSource, prepare};
 use hgpt::export::Dtype;
 use hgpt::llc;
 
+mod probe_cli;
+
 #[derive(Parser)]
 #[command(
     name = "hgpt",
@@ -48,6 +50,9 @@ enum Command {
     Export(ExportArgs),
     /// Turn a Hugging Face GPT-2 directory (or an hgpt export) into a checkpoint
     Import(ImportArgs),
+    /// The head's geometry: nearest centres, analogies, a 2-D map, hidden states
+    /// over a text
+    Probe(Box<probe_cli::ProbeArgs>),
 }
 
 /// Which configuration to run, shared by every command that builds a model.
@@ -409,6 +414,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import(args) => {
             eprintln!("{}", hgpt::export::import_checkpoint(&args.hf, &args.out)?);
         }
+        Command::Probe(args) => probe_cli::run(&args)?,
     }
     Ok(())
 }

@@ -453,6 +453,13 @@ impl<B: Backend> Gpt<B> {
         logits
     }
 
+    /// Final hidden states [b, t, C] of `inputs` (after ln_f): the points the head
+    /// compares with its class centres.
+    pub fn hidden(&mut self, inputs: &[u32], b: usize, t: usize) -> Vec<f32> {
+        self.trunk_forward(inputs, b, t);
+        self.backend.read(self.acts.as_ref().unwrap().lnf)
+    }
+
     /// Adds the gradient of the last `forward` (which must have had a grad_scale)
     /// into `grads`.
     pub fn backward(&mut self) {
