@@ -157,7 +157,7 @@ impl Geometry {
     /// Centres given as `v` rows of `c` floats.
     pub fn new(kind: HeadKind, centres: Vec<f32>, c: usize) -> Geometry {
         assert!(
-            c > 0 && centres.len() % c == 0,
+            c > 0 && centres.len().is_multiple_of(c),
             "centres must be v rows of c"
         );
         Geometry {

@@ -3,10 +3,11 @@
 //!
 //! With the points x_t (rows of width c) centred on their mean, the covariance is
 //! S = (1/n) sum_t (x_t - m)(x_t - m)^T, c x c. The top k eigenvectors of S are
-//! found by repeating Q <- orth(S Q) from a fixed start until the subspace stops
-//! moving (Gram-Schmidt for orth); each axis's variance is its Rayleigh quotient
-//! q^T S q. The subspace converges at the rate lambda_{k+1} / lambda_k, and the
-//! axes come out sorted by variance.
+//! found by repeating Q <- orth(S Q) from a fixed start until no axis moves
+//! (Gram-Schmidt for orth); each axis's variance is its Rayleigh quotient q^T S q.
+//! Axis j converges at the rate max(lambda_{j+1} / lambda_j, lambda_j /
+//! lambda_{j-1}) (equal variances leave the axes within their plane free; the
+//! iteration then stops at a cap), and the axes come out sorted by variance.
 
 /// The top principal axes of a set of points.
 #[derive(Clone, Debug)]
@@ -64,7 +65,7 @@ fn orthonormalise(q: &mut [Vec<f64>]) {
 impl Pca {
     /// The top `k` principal axes (k <= c) of the rows of `points` (width `c`).
     pub fn fit(points: &[f32], c: usize, k: usize) -> Pca {
-        assert!(k >= 1 && k <= c && !points.is_empty() && points.len() % c == 0);
+        assert!(k >= 1 && k <= c && !points.is_empty() && points.len().is_multiple_of(c));
         let n = points.len() / c;
         let mut mean = vec![0f64; c];
         for row in points.chunks(c) {
@@ -101,10 +102,12 @@ impl Pca {
         for _ in 0..MAX_ITERATIONS {
             let mut next: Vec<Vec<f64>> = q.iter().map(|col| apply(col)).collect();
             orthonormalise(&mut next);
-            // Movement of the subspace: how much of each new axis lies outside the old.
+            // Movement of each axis (not only of the subspace they span, which can
+            // settle before the axes inside it separate).
             let moved = next
                 .iter()
-                .map(|col| 1.0 - q.iter().map(|old| dot(col, old).powi(2)).sum::<f64>())
+                .zip(&q)
+                .map(|(col, old)| 1.0 - dot(col, old).powi(2))
                 .fold(0.0, f64::max);
             q = next;
             if moved < TOLERANCE {
