@@ -221,7 +221,10 @@ fn pca_finds_the_axes_of_points_on_a_known_plane() {
     assert!((along(&pca.axes[0], &u) - 1.0).abs() < 1e-6);
     assert!((along(&pca.axes[1], &v) - 1.0).abs() < 1e-6);
     let p = pca.project(&points[..6]);
-    assert!((p[0].abs() - 3.0).abs() < 1e-5 && (p[1].abs() - 1.0).abs() < 1e-5, "{p:?} {pca:?}");
+    assert!(
+        (p[0].abs() - 3.0).abs() < 1e-5 && (p[1].abs() - 1.0).abs() < 1e-5,
+        "{p:?} {pca:?}"
+    );
 }
 
 #[test]
