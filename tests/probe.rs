@@ -424,51 +424,41 @@ fn probe_bad_inputs_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let run = tiny_run(d, "run", "harmonic");
-    let base = ["probe", "--checkpoint", run.as_str()];
-    let e = fails(&join(&base, &["neighbours", "#999"]), d);
-    assert!(
-        e.contains("#999") && e.contains("outside the model's vocabulary"),
-        "{e}"
-    );
-    let e = fails(&join(&base, &["--exact", "neighbours", "ab"]), d);
-    assert!(
-        e.contains("`ab` is 2 tokens") && e.contains("--pieces"),
-        "{e}"
-    );
-    let e = fails(&join(&base, &["neighbours", "a"]), d); // " a" inside running text
-    assert!(e.contains("2 tokens"), "{e}");
     std::fs::write(d.join("empty.txt"), "").unwrap();
-    let e = fails(&join(&base, &["analogy", "--file", "empty.txt"]), d);
-    assert!(e.contains("empty.txt: no analogy quadruples"), "{e}");
-    let e = fails(&join(&base, &["text", "empty.txt"]), d);
-    assert!(e.contains("empty.txt: empty"), "{e}");
-    let e = fails(&join(&base, &["map", "--file", "empty.txt"]), d);
-    assert!(e.contains("empty.txt: empty"), "{e}");
     std::fs::write(d.join("bad.txt"), "a b c d\na b c\n").unwrap();
-    let e = fails(
-        &join(&base, &["--exact", "analogy", "--file", "bad.txt"]),
-        d,
-    );
-    assert!(e.contains("bad.txt:2") && e.contains("four words"), "{e}");
-    let e = fails(
-        &join(
-            &base,
+    std::fs::write(d.join("ok.txt"), "a b c d\n").unwrap();
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["neighbours", "#999"],
+            &["#999", "outside the model's vocabulary"],
+        ),
+        (
+            &["--exact", "neighbours", "ab"],
+            &["`ab` is 2 tokens", "--pieces"],
+        ),
+        (&["neighbours", "a"], &["2 tokens"]), // " a" inside running text
+        (
+            &["analogy", "--file", "empty.txt"],
+            &["empty.txt: no analogy quadruples"],
+        ),
+        (&["text", "empty.txt"], &["empty.txt: empty"]),
+        (&["map", "--file", "empty.txt"], &["empty.txt: empty"]),
+        (
+            &["--exact", "analogy", "--file", "bad.txt"],
+            &["bad.txt:2", "four words"],
+        ),
+        (
             &[
                 "--exact",
                 "analogy",
                 "--file",
-                "bad.txt",
+                "ok.txt",
                 "--components",
                 "0",
             ],
+            &["--components 0"],
         ),
-        d,
-    );
-    assert!(e.contains("bad.txt:2"), "{e}"); // the file is read first
-    std::fs::write(d.join("ok.txt"), "a b c d\n").unwrap();
-    let e = fails(
-        &join(
-            &base,
+        (
             &[
                 "--exact",
                 "analogy",
@@ -477,12 +467,14 @@ fn probe_bad_inputs_are_one_line_errors() {
                 "--components",
                 "33",
             ],
+            &["(32)"],
         ),
-        d,
-    );
-    assert!(e.contains("--components 33") && e.contains("(32)"), "{e}");
-    let e = fails(&join(&base, &["--exact", "map", "a"]), d);
-    assert!(e.contains("at least 2 words"), "{e}");
+        (&["--exact", "map", "a"], &["at least 2 words"]),
+    ];
+    for (args, expected) in cases {
+        let e = fails(&join(&["probe", "--checkpoint", run.as_str()], args), d);
+        assert!(expected.iter().all(|x| e.contains(x)), "{args:?}: {e}");
+    }
     let e = fails(&["probe", "--checkpoint", "nowhere", "neighbours", "a"], d);
     assert!(e.contains("nowhere: no such checkpoint"), "{e}");
 }
