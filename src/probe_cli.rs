@@ -360,9 +360,9 @@ fn map(probed: &Probed, words: &[String], png: &Path, as_json: bool) -> Result<(
         })
         .collect();
     let title = format!(
-        "{}: {} centres, PC 1-2 explain {:.0}%",
-        probed.ckpt.dir.display(),
+        "{} centres ({}), PC 1-2 explain {:.0}%",
         words.len(),
+        probed.metric_line(),
         100.0 * pca.explained()
     );
     plot::plot_map(png, &title, &coords)?;
@@ -434,10 +434,8 @@ fn text_probe(
     let report = text::report(&probed.geom, &positions, bins);
     if let Some(png) = png {
         let title = format!(
-            "{}: {} positions, accuracy {:.3}",
-            probed.ckpt.dir.display(),
-            report.positions,
-            report.accuracy
+            "{} positions, accuracy {:.3}, mean p(true) {:.3}",
+            report.positions, report.accuracy, report.mean_p_target
         );
         plot::plot_histogram(png, &title, &report)?;
     }
