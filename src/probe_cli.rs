@@ -91,6 +91,9 @@ enum Probe {
         /// Draw the histogram here
         #[arg(long, value_name = "PNG")]
         png: Option<PathBuf>,
+        /// Also print every position (JSON: under `per_position`)
+        #[arg(long)]
+        positions: bool,
     },
 }
 
@@ -239,15 +242,15 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
             max_tokens,
             bins,
             png,
-        } => text_probe(
-            &probed,
-            args.device,
-            file,
-            *max_tokens,
-            *bins,
-            png.as_deref(),
-            args.json,
-        ),
+            positions,
+        } => {
+            let show = TextShow {
+                png: png.as_deref(),
+                positions: *positions,
+                json: args.json,
+            };
+            text_probe(&probed, args.device, file, *max_tokens, *bins, &show)
+        }
     }
 }
 
@@ -387,15 +390,22 @@ fn map(probed: &Probed, words: &[String], png: &Path, as_json: bool) -> Result<(
     Ok(())
 }
 
+/// What `probe text` shows besides the summary.
+struct TextShow<'a> {
+    png: Option<&'a Path>,
+    positions: bool,
+    json: bool,
+}
+
 fn text_probe(
     probed: &Probed,
     device: DeviceChoice,
     file: &Path,
     max_tokens: usize,
     bins: usize,
-    png: Option<&Path>,
-    as_json: bool,
+    show: &TextShow,
 ) -> Result<()> {
+    let (png, as_json) = (show.png, show.json);
     if max_tokens == 0 || bins == 0 {
         bail!("--max-tokens and --bins must be at least 1");
     }
@@ -440,8 +450,25 @@ fn text_probe(
         plot::plot_histogram(png, &title, &report)?;
     }
     if as_json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if show.positions {
+            v["per_position"] = serde_json::to_value(&positions)?;
+        }
+        println!("{v}");
         return Ok(());
+    }
+    if show.positions {
+        println!("  pos  true                 predicted            |h-w_true| |h-w_pred|  p(true)");
+        for (i, p) in positions.iter().enumerate() {
+            let (t, q) = (
+                format!("{:?}", probed.spell(p.target)),
+                format!("{:?}", probed.spell(p.predicted)),
+            );
+            println!(
+                "{i:>5}  {t:<20} {q:<20} {:>10.3} {:>10.3} {:>8.4}",
+                p.dist_target, p.dist_predicted, p.p_target
+            );
+        }
     }
     let (t, p) = (report.dist_target, report.dist_predicted);
     println!(

@@ -402,6 +402,19 @@ fn probe_commands_round_trip_on_trained_checkpoints() {
             .map(|b| b["count"].as_u64().unwrap())
             .sum();
         assert_eq!(binned, text.len() as u64);
+        let out = succeeds(
+            &join(
+                &base,
+                &["text", "text.txt", "--device", "cpu", "--positions"],
+            ),
+            d,
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let rows = v["per_position"].as_array().unwrap();
+        assert_eq!(rows.len(), text.len());
+        // Targets are the text's bytes after the end-of-text token.
+        assert_eq!(rows[0]["target"].as_u64(), Some(u64::from(b't')));
+        assert_eq!(rows[4]["target"].as_u64(), Some(u64::from(b'c')));
         assert!(std::fs::metadata(d.join(&hist)).unwrap().len() > 1000);
     }
     // Text output for a person names the metric.
