@@ -491,3 +491,68 @@ fn probe_bad_inputs_are_one_line_errors() {
     let e = fails(&["probe", "--checkpoint", "nowhere", "neighbours", "a"], d);
     assert!(e.contains("nowhere: no such checkpoint"), "{e}");
 }
+
+/// A checkpoint whose tied embedding holds an exact parallelogram a : b :: c : d
+/// (bytes 97..=100) among small pseudo-random centres, with the byte tokenizer.
+fn planted_checkpoint(dir: &std::path::Path, head: &str) {
+    use hgpt::config::Config;
+    let set = format!("model.head={head}");
+    let overrides: Vec<String> = common::TINY
+        .iter()
+        .map(|s| s.to_string())
+        .chain([set])
+        .collect();
+    let config = Config::load_or(None, Config::tiny(), &overrides).unwrap();
+    let layout = hgpt::model::ParamLayout::new(&config.model);
+    let mut params = vec![0f32; layout.total];
+    let c = config.model.n_embd;
+    let mut state = 12345u32;
+    for x in &mut params[..config.model.vocab_size * c] {
+        state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+        *x = (state >> 8) as f32 / (1u32 << 24) as f32 * 0.2 - 0.1;
+    }
+    let (p, g, r) = ([1.0f32, -2.0, 0.5], [3.0f32, 0.0, 1.0], [0.0f32, 4.0, -2.0]);
+    for (token, (dg, dr)) in [
+        (97, (0.0, 0.0)),
+        (98, (1.0, 0.0)),
+        (99, (0.0, 1.0)),
+        (100, (1.0, 1.0)),
+    ] {
+        let row = &mut params[token * c..(token + 1) * c];
+        row.fill(0.0);
+        for i in 0..3 {
+            row[i] = p[i] + dg * g[i] + dr * r[i];
+        }
+    }
+    hgpt::checkpoint::save_model(dir, &config, &params, &Tokenizer::bytes()).unwrap();
+}
+
+#[test]
+fn a_planted_parallelogram_in_a_checkpoint_is_recovered_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("quad.txt"), "a b c d\nb a d c\n").unwrap();
+    for (head, exact) in [("harmonic", 0.0), ("softmax", 1.0)] {
+        planted_checkpoint(&d.join(head), head);
+        let base = ["probe", "--checkpoint", head, "--exact", "--json"];
+        let out = succeeds(&join(&base, &["analogy", "a", "b", "c", "-k", "2"]), d);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["candidates"][0]["token"], 100, "{head}: {v}");
+        assert_eq!(
+            v["candidates"][0]["value"].as_f64(),
+            Some(exact),
+            "{head}: {v}"
+        );
+        let out = succeeds(&join(&base, &["analogy", "--file", "quad.txt"]), d);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (v["top1"].as_f64(), v["quads"].as_u64()),
+            (Some(1.0), Some(2))
+        );
+        assert!(
+            v["parallelogram_loss"]["mean"].as_f64().unwrap() < 1e-20,
+            "{v}"
+        );
+        assert_eq!(v["offset_error"]["mean"].as_f64(), Some(0.0));
+    }
+}
