@@ -34,9 +34,6 @@ pub struct ProbeArgs {
     /// running text). `#N` always names token id N
     #[arg(long, global = true)]
     exact: bool,
-    /// Where `text` runs the model
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto, global = true)]
-    device: DeviceChoice,
     #[command(subcommand)]
     what: Probe,
 }
@@ -94,6 +91,8 @@ enum Probe {
         /// Also print every position (JSON: under `per_position`)
         #[arg(long)]
         positions: bool,
+        #[command(flatten)]
+        device: crate::DeviceArgs,
     },
 }
 
@@ -243,13 +242,14 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
             bins,
             png,
             positions,
+            device,
         } => {
             let show = TextShow {
                 png: png.as_deref(),
                 positions: *positions,
                 json: args.json,
             };
-            text_probe(&probed, args.device, file, *max_tokens, *bins, &show)
+            text_probe(&probed, device.device, file, *max_tokens, *bins, &show)
         }
     }
 }

@@ -111,7 +111,7 @@ for head in "${HEADS[@]}"; do
     for cat in all gender singular-plural present-past antonym; do
         "${probe[@]}" analogy --file "$OUT/quads/$cat.txt" | jq -c 'del(.scores, .words)' >"$dir/analogy-$cat.json"
     done
-    "${probe[@]}" --device cpu text "$OUT/john1-3.txt" --png "$dir/hist.png" >"$dir/text.json"
+    "${probe[@]}" text "$OUT/john1-3.txt" --device cpu --png "$dir/hist.png" >"$dir/text.json"
     "${probe[@]}" map --pieces last --png "$dir/map.png" man woman king queen father mother son daughter \
         day night light darkness go went come came >/dev/null
     {
