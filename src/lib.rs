@@ -17,4 +17,5 @@ pub mod llc;
 pub mod memory;
 pub mod model;
 pub mod observe;
+pub mod probe;
 pub mod train;

@@ -9,6 +9,7 @@ mod generate;
 mod llc;
 mod memory;
 mod prepare;
+mod probe;
 mod train;
 
 use std::path::PathBuf;
@@ -56,6 +57,9 @@ enum Command {
     Export(export::ExportArgs),
     /// Turn a Hugging Face GPT-2 directory (or an hgpt export) into a checkpoint
     Import(export::ImportArgs),
+    /// The head's geometry: nearest centres, analogies, a 2-D map, hidden states
+    /// over a text
+    Probe(Box<probe::ProbeArgs>),
 }
 
 /// Which configuration to run, shared by every command that builds a model.
@@ -150,5 +154,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prepare(args) => prepare::run(args),
         Command::Export(args) => export::export(args),
         Command::Import(args) => export::import(args),
+        Command::Probe(args) => probe::run(&args),
     }
 }

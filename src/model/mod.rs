@@ -438,6 +438,13 @@ impl<B: Backend> Gpt<B> {
         logits
     }
 
+    /// Final hidden states [b, t, C] of `inputs` (after ln_f): the points the head
+    /// compares with its class centres.
+    pub fn hidden(&mut self, inputs: &[u32], b: usize, t: usize) -> Vec<f32> {
+        self.trunk_forward(inputs, b, t);
+        self.backend.read(self.acts.as_ref().unwrap().lnf.out.span)
+    }
+
     /// Adds the gradient of the last `loss_and_head_grad` into `grads`, llm.c's
     /// gpt2_backward after the head: ln_f, the blocks in reverse, the embeddings.
     pub fn backward(&mut self) {
