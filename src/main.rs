@@ -245,6 +245,14 @@ struct ExportArgs {
     /// Precision of the weights written
     #[arg(long, default_value = "f32", value_name = "f32|bf16|f16")]
     dtype: Dtype,
+    /// License of the model, a Hub identifier (mit, apache-2.0, ...), for the
+    /// model card README.md (default: none stated)
+    #[arg(long, value_name = "ID")]
+    license: Option<String>,
+    /// A Hub dataset the model was trained on (owner/name), for the model card
+    /// (repeatable)
+    #[arg(long = "dataset", value_name = "ID")]
+    datasets: Vec<String>,
 }
 
 #[derive(Args)]
@@ -261,13 +269,15 @@ struct ImportArgs {
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("tokenizer_source").args(["tokenizer", "gpt2_bpe", "train_tokenizer"])))]
 struct PrepareArgs {
-    /// Text files, directories of them, or JSON Lines files (.jsonl)
+    /// Text files, directories of them, JSON Lines (.jsonl) or Parquet (.parquet)
+    /// files; .gz and .zst files are decompressed
     #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     input: Vec<PathBuf>,
     /// Output directory for the shards, tokenizer.json and manifest.json
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// The string field of each JSON Lines record that holds the document
+    /// The string field of each JSON Lines record, or the string column of a
+    /// Parquet file, that holds the document
     #[arg(long, default_value = "text", value_name = "NAME")]
     jsonl_field: String,
     /// A Hugging Face tokenizer.json (default: the built-in byte-level tokenizer)
@@ -403,7 +413,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => {
             eprintln!(
                 "{}",
-                hgpt::export::export_checkpoint(&args.checkpoint, &args.out, args.dtype)?
+                hgpt::export::export_checkpoint(
+                    &args.checkpoint,
+                    &args.out,
+                    &hgpt::export::ExportOptions {
+                        dtype: args.dtype,
+                        license: args.license,
+                        datasets: args.datasets,
+                    }
+                )?
             );
         }
         Command::Import(args) => {
