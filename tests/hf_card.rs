@@ -74,7 +74,7 @@ fn model_card_is_generated_from_the_checkpoint_and_its_metrics() {
     // The first paragraph says how to load it, before anything else.
     let first = body
         .split("\n\n")
-        .find(|p| !p.trim().is_empty() && !p.starts_with('#'))
+        .find(|p| !p.trim().is_empty() && !p.trim_start().starts_with('#'))
         .unwrap();
     assert!(
         first.contains("AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)")
@@ -103,7 +103,7 @@ fn model_card_is_generated_from_the_checkpoint_and_its_metrics() {
         ),
         "hgpt's built-in byte-level tokenizer".to_string(),
         "z_i = -(n/2) ln max(|h - w_i|^2, eps)".to_string(),
-        "trust_remote_code=True)\ntokenizer = AutoTokenizer.from_pretrained(path)".to_string(),
+        "AutoTokenizer.from_pretrained(path, trust_remote_code=True)".to_string(),
         "AutoModel.from_pretrained(path, trust_remote_code=True)".to_string(),
     ];
     for fact in facts {
@@ -132,8 +132,12 @@ fn softmax_card_loads_without_custom_code_and_omits_what_is_unknown() {
     );
     assert!(body.contains("loads as `GPT2LMHeadModel`") && !body.contains("trust_remote_code"));
     assert!(body.contains("| head | softmax (dot product), tied to the token embedding |"));
+    // The run evaluates at its last step: the card has that loss.
+    let val = last_logged(&d.join("run"), "val_loss");
     assert!(
-        body.contains("| final validation loss | not recorded |"),
+        body.contains(&format!(
+            "| final validation loss | {val:.4} nats/token (step 2) |"
+        )),
         "{body}"
     );
     // An import has taken no steps and has no metrics.
@@ -223,7 +227,18 @@ fn prepare_and_export_tokenizers_carry_the_same_roles() {
         .map(|i| format!("Document {i}: the cat sat on the mat, and then it sat again."))
         .collect();
     std::fs::write(d.join("a.txt"), docs.join("\n<|endoftext|>\n")).unwrap();
-    succeeds(&["prepare", "--input", "a.txt", "--out", "data"], d);
+    succeeds(
+        &[
+            "prepare",
+            "--input",
+            "a.txt",
+            "--out",
+            "data",
+            "--val-fraction",
+            "0.2",
+        ],
+        d,
+    );
     succeeds(&strs(&train_args(1, "run", &["data.dir=data"])), d);
     succeeds(&["export", "--checkpoint", "run", "--out", "hf"], d);
     let prepared = read_json(&d.join("data").join("tokenizer_config.json"));

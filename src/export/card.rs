@@ -99,7 +99,9 @@ pub fn model_card(f: &CardFacts) -> String {
         .unwrap();
         "from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer\n\n\
          model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)\n\
-         tokenizer = AutoTokenizer.from_pretrained(path)\n\
+         # The tokenizer needs no custom code, but transformers 5 reads config.json\n\
+         # for it too; trusting it here saves a prompt.\n\
+         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)\n\
          # The trunk alone (hidden states, for features):\n\
          trunk = AutoModel.from_pretrained(path, trust_remote_code=True)\n"
     } else {
