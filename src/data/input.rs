@@ -176,7 +176,7 @@ enum Body {
 
 struct OpenFile {
     path: PathBuf,
-    /// The decompressed bytes (unused for Parquet, which seeks in the file).
+    /// The decompressed bytes (empty for Parquet, which reads by seeking).
     reader: Box<dyn BufRead + Send>,
     /// File bytes read so far, and how many of them were reported as progress.
     read: Arc<AtomicU64>,
@@ -190,6 +190,21 @@ impl OpenFile {
         let (format, compression) = f.kind();
         let name = f.path.display();
         let read = Arc::new(AtomicU64::new(0));
+        if format == Format::Parquet {
+            if compression != Compression::None {
+                bail!(
+                    "{name}: a compressed Parquet file; Parquet compresses inside, decompress it first"
+                );
+            }
+            return Ok(OpenFile {
+                path: f.path.clone(),
+                reader: Box::new(std::io::empty()),
+                read,
+                reported: 0,
+                compression,
+                body: Body::Parquet(ParquetColumn::open(&f.path, field, f.bytes)?),
+            });
+        }
         let file = File::open(&f.path).with_context(|| format!("cannot open {name}"))?;
         let counted = Counted {
             file,
@@ -207,15 +222,10 @@ impl OpenFile {
                     .with_context(|| format!("cannot read {name}"))?,
             )),
         };
-        let body = match format {
-            Format::Text => Body::Text { carry: Vec::new() },
-            Format::JsonLines => Body::Lines { line: 0 },
-            Format::Parquet if compression != Compression::None => {
-                bail!(
-                    "{name}: a compressed Parquet file; Parquet compresses inside, decompress it first"
-                )
-            }
-            Format::Parquet => Body::Parquet(ParquetColumn::open(&f.path, field, f.bytes)?),
+        let body = if format == Format::JsonLines {
+            Body::Lines { line: 0 }
+        } else {
+            Body::Text { carry: Vec::new() }
         };
         Ok(OpenFile {
             path: f.path.clone(),
