@@ -171,7 +171,7 @@ enum Body {
     Lines {
         line: usize,
     },
-    Parquet(ParquetColumn),
+    Parquet(Box<ParquetColumn>),
 }
 
 struct OpenFile {
@@ -202,7 +202,7 @@ impl OpenFile {
                 read,
                 reported: 0,
                 compression,
-                body: Body::Parquet(ParquetColumn::open(&f.path, field, f.bytes)?),
+                body: Body::Parquet(Box::new(ParquetColumn::open(&f.path, field, f.bytes)?)),
             });
         }
         let file = File::open(&f.path).with_context(|| format!("cannot open {name}"))?;
@@ -334,7 +334,7 @@ impl DocumentReader {
                     *carry = block.split_off(cut);
                 }
                 self.unreported_bytes += file.progress();
-                (!block.is_empty()).then(|| Chunk::Block(block))
+                (!block.is_empty()).then_some(Chunk::Block(block))
             }
             Body::Lines { line } => {
                 let mut bytes = Vec::new();
