@@ -62,22 +62,29 @@ def windows(n, context, stride):
         start = min(start + stride, last - length)
 
 
-@torch.no_grad()
-def mean_loss(model, tokens, stride, batch=8):
+def scored_nats(model, tokens, stride, batch=8):
+    """For each batch of hgpt's evaluation windows over tokens: the nats of the
+    targets the windows score (a float64 tensor, differentiable) and their count."""
     context = model.config.n_positions
     ws = windows(len(tokens), context, stride)
     length = ws[0][1]
     ids = torch.tensor(tokens)
-    nats, count = 0.0, 0
     for i in range(0, len(ws), batch):
         chunk = ws[i : i + batch]
         inputs = torch.stack([ids[s : s + length] for s, _, _ in chunk])
         targets = torch.stack([ids[s + 1 : s + length + 1] for s, _, _ in chunk])
         logits = model(inputs).logits.float()
         losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        for row, (_, _, scored) in zip(losses.double(), chunk):
-            nats += row[length - scored :].sum().item()
-            count += scored
+        scored = [n for _, _, n in chunk]
+        yield sum(row[length - n :].sum() for row, n in zip(losses.double(), scored)), sum(scored)
+
+
+@torch.no_grad()
+def mean_loss(model, tokens, stride):
+    nats, count = 0.0, 0
+    for n, c in scored_nats(model, tokens, stride):
+        nats += n.item()
+        count += c
     return nats / count, count
 
 
@@ -141,25 +148,15 @@ def stored_dtype(directory):
     return raw.get("dtype") or raw.get("torch_dtype") or "float32"
 
 
-def rounding_bound(model, tokens, stride, dtype, batch=8):
+def rounding_bound(model, tokens, stride, dtype):
     """(worst-case, typical) first-order change of the mean loss from rounding
     the weights to `dtype` (see the module's docstring); (0, 0) for float32."""
     if dtype not in ROUNDING:
         return 0.0, 0.0
     u, floor = ROUNDING[dtype]
-    context = model.config.n_positions
-    ws = windows(len(tokens), context, stride)
-    length = ws[0][1]
-    count = sum(scored for _, _, scored in ws)
-    ids = torch.tensor(tokens)
+    count = sum(scored for _, _, scored in windows(len(tokens), model.config.n_positions, stride))
     model.zero_grad()
-    for i in range(0, len(ws), batch):
-        chunk = ws[i : i + batch]
-        inputs = torch.stack([ids[s : s + length] for s, _, _ in chunk])
-        targets = torch.stack([ids[s + 1 : s + length + 1] for s, _, _ in chunk])
-        logits = model(inputs).logits.float()
-        losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        nats = sum(row[length - scored :].sum() for row, (_, _, scored) in zip(losses, chunk))
+    for nats, _ in scored_nats(model, tokens, stride):
         (nats / count).backward()
     worst, square = 0.0, 0.0
     with torch.no_grad():
