@@ -116,7 +116,7 @@ fn half_precision_exports_round_to_nearest() {
         let st = SafeTensors::deserialize(&bytes).unwrap();
         assert!(st.iter().all(|(_, v)| v.dtype() == st_dtype), "{dtype}");
         let config = read_json(&dir.path().join("config.json"));
-        assert_eq!(config["torch_dtype"], dtype_name(dtype));
+        assert_eq!(config["dtype"], dtype_name(dtype));
         let back = export::read_model(dir.path()).unwrap().params;
         let rounded: Vec<f32> = params.iter().map(|&x| round(x)).collect();
         assert_eq!(back, rounded, "{dtype}");

@@ -10,9 +10,27 @@ token scored once), and a greedy continuation of each prompt. For a harmonic
 export it also checks the custom code's training loss against the harmonic
 loss computed here from the formula, and that it backpropagates.
 
-With --checkpoint it runs `hgpt eval --json` and `hgpt generate --temperature 0`
-(on the CPU, hgpt's f32 reference) on that checkpoint too and exits 1 unless the losses agree within --tolerance
-(1e-4 nats) and every generation is identical.
+The model computes in float32 whatever the dtype its weights are stored in, so
+that the only difference from hgpt's f32 reference is the rounding of the
+weights. With --checkpoint it runs `hgpt eval --json` and
+`hgpt generate --temperature 0` (on the CPU, hgpt's f32 reference) on that
+checkpoint too and exits 1 unless the losses agree within --tolerance (1e-4
+nats, for float32 arithmetic) plus, for a bf16 or f16 export, the weight
+rounding bound below, and every generation is identical.
+
+Weight rounding bound. Rounding to nearest gives each stored weight
+w~_i = w_i + d_i with |d_i| <= u |w_i| (bf16: u = 2^-8, 8 significant bits;
+f16: u = 2^-11, and |d_i| <= 2^-25 below f16's normal range, 2^-14). To first
+order the loss moves by sum_i g_i d_i, g = dL/dw, so
+
+    |L(w~) - L(w)| <= u * sum_i |g_i w_i|  (+ 2^-25 * sum_i |g_i| for f16)
+
+with g and w taken at the export (the difference is second order in u). That
+worst case (every error aligned with its gradient) is what the tolerance adds;
+the check also prints the typical size, u * sqrt(sum_i (g_i w_i)^2 / 3), of
+independent uniform errors. A half-precision export's generations are compared
+with hgpt's on the same rounded weights (`hgpt import` of the export), since a
+greedy argmax may legitimately flip between the f32 and the rounded model.
 
 Needs torch and transformers (pip install torch transformers); no network.
 """
@@ -20,8 +38,10 @@ Needs torch and transformers (pip install torch transformers); no network.
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
+import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -42,22 +62,29 @@ def windows(n, context, stride):
         start = min(start + stride, last - length)
 
 
-@torch.no_grad()
-def mean_loss(model, tokens, stride, batch=8):
+def scored_nats(model, tokens, stride, batch=8):
+    """For each batch of hgpt's evaluation windows over tokens: the nats of the
+    targets the windows score (a float64 tensor, differentiable) and their count."""
     context = model.config.n_positions
     ws = windows(len(tokens), context, stride)
     length = ws[0][1]
     ids = torch.tensor(tokens)
-    nats, count = 0.0, 0
     for i in range(0, len(ws), batch):
         chunk = ws[i : i + batch]
         inputs = torch.stack([ids[s : s + length] for s, _, _ in chunk])
         targets = torch.stack([ids[s + 1 : s + length + 1] for s, _, _ in chunk])
         logits = model(inputs).logits.float()
         losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        for row, (_, _, scored) in zip(losses.double(), chunk):
-            nats += row[length - scored :].sum().item()
-            count += scored
+        scored = [n for _, _, n in chunk]
+        yield sum(row[length - n :].sum() for row, n in zip(losses.double(), scored)), sum(scored)
+
+
+@torch.no_grad()
+def mean_loss(model, tokens, stride):
+    nats, count = 0.0, 0
+    for n, c in scored_nats(model, tokens, stride):
+        nats += n.item()
+        count += c
     return nats / count, count
 
 
@@ -110,9 +137,41 @@ def check_harmonic_training(model, tokens):
     return out.loss.item(), expected, grads_finite
 
 
-def run_hgpt(binary, *args):
+# Unit roundoff and the largest error below the normal range, per stored dtype.
+ROUNDING = {"bfloat16": (2.0**-8, 0.0), "float16": (2.0**-11, 2.0**-25)}
+
+
+def stored_dtype(directory):
+    """The dtype config.json says the weights are stored in."""
+    with open(os.path.join(directory, "config.json")) as f:
+        raw = json.load(f)
+    return raw.get("dtype") or raw.get("torch_dtype") or "float32"
+
+
+def rounding_bound(model, tokens, stride, dtype):
+    """(worst-case, typical) first-order change of the mean loss from rounding
+    the weights to `dtype` (see the module's docstring); (0, 0) for float32."""
+    if dtype not in ROUNDING:
+        return 0.0, 0.0
+    u, floor = ROUNDING[dtype]
+    count = sum(scored for _, _, scored in windows(len(tokens), model.config.n_positions, stride))
+    model.zero_grad()
+    for nats, _ in scored_nats(model, tokens, stride):
+        (nats / count).backward()
+    worst, square = 0.0, 0.0
+    with torch.no_grad():
+        for p in model.parameters():  # each tensor once, tied ones included
+            gw = (p.grad.double() * p.double()).abs()
+            worst += u * gw.sum().item() + floor * p.grad.double().abs().sum().item()
+            square += (u * gw).square().sum().item() / 3
+    model.zero_grad()
+    return worst, math.sqrt(square)
+
+
+def run_hgpt(binary, *args, on_cpu=True):
     # On the CPU: hgpt's f32 reference, which transformers' f32 should match.
-    done = subprocess.run([binary, *args, "--device", "cpu"], capture_output=True, text=True)
+    device = ["--device", "cpu"] if on_cpu else []
+    done = subprocess.run([binary, *args, *device], capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{binary} {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
@@ -127,14 +186,23 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--checkpoint", help="compare with `hgpt eval`/`generate` on this")
     ap.add_argument("--hgpt", default="target/release/hgpt", help="the hgpt binary")
-    ap.add_argument("--tolerance", type=float, default=1e-4, help="nats")
+    ap.add_argument(
+        "--tolerance", type=float, default=1e-4, help="nats, for f32 arithmetic"
+    )
     args = ap.parse_args()
 
-    model = AutoModelForCausalLM.from_pretrained(args.dir, trust_remote_code=True)
+    dtype = stored_dtype(args.dir)
+    # float32 arithmetic whatever the stored dtype, as hgpt's reference computes.
+    model = AutoModelForCausalLM.from_pretrained(
+        args.dir, trust_remote_code=True, dtype=torch.float32
+    )
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(args.dir, trust_remote_code=True)
     cfg = model.config
-    print(f"model: {type(model).__name__}, {model.num_parameters()} parameters, {model.dtype}")
+    print(
+        f"model: {type(model).__name__}, {model.num_parameters()} parameters, "
+        f"stored as {dtype}, computed in {model.dtype}"
+    )
 
     with open(args.text, encoding="utf-8") as f:
         text = f.read()
@@ -162,19 +230,33 @@ def main():
         print(f"greedy {p!r}: {g!r}")
 
     if args.checkpoint:
+        worst, typical = rounding_bound(model, tokens, stride, dtype)
+        tolerance = args.tolerance + worst
+        if dtype in ROUNDING:
+            print(
+                f"{'bf16' if dtype == 'bfloat16' else 'f16'} weight rounding bound "
+                f"{worst:.3e} nats (typical {typical:.1e}); tolerance "
+                f"{args.tolerance:.1e} + {worst:.3e} = {tolerance:.3e}"
+            )
         eval_args = ["eval", "--checkpoint", args.checkpoint, "--data", args.text, "--json"]
         if args.stride:
             eval_args += ["--stride", str(args.stride)]
         report = json.loads(run_hgpt(args.hgpt, *eval_args))
         diff = abs(report["loss"] - loss)
-        good = diff <= args.tolerance and report["tokens"] == count
+        good = diff <= tolerance and report["tokens"] == count
         ok &= good
         print(
             f"hgpt eval loss {report['loss']:.6f} ({report['tokens']} tokens): "
             f"difference {diff:.2e} nats -> {'ok' if good else 'MISMATCH'}"
         )
+        scratch = tempfile.TemporaryDirectory()
+        reference = args.checkpoint
+        if dtype in ROUNDING:
+            reference = os.path.join(scratch.name, "imported")
+            run_hgpt(args.hgpt, "import", "--hf", args.dir, "--out", reference, on_cpu=False)
+            print(f"generations compared with hgpt on the {dtype} weights (an import of {args.dir})")
         for (p, _, n), g in zip(prompts, generations):
-            gen_args = ["generate", "--checkpoint", args.checkpoint, "--prompt", p]
+            gen_args = ["generate", "--checkpoint", reference, "--prompt", p]
             gen_args += ["--temperature", "0", "--max-new-tokens", str(n)]
             theirs = run_hgpt(args.hgpt, *gen_args).removesuffix("\n")
             good = theirs == g

@@ -20,6 +20,14 @@ pub struct ExportArgs {
     /// Precision of the weights written
     #[arg(long, default_value = "f32", value_name = "f32|bf16|f16")]
     dtype: Dtype,
+    /// License of the model, a Hub identifier (mit, apache-2.0, ...), for the
+    /// model card README.md (default: none stated)
+    #[arg(long, value_name = "ID")]
+    license: Option<String>,
+    /// A Hub dataset the model was trained on (owner/name), for the model card
+    /// (repeatable)
+    #[arg(long = "dataset", value_name = "ID")]
+    datasets: Vec<String>,
 }
 
 #[derive(Args)]
@@ -34,7 +42,12 @@ pub struct ImportArgs {
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
-    let line = hgpt::export::export_checkpoint(&args.from.checkpoint, &args.out, args.dtype)?;
+    let options = hgpt::export::ExportOptions {
+        dtype: args.dtype,
+        license: args.license,
+        datasets: args.datasets,
+    };
+    let line = hgpt::export::export_checkpoint(&args.from.checkpoint, &args.out, &options)?;
     eprintln!("{line}");
     Ok(())
 }

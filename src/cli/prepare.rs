@@ -12,13 +12,15 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("tokenizer_source").args(["tokenizer", "gpt2_bpe", "train_tokenizer"])))]
 pub struct PrepareArgs {
-    /// Text files, directories of them, or JSON Lines files (.jsonl)
+    /// Text files, directories of them, JSON Lines (.jsonl) or Parquet (.parquet)
+    /// files; .gz and .zst files are decompressed
     #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     input: Vec<PathBuf>,
     /// Output directory for the shards, tokenizer.json and manifest.json
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// The string field of each JSON Lines record that holds the document
+    /// The string field of each JSON Lines record, or the string column of a
+    /// Parquet file, that holds the document
     #[arg(long, default_value = "text", value_name = "NAME")]
     jsonl_field: String,
     /// A Hugging Face tokenizer.json (default: the built-in byte-level tokenizer)

@@ -5,6 +5,7 @@ pub mod corpus;
 pub mod input;
 pub mod loader;
 pub mod manifest;
+pub mod parquet;
 pub mod prepare;
 pub mod shard;
 pub mod tokenizer;

@@ -19,7 +19,7 @@ use super::manifest::{
     INCOMPLETE_FILE, MANIFEST_FILE, Manifest, ShardEntry, Split, TOKENIZER_FILE,
 };
 use super::shard::{ShardWriter, TokenWidth};
-use super::tokenizer::Tokenizer;
+use super::tokenizer::{TOKENIZER_CONFIG_FILE, Tokenizer};
 
 /// Text per group handed to the encoders at once.
 const GROUP_BYTES: usize = 8 << 20;
@@ -150,7 +150,13 @@ fn is_val(i: u64, fraction: f64) -> bool {
 
 /// Files `hgpt prepare` writes into its output directory.
 fn is_prepare_output(name: &str) -> bool {
-    [MANIFEST_FILE, TOKENIZER_FILE, INCOMPLETE_FILE].contains(&name)
+    [
+        MANIFEST_FILE,
+        TOKENIZER_FILE,
+        TOKENIZER_CONFIG_FILE,
+        INCOMPLETE_FILE,
+    ]
+    .contains(&name)
         || ((name.starts_with("train_") || name.starts_with("val_"))
             && (name.ends_with(".bin") || name.ends_with(".bin.tmp")))
 }
@@ -364,7 +370,7 @@ pub fn prepare(opts: &PrepareOptions, progress: &ProgressBar) -> Result<PrepareR
             names()
         );
     }
-    tokenizer.save(&opts.out.join(TOKENIZER_FILE))?;
+    tokenizer.save_for_transformers(&opts.out, None)?;
     let manifest = Manifest {
         vocab_size: tokenizer.vocab_size(),
         eot: tokenizer.eot(),

@@ -18,6 +18,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
 
 pub const EOT_TEXT: &str = "<|endoftext|>";
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 /// End-of-text tokens of common tokenizers, tried in order for a tokenizer.json.
 const EOT_CANDIDATES: &[&str] = &[EOT_TEXT, "</s>", "<|end_of_text|>", "<eos>"];
 
@@ -210,6 +211,40 @@ impl Tokenizer {
         self.hf
             .save(path, true)
             .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+    }
+
+    /// tokenizer_config.json, with which transformers' `AutoTokenizer` loads the
+    /// tokenizer.json beside it as hgpt uses it (no custom code): the end-of-text
+    /// token as bos, eos, unk and pad (GPT-2's roles, pad for batches), a literal
+    /// end-of-text in text encoded as text (`split_special_tokens`, as
+    /// [`Tokenizer::encode`] does), and no space added or cleaned up.
+    pub fn transformers_config(&self, model_max_length: Option<usize>) -> serde_json::Value {
+        let eot = self.hf.id_to_token(self.eot);
+        let mut config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": eot,
+            "eos_token": eot,
+            "unk_token": eot,
+            "pad_token": eot,
+            "split_special_tokens": true,
+            "add_prefix_space": false,
+            "clean_up_tokenization_spaces": false,
+        });
+        if let Some(n) = model_max_length {
+            config["model_max_length"] = n.into();
+        }
+        config
+    }
+
+    /// Writes tokenizer.json and tokenizer_config.json ([`Self::transformers_config`])
+    /// into `dir`, so that `AutoTokenizer.from_pretrained(dir)` loads them.
+    pub fn save_for_transformers(&self, dir: &Path, model_max_length: Option<usize>) -> Result<()> {
+        self.save(&dir.join(super::manifest::TOKENIZER_FILE))?;
+        let path = dir.join(TOKENIZER_CONFIG_FILE);
+        let text = serde_json::to_string_pretty(&self.transformers_config(model_max_length))
+            .expect("JSON serializes")
+            + "\n";
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
     }
 
     /// The tokens of `text`, read as plain text (no special tokens).

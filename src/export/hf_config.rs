@@ -110,7 +110,7 @@ const READ_KEYS: &[&str] = &[
 const HARMONIC_KEYS: &[&str] = &["auto_map", "harmonic_exponent", "harmonic_eps"];
 
 /// The harmonic exponent n that hgpt computes with, as written to config.json.
-fn resolved_exponent(m: &ModelConfig) -> f64 {
+pub fn resolved_exponent(m: &ModelConfig) -> f64 {
     match m.harmonic_exponent {
         Exponent::Sqrt => (m.n_embd as f64).sqrt(),
         Exponent::Value(v) => v,
@@ -141,7 +141,7 @@ pub fn config_json(m: &ModelConfig, eot: Option<u32>, dtype: Dtype) -> Value {
         "use_cache": true,
         "bos_token_id": eot,
         "eos_token_id": eot,
-        "torch_dtype": dtype.torch_name(),
+        "dtype": dtype.torch_name(),
     });
     if m.head == HeadChoice::Harmonic {
         let o = c.as_object_mut().expect("object");
@@ -151,6 +151,7 @@ pub fn config_json(m: &ModelConfig, eot: Option<u32>, dtype: Dtype) -> Value {
             "auto_map".into(),
             json!({
                 "AutoConfig": "configuration_harmonic_gpt2.HarmonicGPT2Config",
+                "AutoModel": "modeling_harmonic_gpt2.HarmonicGPT2Model",
                 "AutoModelForCausalLM": "modeling_harmonic_gpt2.HarmonicGPT2LMHeadModel",
             }),
         );
@@ -167,20 +168,6 @@ pub fn generation_config_json(eot: Option<u32>) -> Value {
         "eos_token_id": eot,
         "pad_token_id": eot,
         "do_sample": false,
-    })
-}
-
-/// tokenizer_config.json: the tokenizer.json beside it is loaded as is, with the
-/// end-of-text token as GPT-2's bos, eos and unk.
-pub fn tokenizer_config_json(eot_text: Option<&str>, model_max_length: usize) -> Value {
-    json!({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": eot_text,
-        "eos_token": eot_text,
-        "unk_token": eot_text,
-        "model_max_length": model_max_length,
-        "add_prefix_space": false,
-        "clean_up_tokenization_spaces": false,
     })
 }
 

@@ -2,11 +2,14 @@
 //!
 //! An export directory is what `transformers` loads with `from_pretrained`:
 //! `model.safetensors` under GPT-2's names and layouts ([`names`]), `config.json`
-//! and `generation_config.json` ([`hf_config`]), and for the harmonic head the
-//! Python code of `HarmonicGPT2LMHeadModel` ([`python`]). A softmax model is a plain
-//! `GPT2LMHeadModel`. Import reads the same layout back, and any GPT-2 a user has
-//! in safetensors: f32 export and import give back the parameters bit for bit.
+//! and `generation_config.json` ([`hf_config`]), the tokenizer with its
+//! tokenizer_config.json, a model card README.md ([`card`]), and for the harmonic
+//! head the Python code of `HarmonicGPT2LMHeadModel` ([`python`]). A softmax model
+//! is a plain `GPT2LMHeadModel`. Import reads the same layout back, and any GPT-2 a
+//! user has in safetensors: f32 export and import give back the parameters bit for
+//! bit.
 
+pub mod card;
 pub mod hf_config;
 pub mod names;
 pub mod python;
@@ -22,6 +25,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::config::{Config, HeadChoice, ModelConfig};
 use crate::data::tokenizer::Tokenizer;
 use crate::model::ParamLayout;
+use crate::train::metrics;
 pub use hf_config::HfConfig;
 use names::FileName;
 pub use tensors::Dtype;
@@ -31,7 +35,7 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
-pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+pub const CARD_FILE: &str = "README.md";
 const SHARD_INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// A model read from a Hugging Face directory.
@@ -46,29 +50,94 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// What `hgpt export` writes besides the model: the weights' precision and the
+/// model card's metadata.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    pub dtype: Dtype,
+    /// A Hub license identifier for the card (`mit`, `apache-2.0`, ...).
+    pub license: Option<String>,
+    /// Hub dataset ids the model was trained on, for the card.
+    pub datasets: Vec<String>,
+}
+
 /// `hgpt export`: the checkpoint at `checkpoint` (a step or run directory) as a
-/// Hugging Face directory `out`. Returns a line for the user.
-pub fn export_checkpoint(checkpoint: &Path, out: &Path, dtype: Dtype) -> Result<String> {
+/// Hugging Face directory `out`, with its model card. Returns a line for the user.
+pub fn export_checkpoint(checkpoint: &Path, out: &Path, opts: &ExportOptions) -> Result<String> {
+    card::check_metadata(opts.license.as_deref(), &opts.datasets)?;
     let ckpt = Checkpoint::open(checkpoint)?;
     let model = &ckpt.state.config.model;
     let params = ckpt.read_params()?;
+    let dtype = opts.dtype;
     // Token shards that came without a tokenizer (llm.c's) leave none to export.
-    if ckpt.state.tokenizer_hash.is_none() {
-        write_model(out, model, &params, dtype, None)?;
-        return Ok(format!(
-            "exported {} to {} ({dtype}); the checkpoint has no tokenizer, so none was written",
-            ckpt.dir.display(),
-            out.display()
-        ));
+    let tokenizer = match ckpt.state.tokenizer_hash {
+        Some(_) => Some(checkpoint::tokenizer::load(&ckpt)?),
+        None => None,
+    };
+    match &tokenizer {
+        Some(tok) => export(out, model, &params, tok, dtype)?,
+        None => write_model(out, model, &params, dtype, None)?,
     }
-    let tokenizer = checkpoint::tokenizer::load(&ckpt)?;
-    export(out, model, &params, &tokenizer, dtype)?;
+    let (train_loss, val_loss) = final_losses(&ckpt)?;
+    let name = out
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "hgpt model".to_string());
+    let text = card::model_card(&card::CardFacts {
+        name: &name,
+        config: &ckpt.state.config,
+        params: params.len(),
+        dtype,
+        step: ckpt.state.step,
+        train_loss,
+        val_loss,
+        tokenizer: tokenizer.as_ref(),
+        license: opts.license.as_deref(),
+        datasets: &opts.datasets,
+    });
+    let card_path = out.join(CARD_FILE);
+    std::fs::write(&card_path, text)
+        .with_context(|| format!("cannot write {}", card_path.display()))?;
+    let what = match tokenizer {
+        Some(_) => format!("{} head", model.head),
+        None => format!(
+            "{} head; the checkpoint has no tokenizer, so none was written",
+            model.head
+        ),
+    };
     Ok(format!(
-        "exported {} ({} head) to {} ({dtype})",
+        "exported {} ({what}) to {} ({dtype}, model card {CARD_FILE})",
         ckpt.dir.display(),
-        model.head,
         out.display()
     ))
+}
+
+/// A loss and the step it was logged at, when there is one.
+type LossAt = Option<(usize, f64)>;
+
+/// The last training loss and validation loss logged at or before the
+/// checkpoint's step, from its run's metrics.jsonl (none for a checkpoint
+/// outside a run, such as an import).
+fn final_losses(ckpt: &Checkpoint) -> Result<(LossAt, LossAt)> {
+    let run = ckpt
+        .dir
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"))
+        .and_then(Path::parent);
+    let Some(path) = run.map(|r| r.join("metrics.jsonl")).filter(|p| p.is_file()) else {
+        return Ok((None, None));
+    };
+    let (train, eval) = metrics::read_records(&path, ckpt.state.step)?;
+    let train = train
+        .iter()
+        .max_by_key(|r| r.step)
+        .map(|r| (r.step, r.train_loss));
+    let eval = eval
+        .iter()
+        .max_by_key(|r| r.step)
+        .map(|r| (r.step, r.val_loss));
+    Ok((train, eval))
 }
 
 /// `hgpt import`: the Hugging Face directory `hf` as the checkpoint directory `out`
@@ -112,12 +181,7 @@ pub fn export(
     dtype: Dtype,
 ) -> Result<()> {
     write_model(dir, config, params, dtype, Some(tokenizer.eot()))?;
-    tokenizer.save(&dir.join(TOKENIZER_FILE))?;
-    let eot_text = tokenizer.hf().id_to_token(tokenizer.eot());
-    write_json(
-        &dir.join(TOKENIZER_CONFIG_FILE),
-        &hf_config::tokenizer_config_json(eot_text.as_deref(), config.block_size),
-    )
+    tokenizer.save_for_transformers(dir, Some(config.block_size))
 }
 
 /// Writes the model files of an export into `dir` (created if needed): weights in

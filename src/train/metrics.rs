@@ -42,6 +42,23 @@ enum Record {
     Eval(EvalRecord),
 }
 
+/// The training and evaluation records of metrics.jsonl up to `last_step`. Lines
+/// past a checkpoint come from a run that died after it (a resumed run writes
+/// those steps again), so a reader at that checkpoint stops there.
+pub fn read_records(path: &Path, last_step: usize) -> Result<(Vec<TrainRecord>, Vec<EvalRecord>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    for record in text.lines().filter_map(|l| serde_json::from_str(l).ok()) {
+        match record {
+            Record::Train(r) if r.step <= last_step => train.push(r),
+            Record::Eval(r) if r.step <= last_step => eval.push(r),
+            _ => {}
+        }
+    }
+    Ok((train, eval))
+}
+
 pub struct Metrics {
     file: BufWriter<File>,
     pub train: Vec<TrainRecord>,
@@ -52,20 +69,11 @@ impl Metrics {
     /// Opens metrics.jsonl for appending. When resuming (first_step > 0) the
     /// records up to first_step are read back, so the loss plot shows the whole run.
     pub fn create(path: &Path, first_step: usize) -> Result<Metrics> {
-        let (mut train, mut eval) = (Vec::new(), Vec::new());
-        if first_step > 0 && path.exists() {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            // Lines past the checkpoint come from a run that died after it: the
-            // resumed run writes those steps again.
-            for record in text.lines().filter_map(|l| serde_json::from_str(l).ok()) {
-                match record {
-                    Record::Train(r) if r.step <= first_step => train.push(r),
-                    Record::Eval(r) if r.step <= first_step => eval.push(r),
-                    _ => {}
-                }
-            }
-        }
+        let (train, eval) = if first_step > 0 && path.exists() {
+            read_records(path, first_step)?
+        } else {
+            Default::default()
+        };
         let file = File::options()
             .create(true)
             .append(true)
