@@ -1,4 +1,4 @@
-//! Properties of the harmonic head (DESIGN.md section 3), through the f32 backend.
+//! Properties of the harmonic head (docs/DESIGN.md section 3), through the f32 backend.
 
 use hgpt::backend::cpu::CpuBackend;
 use hgpt::backend::{Backend, HeadGrads, Mat};

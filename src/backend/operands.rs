@@ -1,8 +1,8 @@
 //! Shaped operands of the Backend's ops. A matrix carries its rows and columns, and
 //! the spans a layer owns together (a LayerNorm's weight and bias, its output and
 //! statistics, a dense layer's weight and bias) travel as one named value. So an op
-//! reads its shapes from its operands, and arguments that used to be interchangeable
-//! `Span`s and `usize`s now have types of their own.
+//! reads its shapes from its operands, and a swapped pair of arguments of different
+//! roles does not compile.
 
 use super::Span;
 

@@ -20,8 +20,8 @@
 //! parameters, AdamW moments, activations and the head's math and loss stay fp32:
 //! fp32 master weights, bf16 tensor-core products. A weight operand comes from its
 //! buffer's bf16 shadow, which AdamW writes in the same pass as the fp32 update, so
-//! weights are not converted per GEMM; activation operands are still converted to
-//! bf16 scratch just before each GEMM (keeping activations in bf16 is the next step).
+//! weights are not converted per GEMM; activation operands are converted to bf16
+//! scratch just before each GEMM.
 //!
 //! The fused ops of the trait run as one kernel or one GEMM each: residual add and
 //! LayerNorm in one pass over the row, bias and GELU in cuBLASLt's epilogues (with the
