@@ -1,8 +1,10 @@
 //! The `hgpt` command line: parses the arguments, runs the command (src/cli/), and
-//! ends in one line on stderr when it fails (exit code 2) or panics (101).
+//! ends in one line on stderr when it fails (exit code 2) or panics (101); a
+//! stdout closed by its reader ends it quietly (0).
 
 mod cli;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -20,11 +22,17 @@ fn main() -> ExitCode {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        eprintln!("error: internal error{at}: {msg} (please report this)");
+        // Not eprintln!: a closed stderr must not panic inside the panic hook.
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: internal error{at}: {msg} (please report this)"
+        );
         std::process::exit(101);
     }));
     match cli::run(cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        // `hgpt generate | head`: the reader has what it wanted.
+        Err(e) if cli::is_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

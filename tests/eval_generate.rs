@@ -318,3 +318,66 @@ fn eval_of_a_prepared_directory_checks_its_tokenizer_and_vocabulary() {
         "{line}"
     );
 }
+
+/// Runs hgpt with its stdout a pipe whose reader has already gone (as `| head`
+/// leaves it once it has its lines), and its stderr too when `stderr_closed` (as
+/// `2>&1 | head`); returns the exit status and what reached stderr.
+fn with_stdout_closed(
+    args: &[&str],
+    dir: &Path,
+    stderr_closed: bool,
+) -> (std::process::ExitStatus, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hgpt"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    if stderr_closed {
+        drop(child.stderr.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_generate_and_eval_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    succeeds(&strs(&train_args(0, "run", &[])), dir.path());
+    corpus_text(dir.path(), 2000);
+    let commands: [&[&str]; 3] = [
+        &[
+            "generate",
+            "--checkpoint",
+            "run",
+            "--max-new-tokens",
+            "100000",
+            "--seed",
+            "1",
+        ],
+        &[
+            "eval",
+            "--checkpoint",
+            "run",
+            "--data",
+            "text.txt",
+            "--json",
+        ],
+        &["eval", "--checkpoint", "run", "--data", "text.txt"],
+    ];
+    for args in commands {
+        let (status, stderr) = with_stdout_closed(args, dir.path(), false);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("error"), "{args:?}: {stderr}");
+        assert_eq!(status.code(), Some(0), "{args:?}: {stderr}");
+    }
+    // The device note goes to the closed pipe as well.
+    let (status, _) = with_stdout_closed(commands[0], dir.path(), true);
+    assert_eq!(status.code(), Some(0));
+}

@@ -45,9 +45,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let report = hgpt::bench::run(&request, &mut Stderr)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", table(&report));
+        out!("{}", table(&report));
     }
     Ok(())
 }

@@ -62,9 +62,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let report = hgpt::eval::run(&request, &mut Stderr)?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("{}", line(&report));
+        outln!("{}", line(&report));
     }
     Ok(())
 }

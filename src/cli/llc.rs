@@ -259,10 +259,10 @@ fn run_dln(args: &DlnArgs) -> Result<()> {
     if args.sgld.json {
         let mut v = serde_json::to_value(est.without_traces())?;
         v["theory"] = theory.into();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", summary(&est));
-        println!(
+        out!("{}", summary(&est));
+        outln!(
             "theory (Aoyagi) {theory:.4}; estimate / theory = {:.3}",
             est.estimate / theory
         );
@@ -294,9 +294,9 @@ fn run_layernorm(args: &LayerNormArgs) -> Result<()> {
     let losses =
         layernorm_mlp::llc_over_training(&mut model, &schedule, &settings, batch_size, |r| {
             if json {
-                println!("{}", serde_json::to_string(r)?);
+                outln!("{}", serde_json::to_string(r)?);
             } else {
-                println!(
+                outln!(
                     "step {:>5}  LLC {:>8.4} ± {:.4}{}",
                     r.step,
                     r.estimate,
@@ -316,7 +316,7 @@ fn run_layernorm(args: &LayerNormArgs) -> Result<()> {
         &losses,
     )?;
     if !json {
-        println!(
+        outln!(
             "wrote {}/llc.jsonl and llc_over_training.png",
             out.display()
         );
@@ -357,10 +357,10 @@ fn run_checkpoint(args: &LlcArgs, path: &Path) -> Result<()> {
     let title = format!("{} step {}", run_name(&ckpt.dir), ckpt.state.step);
     write_outputs(&out, &est, &title)?;
     if args.sgld.json {
-        println!("{}", serde_json::to_string_pretty(&est.without_traces())?);
+        outln!("{}", serde_json::to_string_pretty(&est.without_traces())?);
     } else {
-        print!("{}", summary(&est));
-        println!("wrote {}/llc.json and llc.png", out.display());
+        out!("{}", summary(&est));
+        outln!("wrote {}/llc.json and llc.png", out.display());
     }
     Ok(())
 }
@@ -422,9 +422,9 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
         for ((step, _), est) in group.iter().zip(estimates) {
             let record = StepLlc::new(*step, &est?);
             if args.sgld.json {
-                println!("{}", serde_json::to_string(&record)?);
+                outln!("{}", serde_json::to_string(&record)?);
             } else {
-                println!("{}", step_line(&record));
+                outln!("{}", step_line(&record));
             }
             log.push(record)?;
         }
@@ -433,7 +433,7 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
     let title = format!("{}: training loss and LLC", run_name(run));
     log.plot(&out.join("llc_over_training.png"), &title, &losses)?;
     if !args.sgld.json {
-        println!(
+        outln!(
             "wrote {}/llc.jsonl and llc_over_training.png",
             out.display()
         );

@@ -37,9 +37,9 @@ pub fn run(args: MemoryArgs) -> Result<()> {
     let batch = micro_batch.unwrap_or(config.train.batch_size);
     let report = hgpt::memory::report(&config, batch, &gpu_gib);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", table(&report));
+        out!("{}", table(&report));
     }
     Ok(())
 }

@@ -2,6 +2,23 @@
 //! The library computes and returns values; these modules parse, call it, and
 //! render its reports, notes and progress on stdout and stderr.
 
+/// `println!` that returns a closed stdout (its reader, such as `head`, has
+/// quit) as an error through `?` instead of panicking; `main` ends quietly on it.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// `print!` as [`outln!`] is `println!`.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod bench;
 mod eval;
 mod export;
@@ -133,12 +150,24 @@ struct DeviceArgs {
     device: DeviceChoice,
 }
 
-/// Notes from the library, one line each on stderr.
+/// Whether `e` is a write to a stdout whose reader has gone: the end of the
+/// output the reader wanted, not a failure.
+pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Notes from the library, one line each on stderr (dropped once stderr's reader
+/// has gone, as with `2>&1 | head`).
 struct Stderr;
 
 impl Observer for Stderr {
     fn note(&mut self, line: &str) {
-        eprintln!("{line}");
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "{line}");
     }
 }
 

@@ -153,11 +153,12 @@ impl Probed {
             .collect()
     }
 
-    fn print_ranked(&self, ns: &[Neighbour]) {
+    fn print_ranked(&self, ns: &[Neighbour]) -> Result<()> {
         for (i, n) in ns.iter().enumerate() {
             let text = format!("{:?}", self.spell(n.token));
-            println!("  {:>3}  {text:<20} #{:<6} {:.4}", i + 1, n.token, n.value);
+            outln!("  {:>3}  {text:<20} #{:<6} {:.4}", i + 1, n.token, n.value);
         }
+        Ok(())
     }
 }
 
@@ -271,13 +272,13 @@ fn neighbours(probed: &Probed, words: &[String], k: usize, as_json: bool) -> Res
             .zip(&found)
             .map(|((w, &t), ns)| json!({"word": w, "token": t, "neighbours": probed.ranked(ns)}))
             .collect();
-        println!("{}", json!({"metric": probed.geom.metric(), "words": rows}));
+        outln!("{}", json!({"metric": probed.geom.metric(), "words": rows}));
         return Ok(());
     }
-    println!("{}", probed.metric_line());
+    outln!("{}", probed.metric_line());
     for ((w, &t), ns) in words.iter().zip(&tokens).zip(&found) {
-        println!("{w} ({:?} #{t})", probed.spell(t));
-        probed.print_ranked(ns);
+        outln!("{w} ({:?} #{t})", probed.spell(t));
+        probed.print_ranked(ns)?;
     }
     Ok(())
 }
@@ -291,12 +292,12 @@ fn analogy(probed: &Probed, words: &[String], k: usize, as_json: bool) -> Result
     if as_json {
         let v = json!({"metric": probed.geom.metric(), "a": t[0], "b": t[1], "c": t[2],
             "candidates": probed.ranked(&found)});
-        println!("{v}");
+        outln!("{v}");
         return Ok(());
     }
-    println!("{}", probed.metric_line());
-    println!("{} : {} :: {} : ?", words[0], words[1], words[2]);
-    probed.print_ranked(&found);
+    outln!("{}", probed.metric_line());
+    outln!("{} : {} :: {} : ?", words[0], words[1], words[2]);
+    probed.print_ranked(&found)?;
     Ok(())
 }
 
@@ -317,26 +318,29 @@ fn analogy_file(probed: &Probed, file: &Path, components: usize, as_json: bool) 
             skipped,
             words: &words,
         };
-        println!("{}", serde_json::to_string(&out)?);
+        outln!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
-    println!("{}", probed.metric_line());
-    println!(
+    outln!("{}", probed.metric_line());
+    outln!(
         "quadruples: {} scored, {skipped} skipped (a word the tokenizer splits)",
         report.quads
     );
-    println!(
+    outln!(
         "top-1 {:.3}  top-5 {:.3}  (d ranked among all tokens but a, b, c around b - a + c)",
-        report.top1, report.top5
+        report.top1,
+        report.top5
     );
     let (p, o) = (report.parallelogram_loss, report.offset_error);
-    println!(
+    outln!(
         "parallelogram loss ({components} PCs, Baek et al.): mean {:.4}  median {:.4}",
-        p.mean, p.median
+        p.mean,
+        p.median
     );
-    println!(
+    outln!(
         "offset error |b - a + c - d| / rms centre distance: mean {:.4}  median {:.4}",
-        o.mean, o.median
+        o.mean,
+        o.median
     );
     Ok(())
 }
@@ -377,15 +381,15 @@ fn map(probed: &Probed, words: &[String], png: &Path, as_json: bool) -> Result<(
             .map(|((w, x, y), t)| json!({"word": w, "token": t, "x": x, "y": y}))
             .collect();
         let v = json!({"explained": pca.explained(), "points": rows, "png": png});
-        println!("{v}");
+        outln!("{v}");
         return Ok(());
     }
-    println!(
+    outln!(
         "PC 1-2 explain {:.1}% of the chosen centres' variance",
         100.0 * pca.explained()
     );
     for (w, x, y) in &coords {
-        println!("  {w:<20} {x:>9.4} {y:>9.4}");
+        outln!("  {w:<20} {x:>9.4} {y:>9.4}");
     }
     eprintln!("wrote {}", png.display());
     Ok(())
@@ -447,36 +451,47 @@ fn text_probe(
         if show.positions {
             v["per_position"] = serde_json::to_value(&positions)?;
         }
-        println!("{v}");
+        outln!("{v}");
         return Ok(());
     }
     if show.positions {
-        println!("  pos  true                 predicted            |h-w_true| |h-w_pred|  p(true)");
+        outln!("  pos  true                 predicted            |h-w_true| |h-w_pred|  p(true)");
         for (i, p) in positions.iter().enumerate() {
             let (t, q) = (
                 format!("{:?}", probed.spell(p.target)),
                 format!("{:?}", probed.spell(p.predicted)),
             );
-            println!(
+            outln!(
                 "{i:>5}  {t:<20} {q:<20} {:>10.3} {:>10.3} {:>8.4}",
-                p.dist_target, p.dist_predicted, p.p_target
+                p.dist_target,
+                p.dist_predicted,
+                p.p_target
             );
         }
     }
     let (t, p) = (report.dist_target, report.dist_predicted);
-    println!(
+    outln!(
         "{} positions | accuracy {:.3} | mean p(true) {:.3}",
-        report.positions, report.accuracy, report.mean_p_target
+        report.positions,
+        report.accuracy,
+        report.mean_p_target
     );
-    println!(
+    outln!(
         "|h - w_true|: mean {:.3} median {:.3} | |h - w_predicted|: mean {:.3} median {:.3} | rms distance between centres {:.3}",
-        t.mean, t.median, p.mean, p.median, report.rms_centre_distance
+        t.mean,
+        t.median,
+        p.mean,
+        p.median,
+        report.rms_centre_distance
     );
-    println!("  |h - w_true| bin      positions  mean p(true)");
+    outln!("  |h - w_true| bin      positions  mean p(true)");
     for b in &report.histogram {
-        println!(
+        outln!(
             "  [{:>7.3}, {:>7.3})  {:>9}  {:>12.3}",
-            b.lo, b.hi, b.count, b.mean_p_target
+            b.lo,
+            b.hi,
+            b.count,
+            b.mean_p_target
         );
     }
     if let Some(png) = png {
