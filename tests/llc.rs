@@ -586,3 +586,43 @@ fn sgld_noise_is_pinned() {
     // Indices past 2^32 are their own draws, not a wrapped repeat.
     assert_ne!(gaussian(PINNED_KEY, (1 << 32) + 5), gaussian(PINNED_KEY, 5));
 }
+
+/// `hgpt llc dln` with an output directory it cannot write, and settings that
+/// would take about a minute to estimate: (its one error line, seconds taken).
+fn dln_into(out: &std::path::Path) -> (String, f64) {
+    let started = std::time::Instant::now();
+    let out = out.to_str().unwrap();
+    let line = fails(&[
+        "llc", "dln", "--widths", "5,3,5", "--chains", "1", "--draws", "200000", "--out", out,
+    ]);
+    (line, started.elapsed().as_secs_f64())
+}
+
+#[test]
+fn llc_checks_its_output_directory_before_estimating() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory under a regular file cannot be made, even by root.
+    let file = dir.path().join("a_file");
+    std::fs::write(&file, "").unwrap();
+    let (line, secs) = dln_into(&file.join("out"));
+    assert!(
+        line.contains("a_file/out") && line.contains("not writable"),
+        "{line}"
+    );
+    assert!(secs < 10.0, "failed after {secs:.1}s: it estimated first");
+
+    use std::os::unix::fs::PermissionsExt;
+    let read_only = dir.path().join("read_only");
+    std::fs::create_dir(&read_only).unwrap();
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o555)).unwrap();
+    if std::fs::write(read_only.join("probe"), "").is_ok() {
+        println!("skipped the read-only directory: this user (root) writes there anyway");
+        return;
+    }
+    let (line, secs) = dln_into(&read_only);
+    assert!(
+        line.contains("read_only") && line.contains("not writable"),
+        "{line}"
+    );
+    assert!(secs < 10.0, "failed after {secs:.1}s: it estimated first");
+}

@@ -249,13 +249,14 @@ fn run_dln(args: &DlnArgs) -> Result<()> {
         batch_size,
         args.sgld.seed,
     )?;
+    if let Some(dir) = &args.out {
+        writable_dir(dir)?;
+    }
     let progress = progress_bar(&settings);
     let est = estimate(&mut HostTarget::new(&mut net), &settings, &progress)?;
     progress.finish_and_clear();
-    if let Some(dir) = &args.out {
-        let title = format!("DLN {:?}, rank {}", args.widths, args.rank);
-        write_outputs(dir, &est, &title)?;
-    }
+    // The estimate is printed before the files are written, so a failed write
+    // still leaves it on stdout.
     if args.sgld.json {
         let mut v = serde_json::to_value(est.without_traces())?;
         v["theory"] = theory.into();
@@ -266,6 +267,10 @@ fn run_dln(args: &DlnArgs) -> Result<()> {
             "theory (Aoyagi) {theory:.4}; estimate / theory = {:.3}",
             est.estimate / theory
         );
+    }
+    if let Some(dir) = &args.out {
+        let title = format!("DLN {:?}, rank {}", args.widths, args.rank);
+        write_outputs(dir, &est, &title)?;
     }
     Ok(())
 }
@@ -282,7 +287,7 @@ fn run_layernorm(args: &LayerNormArgs) -> Result<()> {
         let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
         PathBuf::from("runs").join(format!("llc-layernorm-{stamp}"))
     });
-    create_dir(&out)?;
+    writable_dir(&out)?;
     let schedule = Schedule {
         steps: args.steps,
         every: args.every,
@@ -343,6 +348,8 @@ fn run_checkpoint(args: &LlcArgs, path: &Path) -> Result<()> {
     let (batch_size, settings) = args
         .sgld
         .settings(&Defaults::gpt(config.train.batch_size))?;
+    let out = args.out.clone().unwrap_or_else(|| ckpt.dir.clone());
+    writable_dir(&out)?;
     let params = ckpt.read_params()?;
     let data = gpt::training_data(&config, batch_size, Some(&ckpt.state))?;
     let mut model = open_model(args.device.device, &config)?;
@@ -353,13 +360,15 @@ fn run_checkpoint(args: &LlcArgs, path: &Path) -> Result<()> {
         &mut model, data.train, batch_size, seq_len, &settings, &progress,
     )?;
     progress.finish_and_clear();
-    let out = args.out.clone().unwrap_or_else(|| ckpt.dir.clone());
-    let title = format!("{} step {}", run_name(&ckpt.dir), ckpt.state.step);
-    write_outputs(&out, &est, &title)?;
+    // Printed first: a failed write still leaves the estimate on stdout.
     if args.sgld.json {
         outln!("{}", serde_json::to_string_pretty(&est.without_traces())?);
     } else {
         out!("{}", summary(&est));
+    }
+    let title = format!("{} step {}", run_name(&ckpt.dir), ckpt.state.step);
+    write_outputs(&out, &est, &title)?;
+    if !args.sgld.json {
         outln!("wrote {}/llc.json and llc.png", out.display());
     }
     Ok(())
@@ -383,7 +392,7 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
         .settings(&Defaults::gpt(config.train.batch_size))?;
     let mut model = open_model(args.device.device, &config)?;
     let out = args.out.clone().unwrap_or_else(|| run.to_path_buf());
-    create_dir(&out)?;
+    writable_dir(&out)?;
     let mut log = LlcLog::create(&out.join("llc.jsonl"))?;
     // On the CPU, checkpoints are estimated side by side (on two cores two at once
     // beat one after another; BENCHMARKS.md has the figures); a GPU takes them in turn.
@@ -479,9 +488,19 @@ fn run_name(path: &Path) -> String {
         .map_or("run".into(), |n| n.to_string_lossy().into_owned())
 }
 
-fn create_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| anyhow::anyhow!("cannot create output directory {}: {e}", dir.display()))
+/// Creates `dir` and writes and removes a probe file in it, so that an estimate
+/// that takes minutes is not computed for an output it cannot write.
+fn writable_dir(dir: &Path) -> Result<()> {
+    let fail = |e: std::io::Error| {
+        anyhow::anyhow!(
+            "output directory {} is not writable (nothing estimated): {e}",
+            dir.display()
+        )
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(".hgpt-write-probe");
+    std::fs::write(&probe, b"").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)
 }
 
 /// A bar over every SGLD step of every chain, drawn only on a terminal.
