@@ -313,3 +313,59 @@ fn vocab_smaller_than_the_data_is_one_line() {
         "{line}"
     );
 }
+
+#[test]
+fn commands_refuse_to_write_into_checkpoints_runs_or_their_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    succeeds(
+        &common::strs(&common::train_args(2, "run", &["train.checkpoint_every=2"])),
+        d,
+    );
+    let step = "run/checkpoints/step_00000002";
+    assert!(d.join(step).join("state.json").is_file());
+    let model = std::fs::read(d.join(step).join("model.safetensors")).unwrap();
+    for out in [step, "run", "run/hf", "./run/checkpoints/step_00000002/"] {
+        let line = fails(&["export", "--checkpoint", "run", "--out", out], d);
+        assert!(
+            line.contains(out) && line.contains("pick another"),
+            "{line}"
+        );
+    }
+    let line = fails(&["import", "--hf", "run", "--out", "run/imported"], d);
+    assert!(line.contains("run/imported"), "{line}");
+    std::fs::write(d.join("docs.txt"), "some text\n").unwrap();
+    let line = fails(&["prepare", "--input", "docs.txt", "--out", "docs.txt"], d);
+    assert!(line.contains("overlaps the input docs.txt"), "{line}");
+    let line = fails(&["prepare", "--input", "docs.txt", "--out", step], d);
+    assert!(line.contains("checkpoint directory"), "{line}");
+    let mut args = common::train_args(1, step, &[]);
+    args.truncate(5);
+    let line = fails(&common::strs(&args), d);
+    assert!(line.contains("checkpoint directory"), "{line}");
+    assert_eq!(
+        std::fs::read(d.join(step).join("model.safetensors")).unwrap(),
+        model,
+        "the checkpoint is untouched"
+    );
+}
+
+#[test]
+fn export_replaces_an_earlier_export_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    succeeds(&common::strs(&common::train_args(0, "run", &[])), d);
+    succeeds(&["export", "--checkpoint", "run", "--out", "hf"], d);
+    std::fs::write(d.join("hf/stale.txt"), "from before").unwrap();
+    succeeds(&["export", "--checkpoint", "run", "--out", "hf"], d);
+    assert!(d.join("hf/config.json").is_file());
+    assert!(!d.join("hf/stale.txt").exists(), "no stale file left");
+    std::fs::create_dir(d.join("mine")).unwrap();
+    std::fs::write(d.join("mine/notes.txt"), "keep").unwrap();
+    let line = fails(&["export", "--checkpoint", "run", "--out", "mine"], d);
+    assert!(
+        line.contains("mine") && line.contains("no export"),
+        "{line}"
+    );
+    assert!(d.join("mine/notes.txt").is_file());
+}

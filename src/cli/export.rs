@@ -14,7 +14,8 @@ use super::CheckpointArgs;
 pub struct ExportArgs {
     #[command(flatten)]
     from: CheckpointArgs,
-    /// Output directory (created if needed; files in it are replaced)
+    /// Output directory (created if needed; an earlier export there is replaced
+    /// whole; never a checkpoint or run directory)
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Precision of the weights written

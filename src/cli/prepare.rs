@@ -64,6 +64,8 @@ impl PrepareArgs {
 
 pub fn run(args: PrepareArgs) -> Result<()> {
     let options = args.options();
+    let inputs: Vec<&std::path::Path> = options.inputs.iter().map(|p| p.as_path()).collect();
+    hgpt::checkpoint::guard::check_output("--out", &options.out, &inputs)?;
     let report = prepare(&options, &progress_bar())?;
     eprintln!("{}", report.summary(&options.out));
     Ok(())

@@ -65,6 +65,7 @@ pub struct ExportOptions {
 /// Hugging Face directory `out`, with its model card. Returns a line for the user.
 pub fn export_checkpoint(checkpoint: &Path, out: &Path, opts: &ExportOptions) -> Result<String> {
     card::check_metadata(opts.license.as_deref(), &opts.datasets)?;
+    checkpoint::guard::check_output("--out", out, &[checkpoint])?;
     let ckpt = Checkpoint::open(checkpoint)?;
     let model = &ckpt.state.config.model;
     let params = ckpt.read_params()?;
@@ -74,31 +75,32 @@ pub fn export_checkpoint(checkpoint: &Path, out: &Path, opts: &ExportOptions) ->
         Some(_) => Some(checkpoint::tokenizer::load(&ckpt)?),
         None => None,
     };
-    match &tokenizer {
-        Some(tok) => export(out, model, &params, tok, dtype)?,
-        None => write_model(out, model, &params, dtype, None)?,
-    }
     let (train_loss, val_loss) = final_losses(&ckpt)?;
-    let name = out
-        .canonicalize()
+    let name = std::path::absolute(out)
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "hgpt model".to_string());
-    let text = card::model_card(&card::CardFacts {
-        name: &name,
-        config: &ckpt.state.config,
-        params: params.len(),
-        dtype,
-        step: ckpt.state.step,
-        train_loss,
-        val_loss,
-        tokenizer: tokenizer.as_ref(),
-        license: opts.license.as_deref(),
-        datasets: &opts.datasets,
-    });
-    let card_path = out.join(CARD_FILE);
-    std::fs::write(&card_path, text)
-        .with_context(|| format!("cannot write {}", card_path.display()))?;
+    write_fresh(out, |dir| {
+        match &tokenizer {
+            Some(tok) => export(dir, model, &params, tok, dtype)?,
+            None => write_model(dir, model, &params, dtype, None)?,
+        }
+        let text = card::model_card(&card::CardFacts {
+            name: &name,
+            config: &ckpt.state.config,
+            params: params.len(),
+            dtype,
+            step: ckpt.state.step,
+            train_loss,
+            val_loss,
+            tokenizer: tokenizer.as_ref(),
+            license: opts.license.as_deref(),
+            datasets: &opts.datasets,
+        });
+        let card_path = dir.join(CARD_FILE);
+        std::fs::write(&card_path, text)
+            .with_context(|| format!("cannot write {}", card_path.display()))
+    })?;
     let what = match tokenizer {
         Some(_) => format!("{} head", model.head),
         None => format!(
@@ -111,6 +113,47 @@ pub fn export_checkpoint(checkpoint: &Path, out: &Path, opts: &ExportOptions) ->
         ckpt.dir.display(),
         out.display()
     ))
+}
+
+/// Runs `write` into a fresh directory beside `out`, then puts that directory in
+/// `out`'s place: an earlier export there is replaced whole, never mixed with the
+/// new files. Refuses an `out` that holds files but no export.
+fn write_fresh(out: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let Some(name) = std::path::absolute(out)?.file_name().map(|n| n.to_owned()) else {
+        bail!("--out {}: names no directory", out.display());
+    };
+    let name = name.to_string_lossy();
+    if out.exists() {
+        let empty = std::fs::read_dir(out)
+            .with_context(|| format!("cannot read {}", out.display()))?
+            .next()
+            .is_none();
+        if !empty && !out.join(CONFIG_FILE).is_file() {
+            bail!(
+                "--out {}: holds files but no export ({CONFIG_FILE}); pick another --out",
+                out.display()
+            );
+        }
+    }
+    let parent = checkpoint::atomic::parent_dir(out);
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let pid = std::process::id();
+    let fresh = parent.join(format!(".tmp-export-{name}-{pid}"));
+    let old = parent.join(format!(".old-export-{name}-{pid}"));
+    let _ = std::fs::remove_dir_all(&fresh);
+    if let Err(e) = write(&fresh) {
+        let _ = std::fs::remove_dir_all(&fresh);
+        return Err(e);
+    }
+    if out.exists() {
+        std::fs::rename(out, &old)
+            .with_context(|| format!("cannot move aside {}", out.display()))?;
+    }
+    std::fs::rename(&fresh, out)
+        .with_context(|| format!("cannot rename {} to {}", fresh.display(), out.display()))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
 }
 
 /// A loss and the step it was logged at, when there is one.
@@ -144,6 +187,7 @@ fn final_losses(ckpt: &Checkpoint) -> Result<(LossAt, LossAt)> {
 /// (model and tokenizer; see [`checkpoint::save_model`]). Returns a line for the user.
 pub fn import_checkpoint(hf: &Path, out: &Path) -> Result<String> {
     // Before reading what may be gigabytes (save_model refuses it too).
+    checkpoint::guard::check_output("--out", out, &[hf])?;
     if out.exists() {
         bail!("{}: already exists; pick another --out", out.display());
     }

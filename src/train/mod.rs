@@ -217,6 +217,12 @@ fn start(
             out.display()
         );
     }
+    let data_dir = Path::new(&config.data.dir);
+    let inputs: Vec<&Path> = std::iter::once(data_dir)
+        .filter(|d| !d.as_os_str().is_empty())
+        .chain(init.map(|c| c.dir.as_path()))
+        .collect();
+    checkpoint::guard::check_output("--out", out, &inputs)?;
     let data = data::load(&DataSpec::of(config))?;
     let params = match init {
         Some(ckpt) => {
