@@ -23,15 +23,18 @@ fn corpus_text(dir: &Path, bytes: usize) -> String {
     text
 }
 
+/// `hgpt eval` of the run's checkpoint on text.txt, as JSON.
+const EVAL_JSON: &[&str] = &[
+    "eval",
+    "--checkpoint",
+    "run",
+    "--data",
+    "text.txt",
+    "--json",
+];
+
 fn eval_json(dir: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "eval",
-        "--checkpoint",
-        "run",
-        "--data",
-        "text.txt",
-        "--json",
-    ];
+    let mut args = EVAL_JSON.to_vec();
     args.extend(extra);
     serde_json::from_str(succeeds(&args, dir).trim()).unwrap()
 }
@@ -361,15 +364,8 @@ fn a_closed_stdout_ends_generate_and_eval_quietly() {
             "--seed",
             "1",
         ],
-        &[
-            "eval",
-            "--checkpoint",
-            "run",
-            "--data",
-            "text.txt",
-            "--json",
-        ],
-        &["eval", "--checkpoint", "run", "--data", "text.txt"],
+        EVAL_JSON,
+        &EVAL_JSON[..5],
     ];
     for args in commands {
         let (status, stderr) = with_stdout_closed(args, dir.path(), false);
