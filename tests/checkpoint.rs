@@ -383,6 +383,11 @@ fn divergence_stops_after_max_bad_steps_keeping_the_last_good_checkpoint() {
         .filter(|l| l.contains("\"skipped\":true"))
         .count();
     assert_eq!(skipped, 3, "{metrics}");
+    // A skipped step logs no training loss: null, never a finite number.
+    for line in metrics.lines().filter(|l| l.contains("\"skipped\":true")) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["train_loss"].is_null(), "{line}");
+    }
 }
 
 // ---- bad checkpoints: one line naming the file and the problem ----

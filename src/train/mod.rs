@@ -333,7 +333,7 @@ fn run_trainer<B: Backend>(
         if s.skipped {
             metrics.log_skipped(SkippedRecord {
                 step: tr.step,
-                train_loss: s.loss,
+                train_loss: None,
                 grad_norm: s.grad_norm,
                 skipped: true,
             })?;
