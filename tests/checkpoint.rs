@@ -390,6 +390,33 @@ fn divergence_stops_after_max_bad_steps_keeping_the_last_good_checkpoint() {
     }
 }
 
+#[test]
+fn a_run_ending_on_skipped_steps_fails_naming_them_and_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    // As above: step 1 is good (and checkpointed), steps 2 and 3 are non-finite,
+    // fewer than max_bad_steps.
+    let args = train_args(
+        3,
+        "run",
+        &[
+            "train.lr=1e30",
+            "train.min_lr=1e30",
+            "train.checkpoint_every=1",
+            "train.max_bad_steps=10",
+        ],
+    );
+    let out = hgpt(&strs(&args), dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("done"));
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("error: "), "{stderr}");
+    assert!(last.contains("steps 2 to 3"), "{stderr}");
+    assert!(last.contains("step_00000001"), "{stderr}");
+    let ckpt = Checkpoint::open(&dir.path().join("run")).unwrap();
+    assert_eq!(ckpt.state.step, 1, "no checkpoint after the bad steps");
+}
+
 // ---- bad checkpoints: one line naming the file and the problem ----
 
 /// A run with one checkpoint; returns (tempdir, its step directory).

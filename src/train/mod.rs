@@ -392,6 +392,7 @@ fn run_trainer<B: Backend>(
         m.head, m.n_layer, m.n_embd
     );
     plot::plot_losses(&plot_path, &title, &metrics.train, &metrics.eval)?;
+    guard.check_end(tr.step, last_checkpoint.as_deref())?;
     let elapsed_s = start.elapsed().as_secs_f64();
     let tokens = ((tr.step - first_step) * t.batch_size * t.seq_len * t.grad_accum) as f64;
     Ok(Summary {
