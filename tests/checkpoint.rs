@@ -568,3 +568,34 @@ fn missing_files_and_dangling_latest() {
         "{line}"
     );
 }
+
+#[test]
+fn a_second_process_on_a_locked_run_directory_fails_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    // Checkpoints every 20 steps, so that the resume below finds one.
+    let args = train_args(100_000_000, "run", &["train.checkpoint_every=20"]);
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_hgpt"))
+        .args(&args)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = dir.path().join("run/hgpt.lock");
+    let pid = first.id().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(&lock).map_or(true, |s| s.trim() != pid)
+        || Checkpoint::open_run(&dir.path().join("run")).is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "no lock file written");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = fails(&strs(&train_args(5, "run", &[])), dir.path());
+    let resumed = fails(&["train", "--resume", "run", "--steps", "5"], dir.path());
+    first.kill().unwrap();
+    first.wait().unwrap();
+    for line in [second, resumed] {
+        assert!(line.contains(&format!("pid {pid}")), "{line}");
+        assert!(line.contains("hgpt.lock"), "{line}");
+    }
+}

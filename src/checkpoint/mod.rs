@@ -18,6 +18,7 @@
 
 pub mod atomic;
 pub mod compat;
+pub mod lock;
 pub mod retention;
 pub mod state;
 pub mod tensors;

@@ -210,6 +210,7 @@ fn start(
     init: Option<&Checkpoint>,
     observer: &mut dyn TrainObserver,
 ) -> Result<Summary> {
+    let _lock = checkpoint::lock::acquire(out)?;
     if checkpoint::checkpoints_dir(out).exists() {
         bail!(
             "{} already holds checkpoints: continue it with `hgpt train --resume {}`, or pick another --out",
@@ -251,6 +252,12 @@ pub fn resume(
     device: DeviceChoice,
     observer: &mut dyn TrainObserver,
 ) -> Result<Summary> {
+    // A missing directory is not created (open_run names the problem).
+    let _lock = if run.is_dir() {
+        Some(checkpoint::lock::acquire(run)?)
+    } else {
+        None
+    };
     let ckpt = Checkpoint::open_run(run)?;
     let changes = compat::check_resume(&ckpt.state.config, config)?;
     let data = data::load(&DataSpec::of(config))?;
