@@ -599,3 +599,34 @@ fn a_second_process_on_a_locked_run_directory_fails_naming_the_holder() {
         assert!(line.contains("hgpt.lock"), "{line}");
     }
 }
+
+#[test]
+fn a_run_killed_during_its_first_checkpoint_write_is_started_over_by_out() {
+    let dir = tempfile::tempdir().unwrap();
+    // The state a kill -9 in the first checkpoint write leaves: the config, and a
+    // half-written temporary step directory, nothing committed.
+    succeeds(&strs(&train_args(0, "whole", &[])), dir.path());
+    let run = dir.path().join("run");
+    let tmp = run.join("checkpoints/.tmp-step_00000001");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::copy(
+        dir.path().join("whole/config.toml"),
+        run.join("config.toml"),
+    )
+    .unwrap();
+    std::fs::write(tmp.join("model.safetensors"), b"\x10\x00\x00half").unwrap();
+    assert!(Checkpoint::open_run(&run).is_err());
+    let line = fails(&["train", "--resume", "run", "--steps", "3"], dir.path());
+    assert!(
+        line.contains("--out run"),
+        "resume points to the way out: {line}"
+    );
+
+    let out = hgpt(&strs(&train_args(3, "run", &[])), dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("starting it over"), "{stderr}");
+    assert_eq!(Checkpoint::open_run(&run).unwrap().state.step, 3);
+    assert!(!tmp.exists(), "the half-written directory is gone");
+    assert_eq!(losses(&run).len(), 3);
+}

@@ -211,7 +211,18 @@ fn start(
     observer: &mut dyn TrainObserver,
 ) -> Result<Summary> {
     let _lock = checkpoint::lock::acquire(out)?;
-    if checkpoint::checkpoints_dir(out).exists() {
+    let ckpts = checkpoint::checkpoints_dir(out);
+    // A run killed while writing its first checkpoint has checkpoints/ but nothing
+    // committed in it: nothing to resume, so it is started over.
+    if ckpts.exists() && checkpoint::list(out)?.is_empty() {
+        std::fs::remove_dir_all(&ckpts)
+            .with_context(|| format!("cannot remove {}", ckpts.display()))?;
+        observer.note(&format!(
+            "note: {} holds no committed checkpoint (its first write was cut short); starting it over",
+            out.display()
+        ));
+    }
+    if ckpts.exists() {
         bail!(
             "{} already holds checkpoints: continue it with `hgpt train --resume {}`, or pick another --out",
             out.display(),
