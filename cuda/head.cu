@@ -2,7 +2,7 @@
 // are the reference). For a chunk of rows, D = H W^T arrives from a GEMM (fp32); per row
 // with |h|^2 = h_sq, |w_i|^2 = w_sq[i] and target y:
 //
-//   harmonic: s_i = max(h_sq + w_sq_i - 2 D_i, eps),  z_i = -(n/2) ln s_i
+//   harmonic: s_i = max(h_sq + w_sq_i - 2 D_i, eps) (NaN stays NaN),  z_i = -(n/2) ln s_i
 //   softmax:  z_i = D_i
 //   lse = logsumexp(z) (online: one running max and sum per thread, merged across the
 //   block);  loss = lse - z_y;  q_i = exp(z_i - lse) - [i = y]
@@ -52,7 +52,10 @@ extern "C" __global__ void head_rows(float* rows, __nv_bfloat16* g16, float* los
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
         float zi = z[i];
         if (harmonic) {
-            zi = -half_n * logf(fmaxf(hh + w_sq[i] - (zi + zi), eps));
+            // Not fmaxf, which would turn a NaN distance into eps (the CPU reference
+            // keeps NaN, so non-finite activations surface as a NaN loss).
+            const float si = hh + w_sq[i] - (zi + zi);
+            zi = -half_n * logf(si < eps ? eps : si);
             z[i] = zi;
         }
         lse_merge(m, s, zi, 1.0f);

@@ -77,7 +77,7 @@ impl Sampler {
 
 /// Generates up to `max_new` tokens after `prompt` (1 to block_size tokens),
 /// handing each to `on_token` as soon as it is picked, and stopping early after
-/// `stop`. Each token costs one cached decoding step; when the context reaches
+/// `stop`; an error if the logits are not finite. Each token costs one cached decoding step; when the context reaches
 /// block_size, the cache is rebuilt from the newest half of it, so rebuilds stay
 /// rare.
 pub fn generate<B: Backend>(
@@ -98,6 +98,13 @@ pub fn generate<B: Backend>(
     let mut logits = model.prefill(&mut cache, &context);
     let mut out = Vec::with_capacity(max_new);
     while out.len() < max_new {
+        // NaN would sort as the likeliest token (or poison every weight): refuse.
+        if let Some(bad) = logits.iter().find(|x| !x.is_finite()) {
+            bail!(
+                "the model's logits are not finite ({bad}) after {} tokens: its weights or activations hold NaN or infinity",
+                context.len()
+            );
+        }
         let token = sampler.next(&logits);
         out.push(token);
         on_token(token)?;

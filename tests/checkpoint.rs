@@ -383,6 +383,38 @@ fn divergence_stops_after_max_bad_steps_keeping_the_last_good_checkpoint() {
         .filter(|l| l.contains("\"skipped\":true"))
         .count();
     assert_eq!(skipped, 3, "{metrics}");
+    // A skipped step logs no training loss: null, never a finite number.
+    for line in metrics.lines().filter(|l| l.contains("\"skipped\":true")) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["train_loss"].is_null(), "{line}");
+    }
+}
+
+#[test]
+fn a_run_ending_on_skipped_steps_fails_naming_them_and_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    // As above: step 1 is good (and checkpointed), steps 2 and 3 are non-finite,
+    // fewer than max_bad_steps.
+    let args = train_args(
+        3,
+        "run",
+        &[
+            "train.lr=1e30",
+            "train.min_lr=1e30",
+            "train.checkpoint_every=1",
+            "train.max_bad_steps=10",
+        ],
+    );
+    let out = hgpt(&strs(&args), dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("done"));
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("error: "), "{stderr}");
+    assert!(last.contains("steps 2 to 3"), "{stderr}");
+    assert!(last.contains("step_00000001"), "{stderr}");
+    let ckpt = Checkpoint::open(&dir.path().join("run")).unwrap();
+    assert_eq!(ckpt.state.step, 1, "no checkpoint after the bad steps");
 }
 
 // ---- bad checkpoints: one line naming the file and the problem ----
@@ -535,4 +567,66 @@ fn missing_files_and_dangling_latest() {
         line.contains("latest") && line.contains("step_00000077"),
         "{line}"
     );
+}
+
+#[test]
+fn a_second_process_on_a_locked_run_directory_fails_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    // Checkpoints every 20 steps, so that the resume below finds one.
+    let args = train_args(100_000_000, "run", &["train.checkpoint_every=20"]);
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_hgpt"))
+        .args(&args)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = dir.path().join("run/hgpt.lock");
+    let pid = first.id().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(&lock).map_or(true, |s| s.trim() != pid)
+        || Checkpoint::open_run(&dir.path().join("run")).is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "no lock file written");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = fails(&strs(&train_args(5, "run", &[])), dir.path());
+    let resumed = fails(&["train", "--resume", "run", "--steps", "5"], dir.path());
+    first.kill().unwrap();
+    first.wait().unwrap();
+    for line in [second, resumed] {
+        assert!(line.contains(&format!("pid {pid}")), "{line}");
+        assert!(line.contains("hgpt.lock"), "{line}");
+    }
+}
+
+#[test]
+fn a_run_killed_during_its_first_checkpoint_write_is_started_over_by_out() {
+    let dir = tempfile::tempdir().unwrap();
+    // The state a kill -9 in the first checkpoint write leaves: the config, and a
+    // half-written temporary step directory, nothing committed.
+    succeeds(&strs(&train_args(0, "whole", &[])), dir.path());
+    let run = dir.path().join("run");
+    let tmp = run.join("checkpoints/.tmp-step_00000001");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::copy(
+        dir.path().join("whole/config.toml"),
+        run.join("config.toml"),
+    )
+    .unwrap();
+    std::fs::write(tmp.join("model.safetensors"), b"\x10\x00\x00half").unwrap();
+    assert!(Checkpoint::open_run(&run).is_err());
+    let line = fails(&["train", "--resume", "run", "--steps", "3"], dir.path());
+    assert!(
+        line.contains("--out run"),
+        "resume points to the way out: {line}"
+    );
+
+    let out = hgpt(&strs(&train_args(3, "run", &[])), dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("starting it over"), "{stderr}");
+    assert_eq!(Checkpoint::open_run(&run).unwrap().state.step, 3);
+    assert!(!tmp.exists(), "the half-written directory is gone");
+    assert_eq!(losses(&run).len(), 3);
 }

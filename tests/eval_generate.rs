@@ -377,3 +377,52 @@ fn a_closed_stdout_ends_generate_and_eval_quietly() {
     let (status, _) = with_stdout_closed(commands[0], dir.path(), true);
     assert_eq!(status.code(), Some(0));
 }
+
+/// A copy of run's checkpoint with every weight NaN, as checkpoint `nan`.
+fn nan_checkpoint(dir: &Path) {
+    let ckpt = hgpt::checkpoint::Checkpoint::open_run(&dir.join("run")).unwrap();
+    let params = vec![f32::NAN; ckpt.read_params().unwrap().len()];
+    let tokenizer = hgpt::checkpoint::tokenizer::load(&ckpt).unwrap();
+    hgpt::checkpoint::save_model(&dir.join("nan"), &ckpt.state.config, &params, &tokenizer)
+        .unwrap();
+}
+
+#[test]
+fn a_model_with_nan_weights_scores_nan_and_does_not_generate() {
+    for head in ["harmonic", "softmax"] {
+        let dir = tempfile::tempdir().unwrap();
+        let set = format!("model.head={head}");
+        succeeds(&strs(&train_args(0, "run", &[&set])), dir.path());
+        corpus_text(dir.path(), 500);
+        nan_checkpoint(dir.path());
+        let args = ["eval", "--checkpoint", "nan", "--data", "text.txt"];
+        let json: serde_json::Value =
+            serde_json::from_str(succeeds(&[&args[..], &["--json"]].concat(), dir.path()).trim())
+                .unwrap();
+        assert!(json["loss"].is_null(), "{head}: {json}");
+        assert!(json["perplexity"].is_null(), "{head}: {json}");
+        let line = succeeds(&args, dir.path());
+        assert!(line.starts_with("loss NaN nats/token"), "{head}: {line}");
+
+        let out = hgpt(
+            &[
+                "generate",
+                "--checkpoint",
+                "nan",
+                "--prompt",
+                "the",
+                "--seed",
+                "1",
+            ],
+            dir.path(),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{head}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let last = stderr.lines().last().unwrap();
+        assert!(
+            last.starts_with("error: ") && last.contains("not finite"),
+            "{head}: {stderr}"
+        );
+    }
+}

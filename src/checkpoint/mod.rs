@@ -19,6 +19,7 @@
 pub mod atomic;
 pub mod compat;
 pub mod guard;
+pub mod lock;
 pub mod retention;
 pub mod state;
 pub mod tensors;
@@ -104,7 +105,11 @@ pub fn latest(run: &Path) -> Result<PathBuf> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => list(run)?
             .pop_last()
             .map(|(_, dir)| dir)
-            .ok_or_else(|| anyhow!("{}: no checkpoint in this run", run.display())),
+            .ok_or_else(|| anyhow!(
+                "{}: no committed checkpoint in this run (its first write was cut short); start it over with `hgpt train --out {}`",
+                run.display(),
+                run.display()
+            )),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", pointer.display())),
     }
 }

@@ -4,7 +4,7 @@
 //! centres w_i:
 //!
 //! ```text
-//! s_i = max(|h|^2 + |w_i|^2 - 2 h.w_i, eps)     squared distance
+//! s_i = max(|h|^2 + |w_i|^2 - 2 h.w_i, eps)     squared distance (NaN stays NaN)
 //! z_i = -(n/2) ln s_i                            harmonic logit, p = softmax(z)
 //! g_i = dL/ds_i = -(n/2) q_i / s_i               q = p - onehot(y); 0 where clamped
 //! dL/dh   = 2 (h sum_i g_i - sum_i g_i w_i)
@@ -39,7 +39,10 @@ pub fn logits_from_dots<F: Float>(kind: HeadKind, dots: &mut [F], h_sq: F, w_sq:
         let half_n = F::from(exponent).unwrap() / F::from(2.0).unwrap();
         let eps = F::from(eps).unwrap();
         for (d, &ww) in dots.iter_mut().zip(w_sq) {
-            let s = (h_sq + ww - (*d + *d)).max(eps);
+            // Not Float::max, which would turn a NaN distance into eps (a model whose
+            // activations are NaN would then score exactly ln V).
+            let s = h_sq + ww - (*d + *d);
+            let s = if s < eps { eps } else { s };
             *d = -half_n * s.ln();
         }
     }

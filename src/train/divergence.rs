@@ -42,6 +42,20 @@ impl DivergenceGuard {
         Ok(warning)
     }
 
+    /// An error when the run ended (at `step`) on skipped steps: no checkpoint
+    /// holds them, so the run did not finish; names the steps and the last good
+    /// checkpoint.
+    pub fn check_end(&self, step: usize, last_checkpoint: Option<&Path>) -> Result<()> {
+        if self.streak > 0 {
+            bail!(
+                "training did not finish: steps {} to {step} had a non-finite loss or gradient norm (updates skipped), so no checkpoint was written after them; last good checkpoint: {}",
+                step + 1 - self.streak,
+                last_checkpoint.map_or("none".into(), |p| p.display().to_string())
+            );
+        }
+        Ok(())
+    }
+
     /// No skipped step since the last good one: the state is fit to checkpoint.
     pub fn is_clear(&self) -> bool {
         self.streak == 0

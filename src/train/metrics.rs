@@ -25,11 +25,13 @@ pub struct EvalRecord {
 }
 
 /// A step whose update the divergence guard skipped (non-finite values are
-/// written as null).
+/// written as null). Its train_loss is always null: a loss that came with a
+/// non-finite gradient norm belongs to no trained model, so no reader may mistake
+/// it for one.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct SkippedRecord {
     pub step: usize,
-    pub train_loss: f64,
+    pub train_loss: Option<f64>,
     pub grad_norm: f64,
     pub skipped: bool,
 }

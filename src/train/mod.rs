@@ -210,7 +210,19 @@ fn start(
     init: Option<&Checkpoint>,
     observer: &mut dyn TrainObserver,
 ) -> Result<Summary> {
-    if checkpoint::checkpoints_dir(out).exists() {
+    let _lock = checkpoint::lock::acquire(out)?;
+    let ckpts = checkpoint::checkpoints_dir(out);
+    // A run killed while writing its first checkpoint has checkpoints/ but nothing
+    // committed in it: nothing to resume, so it is started over.
+    if ckpts.exists() && checkpoint::list(out)?.is_empty() {
+        std::fs::remove_dir_all(&ckpts)
+            .with_context(|| format!("cannot remove {}", ckpts.display()))?;
+        observer.note(&format!(
+            "note: {} holds no committed checkpoint (its first write was cut short); starting it over",
+            out.display()
+        ));
+    }
+    if ckpts.exists() {
         bail!(
             "{} already holds checkpoints: continue it with `hgpt train --resume {}`, or pick another --out",
             out.display(),
@@ -257,6 +269,12 @@ pub fn resume(
     device: DeviceChoice,
     observer: &mut dyn TrainObserver,
 ) -> Result<Summary> {
+    // A missing directory is not created (open_run names the problem).
+    let _lock = if run.is_dir() {
+        Some(checkpoint::lock::acquire(run)?)
+    } else {
+        None
+    };
     let ckpt = Checkpoint::open_run(run)?;
     let changes = compat::check_resume(&ckpt.state.config, config)?;
     let data = data::load(&DataSpec::of(config))?;
@@ -339,7 +357,7 @@ fn run_trainer<B: Backend>(
         if s.skipped {
             metrics.log_skipped(SkippedRecord {
                 step: tr.step,
-                train_loss: s.loss,
+                train_loss: None,
                 grad_norm: s.grad_norm,
                 skipped: true,
             })?;
@@ -398,6 +416,7 @@ fn run_trainer<B: Backend>(
         m.head, m.n_layer, m.n_embd
     );
     plot::plot_losses(&plot_path, &title, &metrics.train, &metrics.eval)?;
+    guard.check_end(tr.step, last_checkpoint.as_deref())?;
     let elapsed_s = start.elapsed().as_secs_f64();
     let tokens = ((tr.step - first_step) * t.batch_size * t.seq_len * t.grad_accum) as f64;
     Ok(Summary {

@@ -228,6 +228,23 @@ static bool check_add_scaled(int rows, int c, bool bf16, int blocks, emu::Order 
     return report(e < 1e-6 && out.intact(), what, order, errs);
 }
 
+// Rows whose hidden state is NaN (|h|^2 and the dots NaN, as a NaN weight makes them):
+// the harmonic loss must be NaN, not ln V (a clamp to eps would make every s equal).
+static bool check_nan_rows(const Rows& r, emu::Order order) {
+    Buffer<float> rows((size_t)r.N * r.V, NAN), losses(r.N, 0.0f), h_sq(r.N, NAN),
+        w_sq = device(r.w_sq);
+    Buffer<unsigned> targets = device(r.y);
+    launch(dim3(r.N), 256, 0, order, [&] {
+        head_rows(rows.data(), nullptr, losses.data(), nullptr, h_sq.data(), w_sq.data(),
+                  targets.data(), r.V, 1, 4.0f, EPS, 1, 1.0f);
+    });
+    int finite = 0;
+    for (int n = 0; n < r.N; n++) finite += !isnan(losses[n]);
+    char errs[64];
+    snprintf(errs, sizeof errs, "%d of %d losses not NaN", finite, r.N);
+    return report(finite == 0, "head_rows harmonic NaN rows", order, errs);
+}
+
 int main() {
     int failures = 0;
     const Rows small = make_rows(257), mid = make_rows(1000), large = make_rows(50257);
@@ -241,6 +258,7 @@ int main() {
             }
         failures += !check_rows(small, false, 0, 2, true, order);
         failures += !check_rows(small, true, 8, 2, true, order);
+        failures += !check_nan_rows(small, order);
         failures += !check_sq_norms(13, 100, false, order);
         failures += !check_sq_norms(13, 100, true, order);
         failures += !check_add_scaled(13, 100, false, 6, order);
