@@ -8,10 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
-use super::{STATE_FILE, checkpoints_dir};
-
-/// The run's config file, which marks a run directory together with checkpoints/.
-const RUN_CONFIG_FILE: &str = "config.toml";
+use super::{RUN_CONFIG_FILE, STATE_FILE, checkpoints_dir};
 
 /// `path` made absolute and canonical: its nearest existing ancestor canonicalized,
 /// with the rest of the path appended.

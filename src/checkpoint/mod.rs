@@ -40,6 +40,9 @@ use tensors::{Slot, TensorFile};
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "state.json";
+/// `RUN/config.toml`, the run's resolved config; with `checkpoints/` it marks a run
+/// directory.
+pub const RUN_CONFIG_FILE: &str = "config.toml";
 /// The file in `RUN/checkpoints/` naming the newest complete checkpoint.
 pub const LATEST_FILE: &str = "latest";
 const TMP_PREFIX: &str = ".tmp-";

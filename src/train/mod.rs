@@ -302,7 +302,7 @@ pub fn resume(
 }
 
 fn write_config(config: &Config, out: &Path) -> Result<()> {
-    let path = out.join("config.toml");
+    let path = out.join(checkpoint::RUN_CONFIG_FILE);
     std::fs::write(&path, config.to_toml())
         .with_context(|| format!("cannot write {}", path.display()))
 }
