@@ -12,8 +12,9 @@ them and prepares a small corpus, then checks with transformers that:
 - loading a harmonic export as a plain GPT2LMHeadModel is flagged by
   transformers and gives wrong logits, and the model card's first lines say so;
 - AutoModel loads the harmonic trunk (feature extraction);
-- AutoTokenizer loads the export's and prepare's tokenizers without remote code,
-  with the same special-token roles, a pad token, and a literal <|endoftext|>
+- AutoTokenizer loads the export's and prepare's tokenizers without remote code
+  (and, with no trust_remote_code argument, in a script without waiting on the
+  question transformers asks an interactive session), with the same special-token roles, a pad token, and a literal <|endoftext|>
   encoded as text, as hgpt encodes it;
 - config.json names the weights' dtype under `dtype`;
 - tools/hf_check.py passes on a bf16 export within its stated bound.
@@ -252,6 +253,24 @@ class Tokenizers(unittest.TestCase):
         eot = tok.convert_tokens_to_ids(EOT)
         self.assertNotIn(eot, tok(text)["input_ids"])
         self.assertEqual(tok.decode(tok(text)["input_ids"]), text)
+
+    def test_auto_tokenizer_without_the_flag_loads_in_a_script(self):
+        # transformers 5 reads config.json first and, for a harmonic export, asks an
+        # interactive session whether to run its code; a script is not held up.
+        code = (
+            "import sys; from transformers import AutoTokenizer; "
+            "print(AutoTokenizer.from_pretrained(sys.argv[1])('ab')['input_ids'])"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, path("hf_harmonic_tied")],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        # The question is printed without a newline, then the answer follows it.
+        self.assertTrue(done.stdout.strip().endswith("[97, 98]"), done.stdout)
 
     def test_batches_pad_with_the_end_of_text_token(self):
         tok = self.tokenizer("hf_harmonic_tied")
