@@ -178,6 +178,12 @@ impl CudaBackend {
     }
 
     /// The GPU's compute capability major version (9 for H100 and H200).
+    /// The stream every op of this backend runs on (a collective library queues its
+    /// work there, after the ops that produced its operands).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
     pub fn cc_major(&self) -> i32 {
         self.cc_major
     }
