@@ -391,3 +391,49 @@ fn a_thread_rank_allocates_exactly_the_plan_with_sharded_moments() {
     // Rank 0 holds the largest shard, as the plan assumes.
     assert_eq!(held.lock().unwrap()[0], want, "{sharded:#?}");
 }
+
+#[test]
+fn nccl_is_loaded_at_run_time_and_its_absence_is_one_line_naming_it() {
+    // SAFETY: the probe only dlopens and closes candidate file names.
+    let present = unsafe { cudarc::nccl::sys::is_culib_present() };
+    match hgpt::dist::nccl::unique_id() {
+        Ok(id) => assert!(id.iter().any(|&b| b != 0), "an empty unique id"),
+        Err(e) => {
+            let line = format!("{e:#}");
+            assert!(!present, "libnccl.so.2 loads, yet: {line}");
+            assert!(!line.contains('\n'), "{line}");
+            assert!(
+                line.starts_with("libnccl.so.2 (NCCL) not found: "),
+                "{line}"
+            );
+            assert!(
+                line.contains("LD_LIBRARY_PATH") && line.contains("nvidia-nccl-cu13"),
+                "{line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn memory_with_gpus_shards_the_moments_per_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = |gpus: &str| {
+        let out = succeeds(&["memory", "--gpus", gpus, "--json"], dir.path());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["plans"][1].clone()
+    };
+    let moments = |plan: &serde_json::Value| {
+        let items = plan["items"].as_array().unwrap();
+        let m = items
+            .iter()
+            .find(|i| i["what"].as_str().unwrap().starts_with("AdamW"));
+        m.unwrap()["bytes"].as_u64().unwrap()
+    };
+    let (one, three) = (plans("1"), plans("3"));
+    let params = one["params"].as_u64().unwrap();
+    assert_eq!(moments(&one), 8 * params);
+    assert_eq!(moments(&three), 8 * params.div_ceil(3));
+    assert_eq!(three["gpus"], 3);
+    let saved = one["total_bytes"].as_u64().unwrap() - three["total_bytes"].as_u64().unwrap();
+    assert_eq!(saved, 8 * params - 8 * params.div_ceil(3));
+}

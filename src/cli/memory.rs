@@ -53,7 +53,7 @@ pub fn run(args: MemoryArgs) -> Result<()> {
 fn table(r: &MemoryReport) -> String {
     let (cpu, gpu) = (&r.plans[0], &r.plans[1]);
     let mut s = format!(
-        "memory plan of one training step: micro-batch {} x {} tokens = {} tokens, {:.2}M parameters\n\n",
+        "memory plan of one training step: micro-batch {} x {} tokens = {} tokens, {:.2}M parameters\n",
         cpu.micro_batch,
         cpu.seq_len,
         cpu.micro_batch * cpu.seq_len,
@@ -65,6 +65,7 @@ fn table(r: &MemoryReport) -> String {
             cpu.gpus
         );
     }
+    s += "\n";
     s += &format!("{:<52} {:>12} {:>24}\n", "GiB", cpu.device, gpu.device);
     // Every item of either plan, in order of first appearance.
     let mut names: Vec<&str> = cpu.items.iter().map(|i| i.what.as_str()).collect();
