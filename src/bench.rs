@@ -132,7 +132,7 @@ pub fn run(req: &BenchRequest, observer: &mut dyn Observer) -> Result<BenchRepor
     let steps = req.config.train.max_steps;
     let mut tr = Trainer::new(req.config, backend, data)?;
     for _ in 0..req.warmup {
-        tr.train_step();
+        tr.train_step()?;
     }
     let be = &tr.model.backend;
     // Only the timed steps are profiled (where the backend profiles at all: the CPU,
@@ -141,7 +141,7 @@ pub fn run(req: &BenchRequest, observer: &mut dyn Observer) -> Result<BenchRepor
     be.start_profile();
     let t0 = Instant::now();
     for _ in 0..steps {
-        tr.train_step();
+        tr.train_step()?;
     }
     let be = &tr.model.backend;
     be.synchronize();
@@ -244,7 +244,7 @@ impl Timing<'_> {
         let tokens_per_s = (tokens_per_step * steps) as f64 / self.seconds;
         let flops_per_token = flops_per_token(config, self.params);
         let model_tflops = flops_per_token * tokens_per_s / 1e12;
-        let planned = memory::plan(config, t.batch_size, self.target);
+        let planned = memory::plan(config, t.batch_size, self.target, 1);
         // The plan counts the CPU head's host scratch, which the backend's counter
         // does not see; compare like with like.
         let planned_bytes = match self.target {

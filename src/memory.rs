@@ -7,6 +7,10 @@
 //! plan against the CPU backend's allocation counter, and (on a GPU) against the
 //! CUDA backend's slots and peak. `hgpt memory` prints it (src/cli/memory.rs).
 //!
+//! Data parallel over N GPUs (ZeRO-1) shards the AdamW moments: each GPU holds
+//! those of its shard, the largest of `dist::shards(params, N)`; everything else
+//! is held whole on every GPU.
+//!
 //! Two totals: with the head as it runs (chunks of positions, never B x T x V at
 //! once), and without chunking, as a naive head would hold it: the full fp32 logits
 //! [B, T, V] and their gradient in place of the chunk.
@@ -28,6 +32,8 @@ pub struct Item {
 #[derive(Clone, Debug, Serialize)]
 pub struct MemoryPlan {
     pub device: String,
+    /// Data-parallel ranks the optimizer state is sharded over (1: not sharded).
+    pub gpus: usize,
     pub micro_batch: usize,
     pub seq_len: usize,
     pub params: usize,
@@ -56,8 +62,9 @@ fn label(item: &ScratchItem) -> &'static str {
     }
 }
 
-/// The plan of one training step of `config` at micro-batch `b` on `target`.
-pub fn plan(config: &Config, b: usize, target: Target) -> MemoryPlan {
+/// The plan of one training step of `config` at micro-batch `b` on `target`, per
+/// rank of `gpus` data-parallel ranks.
+pub fn plan(config: &Config, b: usize, target: Target, gpus: usize) -> MemoryPlan {
     let m = &config.model;
     let t = config.train.seq_len;
     let (n, v) = (b * t, m.vocab_size);
@@ -71,7 +78,13 @@ pub fn plan(config: &Config, b: usize, target: Target) -> MemoryPlan {
     let mut items = vec![
         item("parameters (fp32)", 4 * params),
         item("gradients (fp32)", 4 * params),
-        item("AdamW moments m, v (fp32)", 8 * params),
+        match gpus {
+            1 => item("AdamW moments m, v (fp32)", 8 * params),
+            _ => item(
+                &format!("AdamW moments m, v (fp32), a 1/{gpus} shard"),
+                8 * crate::dist::shards(params, gpus)[0].len(),
+            ),
+        },
         item(
             &format!(
                 "activations of {} layers, without attention state",
@@ -124,6 +137,7 @@ pub fn plan(config: &Config, b: usize, target: Target) -> MemoryPlan {
     let unchunked_head_bytes = 2 * 4 * n * v;
     MemoryPlan {
         device,
+        gpus,
         micro_batch: b,
         seq_len: t,
         params,
@@ -135,16 +149,17 @@ pub fn plan(config: &Config, b: usize, target: Target) -> MemoryPlan {
     }
 }
 
-/// The largest micro-batch whose plan fits in `capacity` bytes (with the chunked
-/// head, or without), or 0 if not even one sequence does.
+/// The largest micro-batch whose plan (per rank of `gpus`) fits in `capacity`
+/// bytes (with the chunked head, or without), or 0 if not even one sequence does.
 pub fn largest_micro_batch(
     config: &Config,
     target: Target,
     capacity: usize,
     chunked: bool,
+    gpus: usize,
 ) -> usize {
     let fits = |b: usize| {
-        let p = plan(config, b, target);
+        let p = plan(config, b, target, gpus);
         let bytes = if chunked {
             p.total_bytes
         } else {
@@ -198,13 +213,17 @@ pub struct Fit {
 }
 
 /// The plans of `config` at micro-batch `b` on the CPU and on an sm_90 GPU in the
-/// config's precision, and the largest micro-batch fitting each of `gpu_gib`.
-pub fn report(config: &Config, b: usize, gpu_gib: &[f64]) -> MemoryReport {
+/// config's precision, per rank of `gpus` data-parallel ranks, and the largest
+/// micro-batch fitting each of `gpu_gib`.
+pub fn report(config: &Config, b: usize, gpu_gib: &[f64], gpus: usize) -> MemoryReport {
     let gpu = Target::Cuda {
         precision: gpu_precision(config.train.precision),
         cc_major: 9,
     };
-    let plans = vec![plan(config, b, Target::Cpu), plan(config, b, gpu)];
+    let plans = vec![
+        plan(config, b, Target::Cpu, gpus),
+        plan(config, b, gpu, gpus),
+    ];
     let fits = gpu_gib
         .iter()
         .map(|&g| {
@@ -212,8 +231,10 @@ pub fn report(config: &Config, b: usize, gpu_gib: &[f64]) -> MemoryReport {
             Fit {
                 gpu_gib: g,
                 device: plans[1].device.clone(),
-                largest_micro_batch: largest_micro_batch(config, gpu, capacity, true),
-                largest_micro_batch_unchunked: largest_micro_batch(config, gpu, capacity, false),
+                largest_micro_batch: largest_micro_batch(config, gpu, capacity, true, gpus),
+                largest_micro_batch_unchunked: largest_micro_batch(
+                    config, gpu, capacity, false, gpus,
+                ),
             }
         })
         .collect();

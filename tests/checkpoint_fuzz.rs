@@ -50,9 +50,9 @@ fn pristine() -> &'static Pristine {
         .fold(Config::tiny(), |c, s| c.with_override(s).unwrap());
         let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
         let mut tr = Trainer::new(&config, CpuBackend::<f32>::new(), data).unwrap();
-        tr.train_step();
+        tr.train_step().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let step = checkpoint::save(dir.path(), &tr.snapshot()).unwrap();
+        let step = checkpoint::save(dir.path(), &tr.snapshot().unwrap()).unwrap();
         let files = FILES
             .iter()
             .map(|f| std::fs::read(step.join(f)).unwrap())

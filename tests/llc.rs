@@ -434,7 +434,7 @@ fn gpt_estimate_runs_on_the_training_loss_and_restores_weights() {
     let data = hgpt::data::load(&hgpt::data::DataSpec::of(&config)).unwrap();
     let mut tr = Trainer::new(&config, CpuBackend::<f32>::new(), data).unwrap();
     for _ in 0..20 {
-        tr.train_step();
+        tr.train_step().unwrap();
     }
     let mut model: Gpt<CpuBackend> = tr.model;
     let before = model.read_params();

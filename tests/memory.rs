@@ -36,10 +36,10 @@ fn cpu_training_step_allocates_exactly_the_plan() {
         let config = small(sets);
         let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
         let mut tr = Trainer::new(&config, CpuBackend::<f32>::new(), data).unwrap();
-        tr.train_step();
+        tr.train_step().unwrap();
         tr.evaluate();
-        tr.train_step();
-        let planned = plan(&config, config.train.batch_size, Target::Cpu);
+        tr.train_step().unwrap();
+        let planned = plan(&config, config.train.batch_size, Target::Cpu, 1);
         let held = tr.model.backend.peak_memory_bytes();
         assert_eq!(
             held,
@@ -57,7 +57,7 @@ fn unchunked_plan_swaps_the_head_chunk_for_two_full_logit_tensors() {
         cc_major: 9,
     };
     for target in [Target::Cpu, gpu] {
-        let p = plan(&config, 4, target);
+        let p = plan(&config, 4, target, 1);
         let (n, v) = (4 * 32, 300);
         assert_eq!(p.unchunked_head_bytes, 2 * 4 * n * v);
         assert_eq!(
@@ -84,7 +84,7 @@ fn the_chunked_head_holds_far_less_than_full_logits_at_124m() {
         precision: GpuPrecision::Bf16,
         cc_major: 9,
     };
-    let p = plan(&config, 64, gpu);
+    let p = plan(&config, 64, gpu, 1);
     let rows = (1 << 26) / 50304;
     assert_eq!(
         p.head_chunk_bytes,
@@ -103,7 +103,7 @@ fn largest_micro_batch_is_the_edge_of_what_fits() {
     };
     for chunked in [true, false] {
         let total = |b: usize| {
-            let p = plan(&config, b, gpu);
+            let p = plan(&config, b, gpu, 1);
             if chunked {
                 p.total_bytes
             } else {
@@ -111,10 +111,13 @@ fn largest_micro_batch_is_the_edge_of_what_fits() {
             }
         };
         for capacity in [total(1), total(7) + 1, total(100) - 1, 1 << 30] {
-            let b = largest_micro_batch(&config, gpu, capacity, chunked);
+            let b = largest_micro_batch(&config, gpu, capacity, chunked, 1);
             assert!(b >= 1 && total(b) <= capacity, "{capacity}: {b}");
             assert!(total(b + 1) > capacity, "{capacity}: {b} + 1 fits too");
         }
-        assert_eq!(largest_micro_batch(&config, gpu, total(1) - 1, chunked), 0);
+        assert_eq!(
+            largest_micro_batch(&config, gpu, total(1) - 1, chunked, 1),
+            0
+        );
     }
 }

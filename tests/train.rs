@@ -25,7 +25,7 @@ fn overfits_one_batch() {
         let batch = ds.train.next_batch();
         let mut model = Gpt::new(CpuBackend::<f32>::new(), &config.model);
         model.init(1);
-        let mut opt = Optimizer::new(&model);
+        let mut opt = Optimizer::new(&model, 0..model.num_params());
         let mut loss = f64::NAN;
         for _ in 0..300 {
             model.zero_grads();
@@ -47,7 +47,7 @@ fn overfits_one_batch() {
 fn losses(config: &Config, steps: usize) -> Vec<f64> {
     let data = data::builtin(&data::DataSpec::of(config)).unwrap();
     let mut tr = Trainer::new(config, CpuBackend::<f32>::new(), data).unwrap();
-    (0..steps).map(|_| tr.train_step().loss).collect()
+    (0..steps).map(|_| tr.train_step().unwrap().loss).collect()
 }
 
 #[test]

@@ -72,6 +72,10 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).fill(dst, value)
     }
 
+    fn device_ptr(&self, span: Span, written: bool) -> Option<u64> {
+        (**self).device_ptr(span, written)
+    }
+
     fn copy(&self, dst: Span, src: Span) {
         (**self).copy(dst, src)
     }

@@ -175,6 +175,13 @@ pub trait Backend {
     fn write_tokens(&self, dst: TokenSpan, src: &[u32]);
     fn fill(&self, dst: Span, value: f32);
     fn copy(&self, dst: Span, src: Span);
+    /// The device address of `span`'s first float, for a collective library that
+    /// reads and writes device memory itself (NCCL, on the backend's stream); None
+    /// for a backend whose buffers are host memory. `written`: the caller will write
+    /// there (a backend keeping derived copies of the buffer marks them stale).
+    fn device_ptr(&self, _span: Span, _written: bool) -> Option<u64> {
+        None
+    }
 
     // ---- reductions (results come back to the host) ----
     /// Mean of the span's values, summed in f64 in a fixed order.

@@ -18,6 +18,11 @@ pub struct MemoryArgs {
     /// 80GB's 79.65 and an H200's 140.4, as nvidia-smi reports them)
     #[arg(long, value_name = "GIB", value_delimiter = ',')]
     gpu_memory: Vec<f64>,
+    /// Data-parallel GPUs: the plan per GPU, with the AdamW moments sharded over N
+    /// (ZeRO-1)
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    gpus: u64,
     /// Print one JSON object instead of a table
     #[arg(long)]
     json: bool,
@@ -35,7 +40,7 @@ pub fn run(args: MemoryArgs) -> Result<()> {
         bail!("--gpu-memory {g}: must be a positive number of GiB");
     }
     let batch = micro_batch.unwrap_or(config.train.batch_size);
-    let report = hgpt::memory::report(&config, batch, &gpu_gib);
+    let report = hgpt::memory::report(&config, batch, &gpu_gib, args.gpus as usize);
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -48,12 +53,19 @@ pub fn run(args: MemoryArgs) -> Result<()> {
 fn table(r: &MemoryReport) -> String {
     let (cpu, gpu) = (&r.plans[0], &r.plans[1]);
     let mut s = format!(
-        "memory plan of one training step: micro-batch {} x {} tokens = {} tokens, {:.2}M parameters\n\n",
+        "memory plan of one training step: micro-batch {} x {} tokens = {} tokens, {:.2}M parameters\n",
         cpu.micro_batch,
         cpu.seq_len,
         cpu.micro_batch * cpu.seq_len,
         cpu.params as f64 / 1e6
     );
+    if cpu.gpus > 1 {
+        s += &format!(
+            "per rank of {} data-parallel ranks (ZeRO-1: optimizer moments sharded)\n",
+            cpu.gpus
+        );
+    }
+    s += "\n";
     s += &format!("{:<52} {:>12} {:>24}\n", "GiB", cpu.device, gpu.device);
     // Every item of either plan, in order of first appearance.
     let mut names: Vec<&str> = cpu.items.iter().map(|i| i.what.as_str()).collect();

@@ -5,14 +5,16 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use hgpt::backend::DeviceChoice;
 use hgpt::checkpoint::Checkpoint;
+use hgpt::config::Config;
 use hgpt::observe::Observer;
 use hgpt::train::metrics::{EvalRecord, TrainRecord};
-use hgpt::train::{Summary, TrainObserver};
+use hgpt::train::{Job, Summary, TrainObserver};
 
 use super::{ConfigArgs, DeviceArgs};
 
@@ -35,29 +37,41 @@ pub struct TrainArgs {
     /// checkpoint's, with any --config/--set/--steps/--data change but to the model
     #[arg(long, value_name = "CHECKPOINT", conflicts_with = "resume")]
     init: Option<PathBuf>,
+    /// Data-parallel ranks: the global batch is train.batch_size x train.grad_accum
+    /// x N. On the CPU backend the N ranks are threads of this process
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ranks: u64,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
     hgpt::train::signals::install()?;
     let mut view = TrainView::default();
-    let device = args.device.device;
-    let summary = if let Some(run) = &args.resume {
+    let (device, ranks) = (args.device.device, args.ranks as usize);
+    if ranks > 1 && device != DeviceChoice::Cpu {
+        bail!(
+            "--ranks {ranks} runs thread-ranks on --device cpu; on GPUs start one process per GPU with a launcher (see README, Data parallel)"
+        );
+    }
+    let out;
+    let (job, config) = if let Some(run) = &args.resume {
         let saved = Checkpoint::open_run(run)?.state.config;
-        let config = args.config.load_or(saved)?;
-        hgpt::train::resume(run, &config, device, &mut view)?
+        (Job::Resume { run }, args.config.load_or(saved)?)
     } else {
-        let out = args.out.unwrap_or_else(|| {
+        out = args.out.clone().unwrap_or_else(|| {
             let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
             PathBuf::from("runs").join(format!("{}-{stamp}", args.config.name()))
         });
-        match &args.init {
-            Some(init) => {
-                let saved = Checkpoint::open(init)?.state.config;
-                let config = args.config.load_or(saved)?;
-                hgpt::train::fine_tune(init, &config, &out, device, &mut view)?
-            }
-            None => hgpt::train::run(&args.config.load()?, &out, device, &mut view)?,
-        }
+        let init = args.init.as_deref();
+        let config: Config = match init {
+            Some(init) => args.config.load_or(Checkpoint::open(init)?.state.config)?,
+            None => args.config.load()?,
+        };
+        (Job::New { out: &out, init }, config)
+    };
+    let summary = match ranks {
+        1 => hgpt::train::run_job(job, &config, device, &mut view)?,
+        _ => hgpt::train::run_threads(job, &config, ranks, &mut view)?,
     };
     print_summary(&summary);
     Ok(())

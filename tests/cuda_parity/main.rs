@@ -17,7 +17,9 @@
 //!   the parameters equal a fresh backend's conversion;
 //! - `memory`: the memory plan (src/memory.rs) against the backend's slots and peak;
 //! - `training`: a small model's loss and every gradient, and 50 training steps
-//!   tracking the CPU loss curve.
+//!   tracking the CPU loss curve;
+//! - `nccl`: 20 data-parallel steps through NCCL at world size 1 against the
+//!   single-process run.
 //!
 //! Errors are relative, by norm, per tensor: below 1e-4 in fp32 mode and 2e-2 in bf16
 //! mode (the training curve: 1e-3 and 5e-2 per step). Checks within a test collect
@@ -28,6 +30,7 @@ mod fused;
 mod harness;
 mod head;
 mod memory;
+mod nccl;
 mod ops;
 mod shadow;
 mod training;

@@ -21,6 +21,8 @@ pub enum Lib {
     Driver,
     Nvrtc,
     CublasLt,
+    /// NCCL, for data-parallel training (src/dist/nccl.rs).
+    Nccl,
 }
 
 impl Lib {
@@ -30,6 +32,7 @@ impl Lib {
             Lib::Driver => "libcuda.so.1",
             Lib::Nvrtc => "libnvrtc.so.13",
             Lib::CublasLt => "libcublasLt.so.13",
+            Lib::Nccl => "libnccl.so.2",
         }
     }
 
@@ -38,6 +41,7 @@ impl Lib {
             Lib::Driver => "the NVIDIA driver",
             Lib::Nvrtc => "NVRTC, CUDA 13",
             Lib::CublasLt => "cuBLASLt, CUDA 13",
+            Lib::Nccl => "NCCL",
         }
     }
 
@@ -55,6 +59,10 @@ impl Lib {
                 "set CUDA_HOME to a CUDA 13 toolkit, add its lib directory to LD_LIBRARY_PATH, \
                  or `pip install --target ~/.cache/hgpt/cuda-pip \"nvidia-cublas==13.*\"`"
             }
+            Lib::Nccl => {
+                "add the directory holding libnccl.so.2 to LD_LIBRARY_PATH, or \
+                 `pip install --target ~/.cache/hgpt/cuda-pip nvidia-nccl-cu13`"
+            }
         }
     }
 
@@ -66,6 +74,7 @@ impl Lib {
                 Lib::Driver => cudarc::driver::sys::is_culib_present(),
                 Lib::Nvrtc => cudarc::nvrtc::sys::is_culib_present(),
                 Lib::CublasLt => cudarc::cublaslt::sys::is_culib_present(),
+                Lib::Nccl => cudarc::nccl::sys::is_culib_present(),
             }
         }
     }
@@ -207,7 +216,7 @@ const DRIVER_DIRS: [&str; 2] = ["/usr/local/nvidia/lib64", "/usr/local/nvidia/li
 fn candidate_dirs(lib: Lib, toolkit_dirs: Vec<PathBuf>) -> Vec<PathBuf> {
     let driver = match lib {
         Lib::Driver => DRIVER_DIRS.map(PathBuf::from).to_vec(),
-        Lib::Nvrtc | Lib::CublasLt => Vec::new(),
+        Lib::Nvrtc | Lib::CublasLt | Lib::Nccl => Vec::new(),
     };
     driver
         .into_iter()
@@ -216,9 +225,27 @@ fn candidate_dirs(lib: Lib, toolkit_dirs: Vec<PathBuf>) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The existing directories of `candidate_dirs`.
+/// The existing directories of `candidate_dirs`; for NCCL also pip's nvidia/nccl/lib
+/// (nvidia-nccl-cu13) beside each nvidia/cu13 root and in the pip targets hgpt knows.
 fn search_dirs(lib: Lib) -> Vec<PathBuf> {
-    let mut dirs = candidate_dirs(lib, lib_dirs());
+    let mut toolkit = lib_dirs();
+    if lib == Lib::Nccl {
+        let pip = cuda_roots()
+            .into_iter()
+            .filter(|r| r.ends_with("nvidia/cu13"));
+        toolkit.extend(pip.filter_map(|r| Some(r.parent()?.join("nccl/lib"))));
+        let targets = [
+            std::env::var_os("HGPT_CUDA_PIP").map(PathBuf::from),
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hgpt/cuda-pip")),
+        ];
+        toolkit.extend(
+            targets
+                .into_iter()
+                .flatten()
+                .map(|t| t.join("nvidia/nccl/lib")),
+        );
+    }
+    let mut dirs = candidate_dirs(lib, toolkit);
     dirs.retain(|d| d.is_dir());
     dirs
 }

@@ -56,7 +56,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaStream, result as drv};
 
@@ -137,8 +137,18 @@ impl CudaBackend {
     /// Opens GPU 0: checks every library, compiles (or loads cached) kernels for its
     /// architecture and sets up cuBLASLt.
     pub fn new(precision: GpuPrecision) -> Result<CudaBackend> {
-        device_count()?;
-        let ctx = CudaContext::new(0).map_err(|e| anyhow!("cannot open CUDA device 0: {e}"))?;
+        CudaBackend::on_device(precision, 0)
+    }
+
+    /// Opens GPU `ordinal` (a data-parallel rank's local rank) as [`CudaBackend::new`]
+    /// opens GPU 0.
+    pub fn on_device(precision: GpuPrecision, ordinal: usize) -> Result<CudaBackend> {
+        let count = device_count()?;
+        if ordinal >= count {
+            bail!("no CUDA device {ordinal}: {count} visible");
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| anyhow!("cannot open CUDA device {ordinal}: {e}"))?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| anyhow!("cannot query the GPU: {e}"))?;
@@ -178,6 +188,12 @@ impl CudaBackend {
     }
 
     /// The GPU's compute capability major version (9 for H100 and H200).
+    /// The stream every op of this backend runs on (a collective library queues its
+    /// work there, after the ops that produced its operands).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
     pub fn cc_major(&self) -> i32 {
         self.cc_major
     }

@@ -83,6 +83,14 @@ impl Backend for CudaBackend {
         memory::copy(self, dst, src)
     }
 
+    fn device_ptr(&self, span: Span, written: bool) -> Option<u64> {
+        let ptr = self.ptr(span);
+        if written {
+            self.written(ptr);
+        }
+        Some(ptr)
+    }
+
     fn mean(&self, src: Span) -> f64 {
         reduce::mean(self, src)
     }
