@@ -48,7 +48,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     hgpt::train::signals::install()?;
     let mut view = TrainView::default();
     let (device, ranks) = (args.device.device, args.ranks as usize);
-    if ranks > 1 && device != DeviceChoice::Cpu {
+    // Without a GPU, `auto` is the CPU, whose ranks are threads of this process.
+    let on_cpu = device == DeviceChoice::Cpu
+        || (device == DeviceChoice::Auto && hgpt::backend::cuda::device_count().is_err());
+    if ranks > 1 && !on_cpu {
         bail!(
             "--ranks {ranks} runs thread-ranks on --device cpu; on GPUs start one process per GPU with a launcher (see README, Data parallel)"
         );
