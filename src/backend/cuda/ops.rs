@@ -4,12 +4,12 @@
 //! Every op goes through `CudaBackend::op`, which first runs any queued AdamW updates
 //! (they may touch what the op reads or writes) and times the op when profiling.
 
+use std::collections::BTreeMap;
+
 use super::{
     CudaBackend, GpuPrecision, attention, elementwise, encoder, head, layernorm, linear, memory,
     reduce, update,
 };
-use std::collections::BTreeMap;
-
 use crate::backend::cost;
 use crate::backend::{
     AdamW, AttnShape, Backend, Gelu, HeadGrads, Linear, Mat, Norm, Normed, OpStats, SgldStep, Span,
