@@ -32,6 +32,13 @@ static bool report(bool ok, const char* what, int blocks, emu::Order order, doub
     return ok;
 }
 
+static bool report_same(bool same, const char* what) {
+    printf("%s %s: %s bits in every block order x thread order\n", same ? "ok  " : "FAIL", what,
+           same ? "the same" : "DIFFERENT");
+    fflush(stdout);
+    return same;
+}
+
 template <class G>
 static bool compare(const char* what, int blocks, emu::Order order,
                     const std::vector<double>& want, const Buffer<G>& got) {
@@ -97,8 +104,7 @@ static bool check_encoder(int C, int blocks, emu::Order order) {
     return compare("encoder forward", blocks, order, want_out, out) &
            compare(what, distinct, order, want_dwte, dwte) &
            compare("encoder backward_wpe", wpe_blocks, order, want_dwpe, dwpe) &
-           report(same, "encoder backward: same bits in every block and thread order", 0,
-                  order, 0);
+           report_same(same, what);
 }
 
 static bool check_pointwise(long long n, int blocks, emu::Order order) {
@@ -210,8 +216,7 @@ static bool check_matmul(int rows, int cols, int parts, int blocks, emu::Order o
              cols, splits, parts);
     return compare("matmul bias_broadcast", blocks, order, want_out, out) &
            compare(what, (cols + 31) / 32 * splits, order, want_dst, dst) &
-           report(same, "matmul column sums: same bits in every block and thread order", 0,
-                  order, 0);
+           report_same(same, what);
 }
 
 int main() {

@@ -32,7 +32,9 @@
 // What this cannot check: timing and performance; the hardware's own mma layout (only
 // our reading of the PTX manual, the same one the kernel was written from); memory
 // ordering beyond barrier order (a thread's writes are seen at once by all others);
-// races between blocks (blocks run one after another, so atomics are plain adds); and
+// races between blocks (blocks run one after another, so atomics are plain adds, though
+// `emu::block_order` runs them reversed or shuffled, so that sums that depend on the
+// order blocks finish in show up as different bits: `same_bits_in_every_order`); and
 // device-only limits such as shared memory size, registers and alignment faults. Math
 // functions are the host's (expf, logf, ...), a few ulps from CUDA's.
 //
