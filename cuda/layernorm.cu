@@ -11,15 +11,19 @@
 // Launch: one warp per row, blocks of 256 threads (8 rows). The forward kernels take
 // vec4 = 1 when C % 4 == 0 and every pointer is 16-byte aligned: each lane then moves
 // float4s. The variance is two-pass (mean first, then squares about it), as on the CPU.
-// The backward grid is capped (grid-stride over rows); each block sums its rows' dw, db
-// in shared memory (2*C floats of dynamic shared memory) and adds them to global memory
-// once.
+// The backward runs a block per LN_BACKWARD_ROWS rows (ceil(N / 32) blocks): its warps
+// write dinp row by row, then each thread sums a column's dy xhat and dy over the
+// block's rows in row order into part[block, 0:C) and part[block, C:2C); the host adds
+// those partials into dw, db with matmul.cu's column sums. Deterministic: no atomics,
+// every sum in an order fixed by N and C alone.
 //
 // Byte floor per row, fp32: forward reads x and writes out, 8C bytes; the fused kernel
 // reads a and b_in and writes residual and out, 16C bytes, against 20C for residual_add
 // then forward (the extra reads of x in the second and third pass hit L1/L2: a row of
 // GPT-2 124M is 3 KiB). The fused kernel at B*T = 64K rows, C = 768: 0.81 GB, 0.24 ms on
 // an H100 (3.35 TB/s), 0.17 ms on an H200 (4.8 TB/s).
+
+#define LN_BACKWARD_ROWS 32
 
 // One warp normalises the row x[0, C), W floats per access.
 template <int W>
@@ -100,16 +104,14 @@ extern "C" __global__ void residual_layernorm_forward(float* residual, float* ou
                                   row, C, eps);
 }
 
-extern "C" __global__ void layernorm_backward(float* dinp, float* dw, float* db,
-                                              const float* dout, const float* inp,
-                                              const float* w, const float* mean,
-                                              const float* rstd, int N, int C) {
-    extern __shared__ float acc[];  // [0, C): dw partial, [C, 2C): db partial
-    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) acc[i] = 0.0f;
-    __syncthreads();
+extern "C" __global__ void layernorm_backward(float* dinp, float* part, const float* dout,
+                                              const float* inp, const float* w,
+                                              const float* mean, const float* rstd, int N,
+                                              int C) {
+    const long long r0 = (long long)blockIdx.x * LN_BACKWARD_ROWS;
+    const long long r1 = r0 + LN_BACKWARD_ROWS < N ? r0 + LN_BACKWARD_ROWS : N;
     const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    for (long long row = (long long)blockIdx.x * warps + threadIdx.x / 32; row < N;
-         row += (long long)gridDim.x * warps) {
+    for (long long row = r0 + threadIdx.x / 32; row < r1; row += warps) {
         const float* dy = dout + row * C;
         const float* x = inp + row * C;
         const float mu = mean[row], rs = rstd[row];
@@ -124,13 +126,19 @@ extern "C" __global__ void layernorm_backward(float* dinp, float* dw, float* db,
         for (int i = lane; i < C; i += 32) {
             const float xhat = (x[i] - mu) * rs;
             dx[i] += rs * (dy[i] * w[i] - m1 - xhat * m2);
-            atomicAdd(&acc[i], dy[i] * xhat);
-            atomicAdd(&acc[C + i], dy[i]);
         }
     }
-    __syncthreads();
+    // The block's rows again, now a column per thread, rows in order (from L2: the block
+    // has just read them).
+    float* out = part + (long long)blockIdx.x * 2 * C;
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
-        atomicAdd(&dw[i], acc[i]);
-        atomicAdd(&db[i], acc[C + i]);
+        float sw = 0.0f, sb = 0.0f;
+        for (long long row = r0; row < r1; row++) {
+            const float dy = dout[row * C + i];
+            sw += dy * ((inp[row * C + i] - mean[row]) * rstd[row]);
+            sb += dy;
+        }
+        out[i] = sw;
+        out[C + i] = sb;
     }
 }

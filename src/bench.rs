@@ -7,8 +7,14 @@
 //! 989 TFLOP/s (H100 SXM dense bf16) unless `--peak-tflops` says otherwise (fp32
 //! runs use the measured GEMM peak), on the CPU the GEMM peak measured here on one
 //! large square product. Memory: the most the backend held at once, beside what
-//! the memory plan (src/memory.rs) predicts. On the CPU every op is timed too (per-op
-//! GFLOP/s); on the GPU that would need a sync per op, so it is not.
+//! the memory plan (src/memory.rs) predicts.
+//!
+//! The per-op profile (always on the CPU, whose ops return finished; with `profile`
+//! on the GPU, which records CUDA events around each op and reads them once at the
+//! end): each op's time per step, its share of the step, and what it achieved against
+//! its floor (src/backend/cost.rs): FLOPs over the measured GEMM peak or its fewest
+//! bytes over the measured copy bandwidth, whichever is longer. Both ceilings are
+//! measured in the same run, after the timed steps.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -31,9 +37,18 @@ pub const H100_BF16_TFLOPS: f64 = 989.0;
 pub struct OpReport {
     pub calls: u64,
     pub ms_per_step: f64,
+    /// Of the step's wall time.
     pub share: f64,
     /// Achieved GFLOP/s where the op's FLOPs are counted (GEMMs, attention, head).
     pub gflops: Option<f64>,
+    /// Achieved GB/s over the op's fewest bytes.
+    pub gbps: f64,
+    /// The op's floor per step, ms: the longer of FLOPs / GEMM peak and bytes / copy
+    /// bandwidth; `bound` says which ("compute" or "memory").
+    pub floor_ms: f64,
+    pub bound: &'static str,
+    /// floor_ms / ms_per_step: 1 at the floor.
+    pub of_floor: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -62,8 +77,14 @@ pub struct BenchReport {
     /// on all threads; GPU: 4096^3 through cuBLASLt in the run's precision, bf16 mode
     /// converting the activation operand as the model's matmuls do).
     pub gemm_peak_tflops: f64,
-    /// All matmul forward/backward FLOPs over their time (CPU only: per-op timing).
+    /// All matmul forward/backward FLOPs over their time (where ops were profiled).
     pub matmul_tflops: Option<f64>,
+    /// Best of a few device-to-device copies (read + write bytes over time): the
+    /// memory-bound ops' ceiling.
+    pub copy_gbps: f64,
+    /// The step's share spent outside the profiled ops (host work, GPU idle between
+    /// launches); absent when ops were not profiled.
+    pub outside_ops_share: Option<f64>,
     /// Most bytes the backend held at once (GPU: device memory, workspace and
     /// scratch included; CPU: its buffers, without op-internal host scratch).
     pub peak_memory_mib: f64,
@@ -103,6 +124,25 @@ pub fn gemm_peak_gflops(be: &dyn Backend, n: usize, reps: usize) -> f64 {
     2.0 * (n * n * n) as f64 / best / 1e9
 }
 
+/// GB/s of a device-to-device copy of `n` floats (read and write bytes over time), best
+/// of `reps`.
+pub fn copy_gbps(be: &dyn Backend, n: usize, reps: usize) -> f64 {
+    let (a, b) = (be.alloc(n), be.alloc(n));
+    be.fill(a, 0.5);
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        be.synchronize();
+        let t0 = Instant::now();
+        be.copy(b, a);
+        be.synchronize();
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    for s in [a, b] {
+        be.free(s);
+    }
+    8.0 * n as f64 / best / 1e9
+}
+
 /// What to run: `config.train.max_steps` timed steps after `warmup` untimed ones.
 pub struct BenchRequest<'a> {
     pub config: &'a Config,
@@ -110,6 +150,8 @@ pub struct BenchRequest<'a> {
     pub device: DeviceChoice,
     /// The MFU denominator; None: the default for the device.
     pub peak_tflops: Option<f64>,
+    /// Profile every op on the GPU too (CUDA events); the CPU always profiles.
+    pub profile: bool,
 }
 
 /// Runs the benchmark on the chosen device (which `observer` hears of).
@@ -135,10 +177,11 @@ pub fn run(req: &BenchRequest, observer: &mut dyn Observer) -> Result<BenchRepor
         tr.train_step()?;
     }
     let be = &tr.model.backend;
-    // Only the timed steps are profiled (where the backend profiles at all: the CPU,
-    // whose bookkeeping is a few map updates per op, nothing beside the ops' time).
+    // Only the timed steps are profiled.
     be.synchronize();
-    be.start_profile();
+    if req.profile || be.target() == Target::Cpu {
+        be.start_profile();
+    }
     let t0 = Instant::now();
     for _ in 0..steps {
         tr.train_step()?;
@@ -156,6 +199,7 @@ pub fn run(req: &BenchRequest, observer: &mut dyn Observer) -> Result<BenchRepor
         Target::Cuda { .. } => 4096,
     };
     let gemm_peak_tflops = gemm_peak_gflops(be.as_ref(), gemm_n, 5) / 1e3;
+    let copy_gbps = copy_gbps(be.as_ref(), gemm_n * gemm_n * 4, 5);
     let (peak_tflops, peak_source) = match (req.peak_tflops, target) {
         (Some(p), _) => (p, "--peak-tflops".to_string()),
         (None, Target::Cpu) => (gemm_peak_tflops, "measured f32 GEMM peak".into()),
@@ -174,7 +218,13 @@ pub fn run(req: &BenchRequest, observer: &mut dyn Observer) -> Result<BenchRepor
             },
         ) => (gemm_peak_tflops, "measured fp32 GEMM peak".into()),
     };
-    let ops = op_reports(&profile, steps);
+    let ceilings = Ceilings {
+        flops_per_s: gemm_peak_tflops * 1e12,
+        bytes_per_s: copy_gbps * 1e9,
+    };
+    let ops = op_reports(&profile, steps, seconds, ceilings);
+    let outside_ops_share =
+        (!ops.is_empty()).then(|| (1.0 - ops.values().map(|o| o.share).sum::<f64>()).max(0.0));
     let (mm_flops, mm_time) = profile
         .iter()
         .filter(|(k, _)| k.starts_with("matmul"))
@@ -189,28 +239,48 @@ pub fn run(req: &BenchRequest, observer: &mut dyn Observer) -> Result<BenchRepor
         peak_tflops,
         peak_source,
         gemm_peak_tflops,
+        copy_gbps,
         peak_memory_bytes,
         epilogue_fallbacks,
         target,
     };
-    Ok(timing.report(be.describe(), matmul_tflops, ops))
+    Ok(timing.report(be.describe(), matmul_tflops, outside_ops_share, ops))
 }
 
-/// Each profiled op's calls, time per step, share of all ops' time and GFLOP/s.
+/// What the ops' floors are measured against.
+#[derive(Clone, Copy)]
+struct Ceilings {
+    flops_per_s: f64,
+    bytes_per_s: f64,
+}
+
+/// Each profiled op's calls, time per step, share of the steps' `seconds`, GFLOP/s,
+/// GB/s and floor.
 fn op_reports(
     profile: &BTreeMap<&'static str, OpStats>,
     steps: usize,
+    seconds: f64,
+    ceil: Ceilings,
 ) -> BTreeMap<String, OpReport> {
-    let op_time: f64 = profile.values().map(|s| s.time.as_secs_f64()).sum();
     profile
         .iter()
         .map(|(name, s)| {
-            let secs = s.time.as_secs_f64();
+            let secs = s.time.as_secs_f64().max(1e-12);
+            let (compute, memory) = (s.flops / ceil.flops_per_s, s.bytes / ceil.bytes_per_s);
+            let floor = compute.max(memory);
             let report = OpReport {
                 calls: s.calls,
                 ms_per_step: secs * 1e3 / steps as f64,
-                share: secs / op_time,
+                share: secs / seconds,
                 gflops: (s.flops > 0.0).then(|| s.flops / secs / 1e9),
+                gbps: s.bytes / secs / 1e9,
+                floor_ms: floor * 1e3 / steps as f64,
+                bound: if compute >= memory {
+                    "compute"
+                } else {
+                    "memory"
+                },
+                of_floor: floor / secs,
             };
             (name.to_string(), report)
         })
@@ -225,6 +295,7 @@ struct Timing<'a> {
     peak_tflops: f64,
     peak_source: String,
     gemm_peak_tflops: f64,
+    copy_gbps: f64,
     peak_memory_bytes: usize,
     epilogue_fallbacks: usize,
     target: Target,
@@ -235,6 +306,7 @@ impl Timing<'_> {
         self,
         device: String,
         matmul_tflops: Option<f64>,
+        outside_ops_share: Option<f64>,
         ops: BTreeMap<String, OpReport>,
     ) -> BenchReport {
         let config = self.req.config;
@@ -270,6 +342,8 @@ impl Timing<'_> {
             mfu: model_tflops / self.peak_tflops,
             gemm_peak_tflops: self.gemm_peak_tflops,
             matmul_tflops,
+            copy_gbps: self.copy_gbps,
+            outside_ops_share,
             peak_memory_mib: mib(self.peak_memory_bytes),
             planned_memory_mib: mib(planned_bytes),
             epilogue_fallbacks: self.epilogue_fallbacks,

@@ -57,6 +57,8 @@ fn label(item: &ScratchItem) -> &'static str {
         ScratchKind::GemmOperands => "GEMM bf16 operand copies",
         ScratchKind::Attention => "attention scratch",
         ScratchKind::Reductions => "reductions",
+        ScratchKind::GradReductions => "deterministic gradient sums",
+        ScratchKind::OptimizerTable => "AdamW tensor table",
         ScratchKind::WeightShadow => "bf16 weight shadow",
         ScratchKind::GemmWorkspace => "cuBLASLt workspace",
     }
@@ -68,7 +70,8 @@ pub fn plan(config: &Config, b: usize, target: Target, gpus: usize) -> MemoryPla
     let m = &config.model;
     let t = config.train.seq_len;
     let (n, v) = (b * t, m.vocab_size);
-    let params = ParamLayout::new(m).total;
+    let layout = ParamLayout::new(m);
+    let params = layout.total;
     let state_len = target.attention_state_len(b, t, m.n_head);
     let acts = ActivationFloats::new(m, b, t, state_len);
     let item = |what: &str, bytes: usize| Item {
@@ -105,6 +108,7 @@ pub fn plan(config: &Config, b: usize, target: Target, gpus: usize) -> MemoryPla
         v,
         harmonic: m.head == HeadChoice::Harmonic,
         params,
+        tensors: layout.tensors.len(),
     };
     // One line per label, in the order the labels first appear.
     let scratch = target.step_scratch(&shape);

@@ -245,6 +245,86 @@ fn bench_reports_throughput_mfu_and_memory_as_json() {
     assert_eq!(f("peak_memory_mib"), f("planned_memory_mib"));
 }
 
+/// `bench --profile` on the CPU: every op of the step in the table against its floor,
+/// the shares of the step (with the time outside the ops) summing to 1.
+#[test]
+fn bench_profile_times_every_op_against_its_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = |json: bool| {
+        let mut a = vec![
+            "bench",
+            "--device",
+            "cpu",
+            "--profile",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--micro-batch",
+            "2",
+            "--set",
+            "model.n_layer=1",
+            "--set",
+            "model.n_embd=32",
+        ];
+        if json {
+            a.push("--json");
+        }
+        a
+    };
+    let out = hgpt(&args(true), dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["copy_gbps"].as_f64().unwrap() > 0.0);
+    let ops = report["ops"].as_object().unwrap();
+    for op in [
+        "encoder_forward",
+        "encoder_backward",
+        "layernorm_forward",
+        "layernorm_backward",
+        "matmul_forward",
+        "matmul_backward",
+        "attention_forward",
+        "attention_backward",
+        "gelu_forward",
+        "gelu_backward",
+        "residual_add",
+        "head",
+        "adamw",
+    ] {
+        let o = &ops[op];
+        let f = |k: &str| o[k].as_f64().unwrap_or_else(|| panic!("{op}: no {k}"));
+        assert!(f("ms_per_step") > 0.0 && f("gbps") > 0.0, "{op}: {o}");
+        // The floor: the op's minimum over the measured ceilings, as a share of its time.
+        assert!(f("floor_ms") > 0.0, "{op}: {o}");
+        assert!((f("of_floor") - f("floor_ms") / f("ms_per_step")).abs() < 1e-9);
+        assert!(
+            o["bound"] == "compute" || o["bound"] == "memory",
+            "{op}: {o}"
+        );
+    }
+    assert!(ops["matmul_forward"]["gflops"].as_f64().unwrap() > 0.0);
+    assert_eq!(ops["adamw"]["bound"], "memory");
+    let shares: f64 = ops.values().map(|o| o["share"].as_f64().unwrap()).sum();
+    let outside = report["outside_ops_share"].as_f64().unwrap();
+    assert!(shares > 0.3 && shares <= 1.0 + 1e-6, "ops' shares {shares}");
+    assert!(
+        (shares + outside - 1.0).abs() < 1e-9,
+        "{shares} + {outside}"
+    );
+
+    let out = hgpt(&args(false), dir.path());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    for col in ["floor ms", "bound", "of floor", "GB/s", "(outside the ops)"] {
+        assert!(table.contains(col), "no {col} in the table:\n{table}");
+    }
+}
+
 #[test]
 fn bench_and_memory_errors_are_one_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,7 +2,7 @@
 # The staged GPU check: one bounded command on a machine with an NVIDIA GPU and the
 # binaries that tools/gpu_preflight.sh put in .devbin/ (no Rust needed there).
 #
-#   tools/gpu_check.sh [BUDGET_SECONDS]      (default 480; STAGES="0 1 2 3" to choose)
+#   tools/gpu_check.sh [BUDGET_SECONDS]      (default 480; STAGES="0 1 2 3 4" to choose)
 #
 # Stage 0, environment and smoke: OS, glibc, nvidia-smi, LD_LIBRARY_PATH, the CUDA
 #   libraries really loaded (LD_DEBUG=libs), toolkit and pip versions; then 3 steps of
@@ -14,20 +14,25 @@
 # Stage 2, GPT-2 124M: a 30-step training smoke (loss must fall), `hgpt bench`, and
 #   the LLC through CUDA against the CPU's estimate at one fixed step size (the CPU
 #   half is computed by the preflight and shipped in .devbin/llc-tiny).
-# Stage 3, reported apart (does not decide the exit status): determinism, two equal
-#   CUDA runs compared bit for bit.
+# Stage 3, determinism: two runs of the same 20 CUDA steps (bf16), losses, gradient
+#   norms and parameters compared bit for bit (no float atomics in any backward).
+# Stage 4, performance (reported apart: does not decide the exit status): GPT-2 124M,
+#   both heads, `hgpt bench --profile` against tools/torch_ref.py (torch.compile, its
+#   warm-up bounded: past TORCH_TIMEOUT, default 100 s, a head is redone in eager mode
+#   and marked so) through tools/bench_vs_torch.sh: the four rows, the two ratios and
+#   each head's ten longest ops against their floors, into the summary.
 #
 # Every step runs under `timeout --kill-after=10`, clipped to the budget left; no step
 # starts with under 20 s left. Runs, checkpoints and the kernel cache stay in /tmp.
 # The results folder ($OUT, else .devbin/gpu-check) gets three files only:
 # summary.txt (a line per step, written as it goes), logs.tgz (repacked after every
 # step, so a kill still returns the latest) and loaded-libs.txt. Exit status: the
-# number of failed steps in stages 0-2.
+# number of failed steps in stages 0-3.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 BUDGET=${1:-480}
-STAGES=${STAGES:-0 1 2 3}
+STAGES=${STAGES:-0 1 2 3 4}
 BIN=${HGPT_DEVBIN:-.devbin}
 RESULTS=${OUT:-$BIN/gpu-check}
 WORK=$(mktemp -d /tmp/hgpt-gpu.XXXXXX)
@@ -274,10 +279,24 @@ PY
     }
     export -f tensor_hash det
     run determinism 150 det
-    row "two 20-step bf16 runs: losses, norms, parameters $([ "$status" = PASS ] && echo identical || echo differ)"
+    row "two 20-step bf16 runs: losses, norms, parameters $([ "$status" = PASS ] && echo identical || echo differ)" counts
 fi
 
-say "total $((SECONDS - start))s; failed steps (stages 0-2): $failed"
+# ---------------------------------------------------------------- stage 4
+if [[ " $STAGES " == *" 4 "* ]]; then
+    PERF_ARGS=(--device cuda --config configs/gpt2-124m-harmonic.toml --micro-batch 16
+        --steps 10 --warmup 3 --set train.grad_accum=1
+        --set data.builtin_train_bytes=4000000 --set data.builtin_val_bytes=200000)
+    run perf-vs-torch 420 with HGPT="$BIN/hgpt" HGPT_ARGS=--profile OUT="$WORK/perf" \
+        TORCH_TIMEOUT="${TORCH_TIMEOUT:-100}" -- tools/bench_vs_torch.sh "${PERF_ARGS[@]}"
+    cp "$WORK"/perf/*.json "$WORK"/perf/*.mode "$LOGS/" 2>/dev/null
+    row "hgpt/torch $(grep -E '^hgpt/torch throughput' "$log" | sed 's/.*, //; s/ (target.*//' | paste -sd/ -)"
+    # The table itself: from the rows' header to the end of the report.
+    sed -n '/tokens\/s *ms\/step/,/^reports:/p' "$log" | grep -v '^reports:' | tee -a "$SUMMARY"
+    pack
+fi
+
+say "total $((SECONDS - start))s; failed steps (stages 0-3): $failed"
 pack
 echo; echo "== summary"; cat "$SUMMARY"
 exit "$failed"

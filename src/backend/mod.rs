@@ -15,6 +15,7 @@
 //! Spans passed as outputs must not overlap any other span of the same call.
 
 mod boxed;
+pub mod cost;
 pub mod cpu;
 pub mod cuda;
 pub mod device;
@@ -127,12 +128,24 @@ impl SgldStep {
     }
 }
 
-/// Wall time and floating-point work of one op, summed over a profile's calls.
+/// Time and floor (FLOPs, fewest bytes: see [`cost`]) of one op, summed over a
+/// profile's calls.
 #[derive(Clone, Debug, Default)]
 pub struct OpStats {
     pub calls: u64,
     pub time: Duration,
     pub flops: f64,
+    pub bytes: f64,
+}
+
+impl OpStats {
+    /// Counts one more call of `time` with floor `cost`.
+    pub fn add(&mut self, time: Duration, cost: cost::Cost) {
+        self.calls += 1;
+        self.time += time;
+        self.flops += cost.flops;
+        self.bytes += cost.bytes;
+    }
 }
 
 /// Shapes: N rows (B*T positions), C channels, OC output channels, V vocabulary, NH
@@ -154,7 +167,8 @@ pub trait Backend {
         0
     }
     /// Starts timing every op (for `hgpt bench`), where the backend can without
-    /// waiting on each op; the default cannot.
+    /// waiting on each op (the CPU's ops return finished; the GPU records events
+    /// around each); the default cannot.
     fn start_profile(&self) {}
     /// The per-op times and FLOPs since `start_profile`, by op name (empty when the
     /// backend does not profile).

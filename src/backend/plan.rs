@@ -14,8 +14,9 @@ pub struct StepShape {
     pub v: usize,
     /// The harmonic head (norms and corrections), or softmax.
     pub harmonic: bool,
-    /// Parameters of the model.
+    /// Parameters of the model, and the tensors they are stored as.
     pub params: usize,
+    pub tensors: usize,
 }
 
 /// What a piece of a backend's step memory is for.
@@ -32,6 +33,10 @@ pub enum ScratchKind {
     Attention,
     /// Partial sums of a reduction.
     Reductions,
+    /// Deterministic gradient sums' partials and the embedding backward's token buckets.
+    GradReductions,
+    /// The optimizer's table of tensors (one update launch for all of them).
+    OptimizerTable,
     /// bf16 copies of the weights, kept in step with them.
     WeightShadow,
     /// The GEMM library's workspace.

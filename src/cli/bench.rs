@@ -23,6 +23,9 @@ pub struct BenchArgs {
     /// the measured GEMM peak on the CPU and for fp32)
     #[arg(long, value_name = "X")]
     peak_tflops: Option<f64>,
+    /// Time every op of the step on the GPU too (CUDA events; the CPU always does)
+    #[arg(long)]
+    profile: bool,
     /// Print one JSON object instead of a table
     #[arg(long)]
     json: bool,
@@ -42,6 +45,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         warmup: args.warmup,
         device: args.device.device,
         peak_tflops: args.peak_tflops,
+        profile: args.profile,
     };
     let report = hgpt::bench::run(&request, &mut Stderr)?;
     if args.json {
@@ -52,15 +56,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The report as a table: the run, throughput, MFU, memory, and on the CPU
-/// every op.
+/// The report as a table: the run, throughput, MFU, memory, and where profiled every
+/// op, longest first, against its floor.
 fn table(r: &BenchReport) -> String {
     let mut s = format!(
         "device: {}\n{} head, {:.2}M parameters; {} x {} tokens x {} micro-batches = {} tokens/step; \
              {} warm-up + {} timed steps\n\
              throughput: {:.0} tokens/s, {:.1} ms/step\n\
              MFU: {:.1}% ({:.3} model TFLOP/s at {:.0} MFLOP/token, of {:.3} TFLOP/s: {})\n\
-             GEMM peak: {:.3} TFLOP/s",
+             GEMM peak: {:.3} TFLOP/s; copy bandwidth: {:.1} GB/s",
         r.device,
         r.head,
         r.params as f64 / 1e6,
@@ -78,6 +82,7 @@ fn table(r: &BenchReport) -> String {
         r.peak_tflops,
         r.peak_source,
         r.gemm_peak_tflops,
+        r.copy_gbps,
     );
     if let Some(mm) = r.matmul_tflops {
         s += &format!(
@@ -101,17 +106,32 @@ fn table(r: &BenchReport) -> String {
         return s;
     }
     s += &format!(
-        "{:<20} {:>8} {:>12} {:>7} {:>10}\n",
-        "op", "calls", "ms/step", "share", "GFLOP/s"
+        "{:<27} {:>6} {:>10} {:>6} {:>9} {:>8} {:>10} {:>7} {:>8}\n",
+        "op", "calls", "ms/step", "share", "GFLOP/s", "GB/s", "floor ms", "bound", "of floor"
     );
-    for (name, op) in &r.ops {
+    let mut ops: Vec<_> = r.ops.iter().collect();
+    ops.sort_by(|a, b| b.1.ms_per_step.total_cmp(&a.1.ms_per_step));
+    for (name, op) in ops {
         s += &format!(
-            "{:<20} {:>8} {:>12.2} {:>6.1}% {:>10}\n",
+            "{:<27} {:>6} {:>10.3} {:>5.1}% {:>9} {:>8.1} {:>10.3} {:>7} {:>7.1}%\n",
             name,
             op.calls,
             op.ms_per_step,
             100.0 * op.share,
-            op.gflops.map_or("-".into(), |g| format!("{g:.1}"))
+            op.gflops.map_or("-".into(), |g| format!("{g:.1}")),
+            op.gbps,
+            op.floor_ms,
+            op.bound,
+            100.0 * op.of_floor,
+        );
+    }
+    if let Some(outside) = r.outside_ops_share {
+        s += &format!(
+            "{:<27} {:>6} {:>10.3} {:>5.1}%\n",
+            "(outside the ops)",
+            "",
+            outside * r.ms_per_step,
+            100.0 * outside
         );
     }
     s

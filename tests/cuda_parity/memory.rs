@@ -32,6 +32,7 @@ fn training_step_holds_exactly_the_memory_plan() {
                 v: m.vocab_size,
                 harmonic: head == "harmonic",
                 params: tr.model.num_params(),
+                tensors: tr.model.layout.tensors.len(),
             };
             assert_eq!(
                 be.scratch_bytes(),

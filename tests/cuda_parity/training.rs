@@ -1,11 +1,13 @@
 //! A small model on both backends: the loss and every parameter gradient of one step,
-//! then 50 training steps whose GPU loss tracks the CPU's.
+//! then 50 training steps whose GPU loss tracks the CPU's; on the GPU alone, two runs
+//! of the same steps agree to the bit, and AdamW's one launch over many tensors
+//! matches one launch per tensor.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use hgpt::backend::GpuPrecision;
 use hgpt::backend::cpu::CpuBackend;
+use hgpt::backend::{AdamW, Backend, GpuPrecision};
 use hgpt::data;
 use hgpt::model::Gpt;
 use hgpt::train::Trainer;
@@ -75,5 +77,94 @@ fn fifty_training_steps_track_the_cpu_loss_curve() {
             "{mode:?}: 50 steps, GPU loss {first:.4} -> {last:.4}, worst step error {worst:.2e}"
         );
         assert!(last < first, "the GPU loss did not fall");
+    }
+}
+
+/// 20 training steps from the same start, twice: every loss and every parameter
+/// identical to the bit (no float atomics anywhere in the backward, so a resumed GPU
+/// run continues exactly as the CPU's does).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn two_runs_of_twenty_steps_agree_to_the_bit() {
+    for (mode, _) in MODES {
+        for head in ["harmonic", "softmax"] {
+            let config = small_config(head, true);
+            let run = || {
+                let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
+                let mut tr = Trainer::new(&config, open_gpu(mode), data).unwrap();
+                let losses: Vec<u64> = (0..20).map(|_| tr.train_step().loss.to_bits()).collect();
+                let params: Vec<u32> = tr.model.read_params().iter().map(|p| p.to_bits()).collect();
+                (losses, params)
+            };
+            let (first, second) = (run(), run());
+            let differ = first
+                .1
+                .iter()
+                .zip(&second.1)
+                .filter(|(a, b)| a != b)
+                .count();
+            println!(
+                "{mode:?} {head}: last loss {}, {differ} of {} parameters differ",
+                f64::from_bits(first.0[19]),
+                first.1.len()
+            );
+            assert_eq!(first.0, second.0, "{mode:?} {head}: the losses differ");
+            assert_eq!(differ, 0, "{mode:?} {head}: parameters differ");
+        }
+    }
+}
+
+/// AdamW over consecutive tensors runs as one launch over a table of tensors: the
+/// same bits as one launch per tensor (each update read back before the next).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn adamw_over_consecutive_tensors_matches_one_update_per_tensor() {
+    for (mode, _) in MODES {
+        let lens = [5, 300, 1, 697, 4096];
+        let n: usize = lens.iter().sum();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut values = |scale: f32| -> Vec<f32> {
+            (0..n)
+                .map(|_| scale * rng.random_range(-1.0..1.0))
+                .collect()
+        };
+        let (p, g, m) = (values(1.0), values(1.0), values(0.1));
+        let v: Vec<f32> = values(0.01).iter().map(|x| x.abs()).collect();
+        let run = |read_each: bool| {
+            let be = open_gpu(mode);
+            let spans = [&p, &g, &m, &v].map(|host| {
+                let s = be.alloc(n);
+                be.write(s, host);
+                s
+            });
+            let mut off = 0;
+            for (i, &len) in lens.iter().enumerate() {
+                let hp = AdamW {
+                    lr: 1e-2,
+                    beta1: 0.9,
+                    beta2: 0.95,
+                    eps: 1e-8,
+                    weight_decay: if i % 2 == 0 { 0.1 } else { 0.0 },
+                    step: 3,
+                    grad_scale: 0.5,
+                };
+                let [sp, sg, sm, sv] = spans.map(|s| s.slice(off, len));
+                be.adamw_update(sp, sg, sm, sv, hp);
+                if read_each {
+                    be.read(sp);
+                }
+                off += len;
+            }
+            [spans[0], spans[2], spans[3]].map(|s| be.read(s))
+        };
+        let (one, each) = (run(false), run(true));
+        for (what, (a, b)) in ["params", "m", "v"].iter().zip(one.iter().zip(&each)) {
+            let differ = a
+                .iter()
+                .zip(b)
+                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .count();
+            assert_eq!(differ, 0, "{mode:?}: {differ} values of {what} differ");
+        }
     }
 }

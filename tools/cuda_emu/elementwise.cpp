@@ -1,8 +1,10 @@
 // The small kernel families on the CPU emulator (emu.h) against an f64 reference:
-// encoder.cu (forward, backward into wte with repeated tokens, backward into wpe),
+// encoder.cu (forward, backward into wte by token buckets with repeated tokens, backward
+// into wpe),
 // gelu.cu, residual.cu, convert.cu (to_bf16 must round to nearest even, checked bit for
 // bit against a rounding worked out from the values) and matmul.cu's non-GEMM kernels
-// (bias_broadcast, column_sums_add on its 32 x 8 blocks). Launched as
+// (bias_broadcast, the column sums on 32 x 8 blocks); the backward sums must give the
+// same bits in every block and thread order (deterministic gradients). Launched as
 // src/backend/cuda/ launches them (launch_elems: ceil(n / 256) blocks of 256) and
 // on 2 blocks, so the grid-stride loops run. Prints one line per check; exits non-zero
 // if any fails.
@@ -30,6 +32,13 @@ static bool report(bool ok, const char* what, int blocks, emu::Order order, doub
     return ok;
 }
 
+static bool report_same(bool same, const char* what) {
+    printf("%s %s: %s bits in every block order x thread order\n", same ? "ok  " : "FAIL", what,
+           same ? "the same" : "DIFFERENT");
+    fflush(stdout);
+    return same;
+}
+
 template <class G>
 static bool compare(const char* what, int blocks, emu::Order order,
                     const std::vector<double>& want, const Buffer<G>& got) {
@@ -37,16 +46,31 @@ static bool compare(const char* what, int blocks, emu::Order order,
     return report(e < 1e-6 && got.intact(), what, blocks, order, e);
 }
 
-// B = 3, T = 5, C = 37, V = 4: every token repeats, so the atomics in dwte add up.
-static bool check_encoder(int blocks, emu::Order order) {
-    const int B = 3, T = 5, C = 37, V = 4, N = B * T;
-    Buffer<float> wte = uniform(V * C), wpe = uniform(T * C),
-                  dout = uniform(N * C), dwte = uniform(V * C),
-                  dwpe = uniform(T * C), out((size_t)N * C, NAN);
+// The host's bucket table (src/backend/cuda/encoder.rs `buckets`): positions sorted by
+// (token, position), then (token, start, count) per distinct token.
+static std::vector<unsigned> buckets(const Buffer<unsigned>& tok, int N) {
+    std::vector<unsigned> t(N);
+    for (int r = 0; r < N; r++) t[r] = r;
+    std::stable_sort(t.begin(), t.end(), [&](unsigned a, unsigned b) { return tok[a] < tok[b]; });
+    for (int s = 0, e; s < N; s = e) {
+        for (e = s; e < N && tok[t[e]] == tok[t[s]];) e++;
+        t.insert(t.end(), {tok[t[s]], (unsigned)s, (unsigned)(e - s)});
+    }
+    return t;
+}
+
+// B = 3, T = 5, V = 4: every token repeats, several times per warp's share of a bucket
+// (buckets up to 15 positions over 8 warps). C = 37 leaves most of a 256-channel tile
+// idle, C = 300 takes two tiles. The backward must add up the same bits whatever order
+// blocks and threads run in, and its launch geometry (the wpe grid) must not matter.
+static bool check_encoder(int C, int blocks, emu::Order order) {
+    const int B = 3, T = 5, V = 4, N = B * T;
+    Buffer<float> wte = uniform(V * C), wpe = uniform(T * C), dout = uniform(N * C),
+                  dwte0 = uniform(V * C), dwpe0 = uniform(T * C), out((size_t)N * C, NAN);
     Buffer<unsigned> tok(N, 0);
     for (int r = 0; r < N; r++) tok[r] = gen() % V;
-    std::vector<double> want_out((size_t)N * C), want_dwte(dwte.data(), dwte.data() + V * C),
-        want_dwpe(dwpe.data(), dwpe.data() + T * C);
+    std::vector<double> want_out((size_t)N * C), want_dwte(dwte0.data(), dwte0.data() + V * C),
+        want_dwpe(dwpe0.data(), dwpe0.data() + T * C);
     for (int r = 0; r < N; r++)
         for (int c = 0; c < C; c++) {
             want_out[(size_t)r * C + c] = (double)wte[tok[r] * C + c] + wpe[(r % T) * C + c];
@@ -55,14 +79,32 @@ static bool check_encoder(int blocks, emu::Order order) {
         }
     launch(dim3(blocks), 256, 0, order,
            [&] { encoder_forward(out.data(), tok.data(), wte.data(), wpe.data(), N, T, C); });
-    launch(dim3(blocks), 256, 0, order,
-           [&] { encoder_backward_wte(dwte.data(), dout.data(), tok.data(), N, C); });
-    const int wpe_blocks = std::min(blocks, (T * C + 255) / 256);
-    launch(dim3(wpe_blocks), 256, 0, order,
-           [&] { encoder_backward_wpe(dwpe.data(), dout.data(), B, T, C); });
+    const std::vector<unsigned> table = buckets(tok, N);
+    Buffer<unsigned> dtable(table.size(), 0);
+    std::copy(table.begin(), table.end(), dtable.data());
+    const unsigned distinct = (table.size() - N) / 3;
+    Buffer<float> dwte = dwte0, dwpe = dwpe0;
+    int wpe_blocks = 0;
+    const bool same = same_bits_in_every_order([&](emu::Order o) {
+        dwte = dwte0;
+        dwpe = dwpe0;
+        // The wpe grid varies between runs: 1 block that strides, up to one per 256.
+        wpe_blocks = 1 + gen() % ((T * C + 255) / 256);
+        launch(dim3(distinct, (C + 255) / 256), dim3(32, 8), 0, o, [&] {
+            encoder_backward_wte(dwte.data(), dout.data(), dtable.data() + N, dtable.data(), C);
+        });
+        launch(dim3(wpe_blocks), 256, 0, o,
+               [&] { encoder_backward_wpe(dwpe.data(), dout.data(), B, T, C); });
+        std::vector<float> bits(dwte.mem);
+        bits.insert(bits.end(), dwpe.mem.begin(), dwpe.mem.end());
+        return bits;
+    });
+    char what[80];
+    snprintf(what, sizeof what, "encoder backward_wte C=%d buckets=%u", C, distinct);
     return compare("encoder forward", blocks, order, want_out, out) &
-           compare("encoder backward_wte", blocks, order, want_dwte, dwte) &
-           compare("encoder backward_wpe", wpe_blocks, order, want_dwpe, dwpe);
+           compare(what, distinct, order, want_dwte, dwte) &
+           compare("encoder backward_wpe", wpe_blocks, order, want_dwpe, dwpe) &
+           report_same(same, what);
 }
 
 static bool check_pointwise(long long n, int blocks, emu::Order order) {
@@ -139,12 +181,15 @@ static bool check_to_bf16(int blocks, emu::Order order) {
     return ok;
 }
 
-// bias_broadcast as launch_elems; column_sums_add as linear.rs launches it: 32 x 8 blocks,
-// a column of blocks per 32 columns, ceil(rows / 512) row ranges (1 to 64).
-static bool check_matmul(int rows, int cols, int blocks, emu::Order order) {
+// bias_broadcast as launch_elems; the column sums as linear.rs launches them:
+// column_partials on 32 x 8 blocks, a column of blocks per 32 columns, ceil(rows / 512)
+// row ranges (1 to 64), then column_partials_add into `parts` destinations (LayerNorm's
+// dw, db take the two halves of 2C columns) on a varying grid. The sums must come out
+// the same bits in every block and thread order.
+static bool check_matmul(int rows, int cols, int parts, int blocks, emu::Order order) {
     Buffer<float> bias = uniform(cols), out((size_t)rows * cols, NAN), src = uniform(rows * cols),
-                  dst = uniform(cols);
-    std::vector<double> want_out((size_t)rows * cols), want_dst(dst.data(), dst.data() + cols);
+                  dst0 = uniform(cols);
+    std::vector<double> want_out((size_t)rows * cols), want_dst(dst0.data(), dst0.data() + cols);
     for (int r = 0; r < rows; r++)
         for (int j = 0; j < cols; j++) {
             want_out[(size_t)r * cols + j] = bias[j];
@@ -153,13 +198,25 @@ static bool check_matmul(int rows, int cols, int blocks, emu::Order order) {
     launch(dim3(blocks), 256, 0, order,
            [&] { bias_broadcast(out.data(), bias.data(), rows, cols); });
     const unsigned splits = std::clamp((rows + 511) / 512, 1, 64);
-    launch(dim3((cols + 31) / 32, splits), dim3(32, 8), 0, order,
-           [&] { column_sums_add(dst.data(), src.data(), rows, cols); });
-    char what[64];
-    snprintf(what, sizeof what, "matmul column_sums_add rows=%d cols=%d splits=%u", rows, cols,
-             splits);
+    const int w = cols / parts;
+    Buffer<float> dst = dst0;
+    const bool same = same_bits_in_every_order([&](emu::Order o) {
+        dst = dst0;
+        Buffer<float> part((size_t)splits * cols, NAN);
+        launch(dim3((cols + 31) / 32, splits), dim3(32, 8), 0, o,
+               [&] { column_partials(part.data(), src.data(), rows, cols); });
+        for (int k = 0; k < parts; k++)
+            launch(dim3(1 + gen() % ((w + 255) / 256)), 256, 0, o, [&] {
+                column_partials_add(dst.data() + k * w, part.data() + k * w, splits, w, cols);
+            });
+        return dst.mem;
+    });
+    char what[80];
+    snprintf(what, sizeof what, "matmul column sums rows=%d cols=%d splits=%u parts=%d", rows,
+             cols, splits, parts);
     return compare("matmul bias_broadcast", blocks, order, want_out, out) &
-           compare(what, (cols + 31) / 32 * splits, order, want_dst, dst);
+           compare(what, (cols + 31) / 32 * splits, order, want_dst, dst) &
+           report_same(same, what);
 }
 
 int main() {
@@ -167,12 +224,13 @@ int main() {
     for (emu::Order order : {emu::FORWARD, emu::REVERSE, emu::SHUFFLED})
         for (int two : {0, 1}) {
             // 555 = T * C of the encoder: 3 blocks of 256 (encoder.rs) or 2 that stride.
-            failures += !check_encoder(two ? 2 : 3, order);
+            failures += !check_encoder(two ? 300 : 37, two ? 2 : 3, order);
             failures += !check_pointwise(1003, two ? 2 : 4, order);
             failures += !check_to_bf16(two ? 1 : 2, order);
             // 5 rows: most of the 8 rows of threads have none; 1100: 3 row ranges.
-            failures += !check_matmul(5, 70, two ? 1 : 2, order);
-            failures += !check_matmul(1100, 33, two ? 2 : (1100 * 33 + 255) / 256, order);
+            failures += !check_matmul(5, 70, 1, two ? 1 : 2, order);
+            failures += !check_matmul(1100, 33, 1, two ? 2 : (1100 * 33 + 255) / 256, order);
+            failures += !check_matmul(1100, 600, 2, 1, order);
         }
     return failures != 0;
 }

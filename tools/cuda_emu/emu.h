@@ -32,7 +32,9 @@
 // What this cannot check: timing and performance; the hardware's own mma layout (only
 // our reading of the PTX manual, the same one the kernel was written from); memory
 // ordering beyond barrier order (a thread's writes are seen at once by all others);
-// races between blocks (blocks run one after another, so atomics are plain adds); and
+// races between blocks (blocks run one after another, so atomics are plain adds, though
+// `emu::block_order` runs them reversed or shuffled, so that sums that depend on the
+// order blocks finish in show up as different bits: `same_bits_in_every_order`); and
 // device-only limits such as shared memory size, registers and alignment faults. Math
 // functions are the host's (expf, logf, ...), a few ulps from CUDA's.
 //
@@ -274,8 +276,17 @@ inline float* shared_segment(size_t* floats) {
 
 }  // namespace emu
 
-// Runs kernel (a call with its arguments bound) over grid x block, blocks in order,
-// each block's threads in the given priority order. `block` may be a thread count.
+namespace emu {
+// The order blocks run in (forward by default). Blocks of a real grid run in any order
+// and at once, so a deterministic kernel's results must not change with this; atomics
+// between blocks are plain adds here, so an order-dependent sum shows up as different
+// bits under a different block order.
+inline Order block_order = FORWARD;
+}  // namespace emu
+
+// Runs kernel (a call with its arguments bound) over grid x block, blocks in
+// emu::block_order, each block's threads in the given priority order. `block` may be a
+// thread count.
 inline void launch(dim3 grid, dim3 block, size_t smem_bytes, emu::Order order,
                    const std::function<void()>& kernel) {
     const int threads = block.x * block.y * block.z;
@@ -288,22 +299,24 @@ inline void launch(dim3 grid, dim3 block, size_t smem_bytes, emu::Order order,
     blockDim = block;
     emu::nthreads = threads;
     emu::body = &kernel;
-    std::vector<int> prio(threads);
+    std::vector<dim3> blocks;
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                blockIdx = dim3{x, y, z};
-                std::fill(shared, shared + shared_floats, NAN);
-                for (int t = 0; t < threads; t++)
-                    prio[t] = order == emu::REVERSE ? threads - 1 - t : t;
-                if (order == emu::SHUFFLED) std::shuffle(prio.begin(), prio.end(), emu::rng);
-                emu::run_block(prio);
-                // Past the bytes the launch asked for, dynamic shared memory must still be NaN.
-                const float nan = NAN;
-                for (size_t i = (smem_bytes + 3) / 4; i < EMU_SMEM_BYTES / 4; i++)
-                    if (memcmp(&emu_smem[i], &nan, 4))
-                        emu::fail("a write past the block's shared memory");
-            }
+            for (unsigned x = 0; x < grid.x; x++) blocks.push_back(dim3{x, y, z});
+    if (emu::block_order == emu::REVERSE) std::reverse(blocks.begin(), blocks.end());
+    if (emu::block_order == emu::SHUFFLED) std::shuffle(blocks.begin(), blocks.end(), emu::rng);
+    std::vector<int> prio(threads);
+    for (const dim3& b : blocks) {
+        blockIdx = b;
+        std::fill(shared, shared + shared_floats, NAN);
+        for (int t = 0; t < threads; t++) prio[t] = order == emu::REVERSE ? threads - 1 - t : t;
+        if (order == emu::SHUFFLED) std::shuffle(prio.begin(), prio.end(), emu::rng);
+        emu::run_block(prio);
+        // Past the bytes the launch asked for, dynamic shared memory must still be NaN.
+        const float nan = NAN;
+        for (size_t i = (smem_bytes + 3) / 4; i < EMU_SMEM_BYTES / 4; i++)
+            if (memcmp(&emu_smem[i], &nan, 4)) emu::fail("a write past the block's shared memory");
+    }
 }
 
 // ---- what the kernels call
@@ -412,4 +425,23 @@ double rel_err(const std::vector<double>& want, const G& got, double floor = 1.0
         w += want[i] * want[i];
     }
     return sqrt(d) / std::max(sqrt(w), floor);
+}
+
+// Whether `run` gives the same bytes under every block order and every thread order:
+// `run(order)` launches with `order` as the thread order (emu::block_order is set around
+// it) and returns what the kernels wrote. A deterministic kernel passes; one whose sums
+// depend on which block or thread comes first does not.
+template <class F>
+bool same_bits_in_every_order(F run) {
+    const auto first = run(emu::FORWARD);
+    bool same = true;
+    for (emu::Order blocks : {emu::FORWARD, emu::REVERSE, emu::SHUFFLED})
+        for (emu::Order threads : {emu::FORWARD, emu::REVERSE, emu::SHUFFLED}) {
+            emu::block_order = blocks;
+            const auto got = run(threads);
+            same = same && got.size() == first.size() &&
+                   memcmp(got.data(), first.data(), sizeof(first[0]) * first.size()) == 0;
+        }
+    emu::block_order = emu::FORWARD;
+    return same;
 }

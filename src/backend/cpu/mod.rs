@@ -22,6 +22,7 @@ use std::time::Instant;
 use num_traits::{Float, FromPrimitive};
 use rayon::prelude::*;
 
+use super::cost::{self, Cost};
 use super::{
     AdamW, AttnShape, Backend, HeadGrads, Linear, Mat, Norm, Normed, OpStats, ScratchItem,
     ScratchKind, SgldStep, Span, StepShape, Target, TokenSpan,
@@ -167,17 +168,14 @@ impl<F: Real> CpuBackend<F> {
         self.tokens.get(s.buf, s.off, s.len)
     }
 
-    fn timed<R>(&self, op: &'static str, flops: f64, f: impl FnOnce() -> R) -> R {
+    fn timed<R>(&self, op: &'static str, cost: Cost, f: impl FnOnce() -> R) -> R {
         if self.profile.borrow().is_none() {
             return f();
         }
         let t0 = Instant::now();
         let r = f();
         if let Some(p) = self.profile.borrow_mut().as_mut() {
-            let s = p.entry(op).or_default();
-            s.calls += 1;
-            s.time += t0.elapsed();
-            s.flops += flops;
+            p.entry(op).or_default().add(t0.elapsed(), cost);
         }
         r
     }
@@ -283,39 +281,52 @@ impl<F: Real> Backend for CpuBackend<F> {
 
     fn fill(&self, dst: Span, value: f32) {
         let v: F = real(value as f64);
-        self.slice_mut(dst)
-            .par_chunks_mut(4096)
-            .for_each(|c| c.fill(v));
+        self.timed("fill", cost::fill(dst.len), || {
+            self.slice_mut(dst)
+                .par_chunks_mut(4096)
+                .for_each(|c| c.fill(v))
+        })
     }
 
     fn copy(&self, dst: Span, src: Span) {
         assert_eq!(dst.len, src.len, "copy length");
-        self.slice_mut(dst).copy_from_slice(self.slice(src));
-    }
-
-    fn mean(&self, src: Span) -> f64 {
-        blocked_sum(self.slice(src), |x| x) / src.len as f64
-    }
-
-    fn sum_squares(&self, src: Span) -> f64 {
-        blocked_sum(self.slice(src), |x| x * x)
-    }
-
-    fn encoder_forward(&self, out: Mat, tokens: TokenSpan, wte: Mat, wpe: Mat, t: usize) {
-        self.timed("encoder_forward", 0.0, || {
-            encoder::encoder_forward(
-                self.slice_mut(out.span),
-                self.toks(tokens),
-                self.slice(wte.span),
-                self.slice(wpe.span),
-                t,
-                out.cols,
-            )
+        self.timed("copy", cost::copy(dst.len), || {
+            self.slice_mut(dst).copy_from_slice(self.slice(src))
         })
     }
 
+    fn mean(&self, src: Span) -> f64 {
+        self.timed("reduce", cost::reduce(src.len), || {
+            blocked_sum(self.slice(src), |x| x) / src.len as f64
+        })
+    }
+
+    fn sum_squares(&self, src: Span) -> f64 {
+        self.timed("reduce", cost::reduce(src.len), || {
+            blocked_sum(self.slice(src), |x| x * x)
+        })
+    }
+
+    fn encoder_forward(&self, out: Mat, tokens: TokenSpan, wte: Mat, wpe: Mat, t: usize) {
+        self.timed(
+            "encoder_forward",
+            cost::encoder_forward(out.rows, out.cols, t),
+            || {
+                encoder::encoder_forward(
+                    self.slice_mut(out.span),
+                    self.toks(tokens),
+                    self.slice(wte.span),
+                    self.slice(wpe.span),
+                    t,
+                    out.cols,
+                )
+            },
+        )
+    }
+
     fn encoder_backward(&self, dwte: Mat, dwpe: Mat, dout: Mat, tokens: TokenSpan, t: usize) {
-        self.timed("encoder_backward", 0.0, || {
+        let cost = cost::encoder_backward(dout.rows, dout.cols, t);
+        self.timed("encoder_backward", cost, || {
             encoder::encoder_backward(
                 self.slice_mut(dwte.span),
                 self.slice_mut(dwpe.span),
@@ -328,36 +339,44 @@ impl<F: Real> Backend for CpuBackend<F> {
     }
 
     fn layernorm_forward(&self, out: Normed, inp: Mat, p: Norm, eps: f32) {
-        self.timed("layernorm_forward", 0.0, || {
-            layernorm::layernorm_forward(
-                self.slice_mut(out.out.span),
-                self.slice_mut(out.mean),
-                self.slice_mut(out.rstd),
-                self.slice(inp.span),
-                self.slice(p.w),
-                self.slice(p.b),
-                eps,
-            )
-        })
+        self.timed(
+            "layernorm_forward",
+            cost::layernorm_forward(inp.rows, inp.cols),
+            || {
+                layernorm::layernorm_forward(
+                    self.slice_mut(out.out.span),
+                    self.slice_mut(out.mean),
+                    self.slice_mut(out.rstd),
+                    self.slice(inp.span),
+                    self.slice(p.w),
+                    self.slice(p.b),
+                    eps,
+                )
+            },
+        )
     }
 
     fn layernorm_backward(&self, dinp: Mat, dp: Norm, dout: Mat, inp: Mat, w: Span, saved: Normed) {
-        self.timed("layernorm_backward", 0.0, || {
-            layernorm::layernorm_backward(
-                self.slice_mut(dinp.span),
-                self.slice_mut(dp.w),
-                self.slice_mut(dp.b),
-                self.slice(dout.span),
-                self.slice(inp.span),
-                self.slice(w),
-                (self.slice(saved.mean), self.slice(saved.rstd)),
-            )
-        })
+        self.timed(
+            "layernorm_backward",
+            cost::layernorm_backward(inp.rows, inp.cols),
+            || {
+                layernorm::layernorm_backward(
+                    self.slice_mut(dinp.span),
+                    self.slice_mut(dp.w),
+                    self.slice_mut(dp.b),
+                    self.slice(dout.span),
+                    self.slice(inp.span),
+                    self.slice(w),
+                    (self.slice(saved.mean), self.slice(saved.rstd)),
+                )
+            },
+        )
     }
 
     fn matmul_forward(&self, out: Mat, inp: Mat, layer: Linear) {
-        let flops = 2.0 * (inp.rows * inp.cols * layer.w.rows) as f64;
-        self.timed("matmul_forward", flops, || {
+        let cost = cost::matmul_forward(inp.rows, inp.cols, layer.w.rows);
+        self.timed("matmul_forward", cost, || {
             matmul::matmul_forward(
                 self.slice_mut(out.span),
                 self.slice(inp.span),
@@ -369,8 +388,8 @@ impl<F: Real> Backend for CpuBackend<F> {
     }
 
     fn matmul_backward(&self, dinp: Mat, dlayer: Linear, dout: Mat, inp: Mat, w: Mat) {
-        let flops = 4.0 * (inp.rows * inp.cols * w.rows) as f64;
-        self.timed("matmul_backward", flops, || {
+        let cost = cost::matmul_backward(inp.rows, inp.cols, w.rows);
+        self.timed("matmul_backward", cost, || {
             matmul::matmul_backward(
                 self.slice_mut(dinp.span),
                 self.slice_mut(dlayer.w.span),
@@ -388,9 +407,8 @@ impl<F: Real> Backend for CpuBackend<F> {
     }
 
     fn attention_forward(&self, out: Mat, state: Span, qkv: Mat, s: AttnShape) {
-        // q.k and att.v over the causal half: 2 * (t^2/2) * c each.
-        let flops = 2.0 * (s.b * s.t * s.t * out.cols) as f64;
-        self.timed("attention_forward", flops, || {
+        let cost = cost::attention_forward(s.b, s.t, out.cols, s.nh);
+        self.timed("attention_forward", cost, || {
             attention::attention_forward(
                 self.slice_mut(out.span),
                 self.slice_mut(state),
@@ -411,8 +429,8 @@ impl<F: Real> Backend for CpuBackend<F> {
         state: Span,
         s: AttnShape,
     ) {
-        let flops = 4.0 * (s.b * s.t * s.t * dout.cols) as f64;
-        self.timed("attention_backward", flops, || {
+        let cost = cost::attention_backward(s.b, s.t, dout.cols, s.nh);
+        self.timed("attention_backward", cost, || {
             attention::attention_backward(
                 self.slice_mut(dqkv.span),
                 self.slice(dout.span),
@@ -432,7 +450,7 @@ impl<F: Real> Backend for CpuBackend<F> {
             (c, (t, c)),
             "attention_decode shapes"
         );
-        self.timed("attention_decode", 4.0 * (t * c) as f64, || {
+        self.timed("attention_decode", cost::attention_decode(t, c), || {
             attention_decode::attention_decode(
                 self.slice_mut(out),
                 self.slice(q),
@@ -445,19 +463,19 @@ impl<F: Real> Backend for CpuBackend<F> {
     }
 
     fn gelu_forward(&self, out: Span, inp: Span) {
-        self.timed("gelu_forward", 0.0, || {
+        self.timed("gelu_forward", cost::gelu_forward(out.len), || {
             gelu::gelu_forward(self.slice_mut(out), self.slice(inp))
         })
     }
 
     fn gelu_backward(&self, dinp: Span, inp: Span, dout: Span) {
-        self.timed("gelu_backward", 0.0, || {
+        self.timed("gelu_backward", cost::gelu_backward(dinp.len), || {
             gelu::gelu_backward(self.slice_mut(dinp), self.slice(inp), self.slice(dout))
         })
     }
 
     fn add(&self, out: Span, a: Span, b: Span) {
-        self.timed("residual_add", 0.0, || {
+        self.timed("residual_add", cost::add(out.len), || {
             let (a, b) = (self.slice(a), self.slice(b));
             self.slice_mut(out)
                 .par_chunks_mut(4096)
@@ -479,9 +497,8 @@ impl<F: Real> Backend for CpuBackend<F> {
         targets: TokenSpan,
         kind: HeadKind,
     ) {
-        let gemms = if grads.is_some() { 3.0 } else { 1.0 };
-        let flops = 2.0 * gemms * (h.rows * h.cols * w.rows) as f64;
-        self.timed("head", flops, || {
+        let cost = cost::head_loss(h.rows, h.cols, w.rows, grads.is_some());
+        self.timed("head", cost, || {
             head::head_loss(
                 self.slice_mut(losses),
                 grads.map(|g| {
@@ -499,7 +516,7 @@ impl<F: Real> Backend for CpuBackend<F> {
 
     fn head_logits(&self, out: Mat, h: Mat, w: Mat, kind: HeadKind) {
         let (n, c, v) = (h.rows, h.cols, w.rows);
-        self.timed("head_logits", 2.0 * (n * c * v) as f64, || {
+        self.timed("head_logits", cost::head_logits(n, c, v), || {
             head::head_logits(
                 self.slice_mut(out.span),
                 self.slice(h.span),
@@ -513,7 +530,7 @@ impl<F: Real> Backend for CpuBackend<F> {
     }
 
     fn adamw_update(&self, params: Span, grads: Span, m: Span, v: Span, hp: AdamW) {
-        self.timed("adamw", 0.0, || {
+        self.timed("adamw", cost::adamw(params.len), || {
             adamw::adamw_update(
                 self.slice_mut(params),
                 self.slice(grads),
@@ -529,7 +546,7 @@ impl<F: Real> Backend for CpuBackend<F> {
             grads.len == params.len && anchor.len == params.len,
             "sgld_update lengths"
         );
-        self.timed("sgld", 0.0, || {
+        self.timed("sgld", cost::sgld(params.len), || {
             sgld::sgld_update(
                 self.slice_mut(params),
                 self.slice(grads),

@@ -1,8 +1,42 @@
 //! The token and position embeddings on the GPU, the host half of cuda/encoder.cu.
+//!
+//! The wte backward is deterministic: the host groups the positions by token into a
+//! bucket table (`buckets`, from its copy of the token buffer, see `token_host`), and
+//! the kernel sums each bucket's rows in that fixed order, with no atomics. The table
+//! travels in one synchronous copy, so the host waits there for the queued backward.
 
-use super::CudaBackend;
+use cudarc::driver::result as drv;
+
 use super::kernels::Arg::{I32, Ptr};
+use super::{CudaBackend, Slot};
 use crate::backend::{Mat, TokenSpan};
+
+/// Channels per block of `encoder_backward_wte` (WTE_TILE in cuda/encoder.cu).
+const WTE_TILE: usize = 256;
+
+/// The bucket table of `tokens`: the positions sorted by (token, position), then one
+/// (token, start, count) triple per distinct token, in increasing token order; `start`
+/// indexes the positions. Its length is `tokens.len() + 3 * distinct tokens`.
+fn buckets(tokens: &[u32]) -> Vec<u32> {
+    let mut table: Vec<u32> = (0..tokens.len() as u32).collect();
+    // Stable: equal tokens keep increasing positions.
+    table.sort_by_key(|&r| tokens[r as usize]);
+    let n = tokens.len();
+    let mut start = 0;
+    while start < n {
+        let v = tokens[table[start] as usize];
+        let end = start + table[start..].partition_point(|&r| tokens[r as usize] == v);
+        table.extend([v, start as u32, (end - start) as u32]);
+        start = end;
+    }
+    table
+}
+
+/// Bytes of the bucket table's scratch for `n` positions over a vocabulary of `v`:
+/// the positions and at most min(n, v) triples.
+pub(super) fn bucket_bytes(n: usize, v: usize) -> usize {
+    4 * (n + 3 * n.min(v))
+}
 
 pub(super) fn encoder_forward(
     be: &CudaBackend,
@@ -37,16 +71,27 @@ pub(super) fn encoder_backward(
     tokens: TokenSpan,
     t: usize,
 ) {
-    let (b, c) = (dout.rows / t, dout.cols);
-    let (dwte, dwpe, dout) = (dwte.span, dwpe.span, dout.span);
-    be.launch_elems(
+    let (b, c, v) = (dout.rows / t, dout.cols, dwte.rows);
+    let n = b * t;
+    if n == 0 {
+        return;
+    }
+    let table = buckets(&be.token_host(tokens));
+    let at = be.scratch(Slot::EncoderBuckets, bucket_bytes(n, v));
+    // SAFETY: table.len() <= n + 3 min(n, v) words fit the slot; the copy is synchronous.
+    unsafe { drv::memcpy_htod_sync(at, &table) }
+        .unwrap_or_else(|e| panic!("CUDA error copying the token buckets: {e}"));
+    let distinct = (table.len() - n) / 3;
+    be.launch(
         "encoder_backward_wte",
-        b * t * c,
+        (distinct as u32, c.div_ceil(WTE_TILE) as u32),
+        (32, 8),
+        0,
         &[
-            Ptr(be.ptr(dwte)),
-            Ptr(be.ptr(dout)),
-            Ptr(be.tptr(tokens)),
-            I32((b * t) as i32),
+            Ptr(be.ptr(dwte.span)),
+            Ptr(be.ptr(dout.span)),
+            Ptr(at + 4 * n as u64),
+            Ptr(at),
             I32(c as i32),
         ],
     );
@@ -54,11 +99,26 @@ pub(super) fn encoder_backward(
         "encoder_backward_wpe",
         t * c,
         &[
-            Ptr(be.ptr(dwpe)),
-            Ptr(be.ptr(dout)),
+            Ptr(be.ptr(dwpe.span)),
+            Ptr(be.ptr(dout.span)),
             I32(b as i32),
             I32(t as i32),
             I32(c as i32),
         ],
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::buckets;
+
+    #[test]
+    fn buckets_list_each_tokens_positions_in_order() {
+        let tokens = [5, 2, 5, 7, 2, 5];
+        let t = buckets(&tokens);
+        let (pos, triples) = t.split_at(tokens.len());
+        assert_eq!(pos, [1, 4, 0, 2, 5, 3]);
+        assert_eq!(triples, [2, 0, 2, 5, 2, 3, 7, 5, 1]);
+        assert_eq!(buckets(&[]), Vec::<u32>::new());
+    }
 }

@@ -337,7 +337,7 @@ impl HeadSteps for Steps<'_> {
         let h32 = self.h + (4 * r0 * c) as u64;
         let be = self.be;
         be.add_scaled_rows(self.dh_dw(r0).0, self.rowsum, (h32, h16), rows, c, 2.0);
-        be.column_sums_add(self.colsum, self.dots, rows, self.v);
+        be.column_sums_add(&[self.colsum], self.dots, rows, self.v);
     }
 
     fn harmonic_end(&mut self) {

@@ -1,8 +1,9 @@
 //! LayerNorm on the GPU, the host half of cuda/layernorm.cu: one warp per row,
-//! float4 loads where every row pointer is 16-byte aligned and C a multiple of 4.
+//! float4 loads where every row pointer is 16-byte aligned and C a multiple of 4. The
+//! backward's dw, db are deterministic: per-block partials, then column sums.
 
 use super::kernels::Arg::{F32, I32, Ptr};
-use super::{CudaBackend, aligned16};
+use super::{CudaBackend, Slot, aligned16};
 use crate::backend::{Mat, Norm, Normed, Span};
 
 pub(super) fn layernorm_forward(be: &CudaBackend, y: Normed, inp: Mat, p: Norm, eps: f32) {
@@ -80,21 +81,16 @@ pub(super) fn layernorm_backward(
     if n == 0 {
         return;
     }
-    // dw and db partials live in shared memory: 2*C floats within the 48 KiB default.
-    assert!(
-        c <= 6144,
-        "layernorm_backward supports at most 6144 channels"
-    );
-    let blocks = n.div_ceil(8).min(4 * be.sms as usize) as u32;
+    let blocks = n.div_ceil(LN_BACKWARD_ROWS);
+    let part = be.scratch(Slot::NormPartials, norm_partial_bytes(n, c));
     be.launch(
         "layernorm_backward",
-        (blocks, 1),
+        (blocks as u32, 1),
         (256, 1),
-        (8 * c) as u32,
+        0,
         &[
             Ptr(be.ptr(dinp)),
-            Ptr(be.ptr(dweight)),
-            Ptr(be.ptr(dbias)),
+            Ptr(part),
             Ptr(be.ptr(dout)),
             Ptr(be.ptr(inp)),
             Ptr(be.ptr(weight)),
@@ -104,4 +100,13 @@ pub(super) fn layernorm_backward(
             I32(c as i32),
         ],
     );
+    be.column_sums_add(&[be.ptr(dweight), be.ptr(dbias)], part, blocks, 2 * c);
+}
+
+/// Rows per block of `layernorm_backward` (LN_BACKWARD_ROWS in cuda/layernorm.cu).
+pub(super) const LN_BACKWARD_ROWS: usize = 32;
+
+/// Bytes of the backward's per-block dw, db partials over `n` rows of `c` channels.
+pub(super) fn norm_partial_bytes(n: usize, c: usize) -> usize {
+    4 * n.div_ceil(LN_BACKWARD_ROWS) * 2 * c
 }

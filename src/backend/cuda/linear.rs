@@ -186,24 +186,48 @@ impl CudaBackend {
             product(oc, c, n, 1.0, 1.0),
         );
         if let Some(db) = dbias {
-            self.column_sums_add(self.ptr(db), dout, n, oc);
+            self.column_sums_add(&[self.ptr(db)], dout, n, oc);
         }
     }
 
-    /// dst[j] += sum over rows of src[rows, cols].
-    pub(super) fn column_sums_add(&self, dst: u64, src: u64, rows: usize, cols: usize) {
+    /// Column sums of src[rows, cols] added into `dsts`, which split the columns into
+    /// equal consecutive parts: dsts[k][j] += sum_r src[r, k w + j], w = cols / dsts.len().
+    /// Deterministic (cuda/matmul.cu): partial sums over fixed row ranges into scratch,
+    /// then added in range order.
+    pub(super) fn column_sums_add(&self, dsts: &[u64], src: u64, rows: usize, cols: usize) {
         if rows == 0 || cols == 0 {
             return;
         }
-        let splits = rows.div_ceil(512).clamp(1, 64) as u32;
+        let splits = column_splits(rows);
+        let part = self.scratch(Slot::ColumnPartials, 4 * splits * cols);
         self.launch(
-            "column_sums_add",
-            (cols.div_ceil(32) as u32, splits),
+            "column_partials",
+            (cols.div_ceil(32) as u32, splits as u32),
             (32, 8),
             0,
-            &[Ptr(dst), Ptr(src), I32(rows as i32), I32(cols as i32)],
+            &[Ptr(part), Ptr(src), I32(rows as i32), I32(cols as i32)],
         );
+        let w = cols / dsts.len();
+        for (k, &dst) in dsts.iter().enumerate() {
+            self.launch_elems(
+                "column_partials_add",
+                w,
+                &[
+                    Ptr(dst),
+                    Ptr(part + (4 * k * w) as u64),
+                    I32(splits as i32),
+                    I32(w as i32),
+                    I32(cols as i32),
+                ],
+            );
+        }
     }
+}
+
+/// Row ranges `column_sums_add` splits `rows` into: about 512 rows each, 1 to 64. A
+/// function of `rows` alone, so the order of every addition is too.
+pub(super) fn column_splits(rows: usize) -> usize {
+    rows.div_ceil(512).clamp(1, 64)
 }
 
 pub(super) fn matmul_forward(be: &CudaBackend, out: op::Mat, inp: op::Mat, layer: Linear) {

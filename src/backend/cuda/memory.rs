@@ -82,6 +82,12 @@ impl CudaBackend {
         m.ptr + 4 * s.off as u64
     }
 
+    /// The tokens of a span, from the host's copy of its buffer (tokens reach the GPU
+    /// only through `write_tokens`, which keeps that copy).
+    pub(super) fn token_host(&self, s: TokenSpan) -> Vec<u32> {
+        self.token_host.borrow()[s.buf][s.off..s.off + s.len].to_vec()
+    }
+
     /// At least `bytes` of scratch for `slot`; its contents are not kept when it grows.
     pub(super) fn scratch(&self, slot: Slot, bytes: usize) -> u64 {
         let i = slot as usize;
@@ -112,6 +118,7 @@ pub(super) fn alloc(be: &CudaBackend, len: usize) -> Span {
 
 pub(super) fn alloc_tokens(be: &CudaBackend, len: usize) -> TokenSpan {
     let m = be.new_mem(4 * len);
+    be.token_host.borrow_mut().push(vec![0; len]);
     let mut bufs = be.tokens.borrow_mut();
     bufs.push(Some(m));
     TokenSpan {
@@ -132,6 +139,7 @@ pub(super) fn free(be: &CudaBackend, span: Span) {
 
 pub(super) fn free_tokens(be: &CudaBackend, span: TokenSpan) {
     assert_eq!(span.off, 0, "free takes whole buffers");
+    be.token_host.borrow_mut()[span.buf] = Vec::new();
     let m: Option<DeviceMem> = be.tokens.borrow_mut()[span.buf].take();
     if let Some(m) = m {
         be.drop_mem(m);
@@ -156,6 +164,7 @@ pub(super) fn read(be: &CudaBackend, src: Span) -> Vec<f32> {
 
 pub(super) fn write_tokens(be: &CudaBackend, dst: TokenSpan, src: &[u32]) {
     assert_eq!(dst.len, src.len(), "write_tokens length");
+    be.token_host.borrow_mut()[dst.buf][dst.off..dst.off + dst.len].copy_from_slice(src);
     // SAFETY: as for `write`.
     unsafe { drv::memcpy_htod_sync(be.tptr(dst), src) }
         .unwrap_or_else(|e| panic!("CUDA error copying tokens to the GPU: {e}"));

@@ -13,7 +13,8 @@
 //!   `layernorm`, `linear` (matmul.cu, convert.cu), `attention` (flash_attention.cu,
 //!   attention_decode.cu), `elementwise` (gelu.cu, residual.cu), `head`, `reduce`
 //!   (global_norm.cu), `update` (adamw.cu, sgld.cu).
-//! - `ops`: the Backend implementation, one line per op, dispatching to those files.
+//! - `ops`: the Backend implementation, one line per op, dispatching to those files;
+//!   `profile`: CUDA events around each op for `hgpt bench --profile`.
 //!
 //! Buffers are fp32 device allocations named by the trait's spans; token buffers are
 //! u32. In bf16 mode GEMMs multiply bf16 operands and accumulate in fp32, while
@@ -46,6 +47,7 @@ pub mod libs;
 mod linear;
 mod memory;
 mod ops;
+mod profile;
 mod reduce;
 mod scratch;
 mod shadow;
@@ -91,9 +93,20 @@ pub struct CudaBackend {
     sms: u32,
     floats: RefCell<Vec<Option<DeviceMem>>>,
     tokens: RefCell<Vec<Option<DeviceMem>>>,
+    /// The host's copy of every token buffer (by buffer index), for the wte backward's
+    /// bucket table (see `encoder`).
+    token_host: RefCell<Vec<Vec<u32>>>,
     scratch: RefCell<Vec<Option<DeviceMem>>>,
     /// bf16 shadows of float buffers (by buffer index) whose spans are GEMM weights.
     shadows: RefCell<HashMap<usize, Shadow>>,
+    /// The per-op profile's events while profiling (see `profile`), and whether an
+    /// op is running (nested ops are not timed apart).
+    profile: RefCell<Option<Vec<profile::Timed>>>,
+    profile_depth: Cell<u32>,
+    /// AdamW updates queued for one launch (see `update`), and the tensor table
+    /// last copied to the GPU for it.
+    adamw_pending: RefCell<Option<update::AdamwBatch>>,
+    adamw_table: RefCell<Vec<i64>>,
     /// GEMMs whose epilogue cuBLASLt had no kernel for, run unfused instead.
     epilogue_fallbacks: Cell<usize>,
     /// Bytes this backend holds now and at most (buffers, scratch, GEMM workspace).
@@ -174,8 +187,13 @@ impl CudaBackend {
             sms,
             floats: RefCell::new(Vec::new()),
             tokens: RefCell::new(Vec::new()),
+            token_host: RefCell::new(Vec::new()),
             scratch: RefCell::new((0..SLOTS).map(|_| None).collect()),
             shadows: RefCell::new(HashMap::new()),
+            profile: RefCell::new(None),
+            profile_depth: Cell::new(0),
+            adamw_pending: RefCell::new(None),
+            adamw_table: RefCell::new(Vec::new()),
             epilogue_fallbacks: Cell::new(0),
             held: Cell::new(held),
             peak: Cell::new(held),

@@ -1,14 +1,19 @@
 //! The Backend trait on the GPU, one line per op: each op is the launcher in the file
 //! named after its kernel family (`layernorm` for cuda/layernorm.cu, ...), as the CPU
 //! backend's are in src/backend/cpu/. Everything runs on the backend's one stream.
+//! Every op goes through `CudaBackend::op`, which first runs any queued AdamW updates
+//! (they may touch what the op reads or writes) and times the op when profiling.
+
+use std::collections::BTreeMap;
 
 use super::{
     CudaBackend, GpuPrecision, attention, elementwise, encoder, head, layernorm, linear, memory,
     reduce, update,
 };
+use crate::backend::cost;
 use crate::backend::{
-    AdamW, AttnShape, Backend, Gelu, HeadGrads, Linear, Mat, Norm, Normed, SgldStep, Span, Target,
-    TokenSpan,
+    AdamW, AttnShape, Backend, Gelu, HeadGrads, Linear, Mat, Norm, Normed, OpStats, SgldStep, Span,
+    Target, TokenSpan,
 };
 use crate::head::HeadKind;
 
@@ -29,6 +34,7 @@ impl Backend for CudaBackend {
     }
 
     fn synchronize(&self) {
+        self.flush_updates();
         if let Err(e) = self.ctx.synchronize() {
             panic!("CUDA error while waiting for the GPU: {e}");
         }
@@ -47,6 +53,15 @@ impl Backend for CudaBackend {
         self.epilogue_fallbacks.get()
     }
 
+    /// Events around every op from here on (see `profile`).
+    fn start_profile(&self) {
+        self.start_profiling()
+    }
+
+    fn take_profile(&self) -> BTreeMap<&'static str, OpStats> {
+        self.take_profiling()
+    }
+
     fn alloc(&self, len: usize) -> Span {
         memory::alloc(self, len)
     }
@@ -56,31 +71,40 @@ impl Backend for CudaBackend {
     }
 
     fn free(&self, span: Span) {
+        self.flush_updates();
         memory::free(self, span)
     }
 
     fn free_tokens(&self, span: TokenSpan) {
+        self.flush_updates();
         memory::free_tokens(self, span)
     }
 
     fn write(&self, dst: Span, src: &[f32]) {
-        memory::write(self, dst, src)
+        self.op("write", cost::fill(dst.len), || {
+            memory::write(self, dst, src)
+        })
     }
 
     fn read(&self, src: Span) -> Vec<f32> {
-        memory::read(self, src)
+        self.op("read", cost::fill(src.len), || memory::read(self, src))
     }
 
     fn write_tokens(&self, dst: TokenSpan, src: &[u32]) {
-        memory::write_tokens(self, dst, src)
+        let cost = cost::fill(dst.len);
+        self.op("write_tokens", cost, || {
+            memory::write_tokens(self, dst, src)
+        })
     }
 
     fn fill(&self, dst: Span, value: f32) {
-        memory::fill(self, dst, value)
+        self.op("fill", cost::fill(dst.len), || {
+            memory::fill(self, dst, value)
+        })
     }
 
     fn copy(&self, dst: Span, src: Span) {
-        memory::copy(self, dst, src)
+        self.op("copy", cost::copy(dst.len), || memory::copy(self, dst, src))
     }
 
     fn device_ptr(&self, span: Span, written: bool) -> Option<u64> {
@@ -92,23 +116,35 @@ impl Backend for CudaBackend {
     }
 
     fn mean(&self, src: Span) -> f64 {
-        reduce::mean(self, src)
+        self.op("reduce", cost::reduce(src.len), || reduce::mean(self, src))
     }
 
     fn sum_squares(&self, src: Span) -> f64 {
-        reduce::sum_squares(self, src)
+        self.op("reduce", cost::reduce(src.len), || {
+            reduce::sum_squares(self, src)
+        })
     }
 
     fn encoder_forward(&self, out: Mat, tokens: TokenSpan, wte: Mat, wpe: Mat, t: usize) {
-        encoder::encoder_forward(self, out, tokens, wte, wpe, t)
+        self.op(
+            "encoder_forward",
+            cost::encoder_forward(out.rows, out.cols, t),
+            || encoder::encoder_forward(self, out, tokens, wte, wpe, t),
+        )
     }
 
     fn encoder_backward(&self, dwte: Mat, dwpe: Mat, dout: Mat, tokens: TokenSpan, t: usize) {
-        encoder::encoder_backward(self, dwte, dwpe, dout, tokens, t)
+        let cost = cost::encoder_backward(dout.rows, dout.cols, t);
+        self.op("encoder_backward", cost, || {
+            encoder::encoder_backward(self, dwte, dwpe, dout, tokens, t)
+        })
     }
 
     fn layernorm_forward(&self, y: Normed, inp: Mat, p: Norm, eps: f32) {
-        layernorm::layernorm_forward(self, y, inp, p, eps)
+        let cost = cost::layernorm_forward(inp.rows, inp.cols);
+        self.op("layernorm_forward", cost, || {
+            layernorm::layernorm_forward(self, y, inp, p, eps)
+        })
     }
 
     fn layernorm_backward(
@@ -120,15 +156,24 @@ impl Backend for CudaBackend {
         weight: Span,
         saved: Normed,
     ) {
-        layernorm::layernorm_backward(self, dinp, dp, dout, inp, weight, saved)
+        let cost = cost::layernorm_backward(inp.rows, inp.cols);
+        self.op("layernorm_backward", cost, || {
+            layernorm::layernorm_backward(self, dinp, dp, dout, inp, weight, saved)
+        })
     }
 
     fn matmul_forward(&self, out: Mat, inp: Mat, layer: Linear) {
-        linear::matmul_forward(self, out, inp, layer)
+        let cost = cost::matmul_forward(inp.rows, inp.cols, layer.w.rows);
+        self.op("matmul_forward", cost, || {
+            linear::matmul_forward(self, out, inp, layer)
+        })
     }
 
     fn matmul_backward(&self, dinp: Mat, dlayer: Linear, dout: Mat, inp: Mat, w: Mat) {
-        linear::matmul_backward(self, dinp, dlayer, dout, inp, w)
+        let cost = cost::matmul_backward(inp.rows, inp.cols, w.rows);
+        self.op("matmul_backward", cost, || {
+            linear::matmul_backward(self, dinp, dlayer, dout, inp, w)
+        })
     }
 
     fn attention_state_len(&self, shape: AttnShape) -> usize {
@@ -136,7 +181,10 @@ impl Backend for CudaBackend {
     }
 
     fn attention_forward(&self, out: Mat, state: Span, qkv: Mat, shape: AttnShape) {
-        attention::attention_forward(self, out, state, qkv, shape)
+        let cost = cost::attention_forward(shape.b, shape.t, out.cols, shape.nh);
+        self.op("attention_forward", cost, || {
+            attention::attention_forward(self, out, state, qkv, shape)
+        })
     }
 
     fn attention_backward(
@@ -148,23 +196,36 @@ impl Backend for CudaBackend {
         state: Span,
         shape: AttnShape,
     ) {
-        attention::attention_backward(self, dqkv, dout, qkv, out, state, shape)
+        let cost = cost::attention_backward(shape.b, shape.t, dout.cols, shape.nh);
+        self.op("attention_backward", cost, || {
+            attention::attention_backward(self, dqkv, dout, qkv, out, state, shape)
+        })
     }
 
     fn attention_decode(&self, out: Span, q: Span, k: Mat, v: Mat, nh: usize) {
-        attention::attention_decode(self, out, q, k, v, nh)
+        self.op(
+            "attention_decode",
+            cost::attention_decode(k.rows, k.cols),
+            || attention::attention_decode(self, out, q, k, v, nh),
+        )
     }
 
     fn gelu_forward(&self, out: Span, inp: Span) {
-        elementwise::gelu_forward(self, out, inp)
+        self.op("gelu_forward", cost::gelu_forward(out.len), || {
+            elementwise::gelu_forward(self, out, inp)
+        })
     }
 
     fn gelu_backward(&self, dinp: Span, inp: Span, dout: Span) {
-        elementwise::gelu_backward(self, dinp, inp, dout)
+        self.op("gelu_backward", cost::gelu_backward(dinp.len), || {
+            elementwise::gelu_backward(self, dinp, inp, dout)
+        })
     }
 
     fn add(&self, out: Span, a: Span, b: Span) {
-        elementwise::add(self, out, a, b)
+        self.op("residual_add", cost::add(out.len), || {
+            elementwise::add(self, out, a, b)
+        })
     }
 
     fn residual_layernorm_forward(
@@ -176,15 +237,24 @@ impl Backend for CudaBackend {
         p: Norm,
         eps: f32,
     ) {
-        layernorm::residual_layernorm_forward(self, residual, y, a, b, p, eps)
+        let cost = cost::residual_layernorm_forward(a.rows, a.cols);
+        self.op("residual_layernorm_forward", cost, || {
+            layernorm::residual_layernorm_forward(self, residual, y, a, b, p, eps)
+        })
     }
 
     fn matmul_gelu_forward(&self, y: Gelu, inp: Mat, layer: Linear) {
-        linear::matmul_gelu_forward(self, y, inp, layer)
+        let cost = cost::matmul_gelu_forward(inp.rows, inp.cols, layer.w.rows);
+        self.op("matmul_gelu_forward", cost, || {
+            linear::matmul_gelu_forward(self, y, inp, layer)
+        })
     }
 
     fn gelu_matmul_backward(&self, d: Gelu, dlayer: Linear, dout: Mat, act: Gelu, w: Mat) {
-        linear::gelu_matmul_backward(self, d, dlayer, dout, act, w)
+        let cost = cost::gelu_matmul_backward(act.out.rows, act.out.cols, w.rows);
+        self.op("gelu_matmul_backward", cost, || {
+            linear::gelu_matmul_backward(self, d, dlayer, dout, act, w)
+        })
     }
 
     fn head_loss(
@@ -196,18 +266,28 @@ impl Backend for CudaBackend {
         targets: TokenSpan,
         kind: HeadKind,
     ) {
-        head::head_loss(self, losses, grads, h, w, targets, kind)
+        let cost = cost::head_loss(h.rows, h.cols, w.rows, grads.is_some());
+        self.op("head", cost, || {
+            head::head_loss(self, losses, grads, h, w, targets, kind)
+        })
     }
 
     fn head_logits(&self, out: Mat, h: Mat, w: Mat, kind: HeadKind) {
-        head::head_logits(self, out, h, w, kind)
+        self.op(
+            "head_logits",
+            cost::head_logits(h.rows, h.cols, w.rows),
+            || head::head_logits(self, out, h, w, kind),
+        )
     }
 
+    /// Queued, to run with the next tensors' updates as one launch (see `update`).
     fn adamw_update(&self, params: Span, grads: Span, m: Span, v: Span, hp: AdamW) {
         update::adamw_update(self, params, grads, m, v, hp)
     }
 
     fn sgld_update(&self, params: Span, grads: Span, anchor: Span, step: SgldStep) {
-        update::sgld_update(self, params, grads, anchor, step)
+        self.op("sgld", cost::sgld(params.len), || {
+            update::sgld_update(self, params, grads, anchor, step)
+        })
     }
 }

@@ -2,6 +2,10 @@
 //! step, and the backend's whole step memory beyond the model's buffers (slots, the
 //! bf16 weight shadow, the cuBLASLt workspace) for the memory plan (src/memory.rs).
 
+use super::encoder::bucket_bytes;
+use super::layernorm::norm_partial_bytes;
+use super::linear::column_splits;
+use super::update::adamw_table_bytes;
 use super::{CudaBackend, GpuPrecision, HEAD_CHUNK_FLOATS, weight_shadow_bytes, workspace_bytes};
 use crate::backend::{ScratchItem, ScratchKind, StepShape};
 
@@ -26,8 +30,15 @@ pub(super) enum Slot {
     /// f64 partial sums of a reduction and its result.
     Partials,
     Scalar,
+    /// Deterministic gradient sums: column sums' partials per row range, LayerNorm's
+    /// backward per-block dw, db, the wte backward's bucket table.
+    ColumnPartials,
+    NormPartials,
+    EncoderBuckets,
+    /// The multi-tensor AdamW's table of tensor starts and decay flags.
+    AdamwTable,
 }
-pub(super) const SLOTS: usize = Slot::Scalar as usize + 1;
+pub(super) const SLOTS: usize = Slot::AdamwTable as usize + 1;
 
 impl Slot {
     /// Every slot, in order (the length check makes a new slot a compile error here).
@@ -44,6 +55,10 @@ impl Slot {
         Slot::HeadColsum,
         Slot::Partials,
         Slot::Scalar,
+        Slot::ColumnPartials,
+        Slot::NormPartials,
+        Slot::EncoderBuckets,
+        Slot::AdamwTable,
     ];
 
     /// Bytes this slot grows to over one training step of shape `s` (forward with
@@ -71,6 +86,15 @@ impl Slot {
             Slot::HeadRowsum => harmonic_only(4 * rows),
             Slot::Partials => 1024 * 8,
             Slot::Scalar => 8,
+            // The widest bias (the MLP's 4C, over N rows) or the harmonic head's colsum
+            // (V, over a chunk); LayerNorm's 2C over N / 32 rows is never wider.
+            Slot::ColumnPartials => {
+                let bias = 4 * column_splits(n) * 4 * c;
+                bias.max(harmonic_only(4 * column_splits(rows) * v))
+            }
+            Slot::NormPartials => norm_partial_bytes(n, c),
+            Slot::EncoderBuckets => bucket_bytes(n, v),
+            Slot::AdamwTable => adamw_table_bytes(s.tensors),
         }
     }
 }
@@ -86,6 +110,10 @@ impl Slot {
                 ScratchKind::HeadInputs
             }
             Slot::Partials | Slot::Scalar => ScratchKind::Reductions,
+            Slot::ColumnPartials | Slot::NormPartials | Slot::EncoderBuckets => {
+                ScratchKind::GradReductions
+            }
+            Slot::AdamwTable => ScratchKind::OptimizerTable,
         }
     }
 }
