@@ -193,6 +193,8 @@ pub trait Backend {
     /// reads and writes device memory itself (NCCL, on the backend's stream); None
     /// for a backend whose buffers are host memory. `written`: the caller will write
     /// there (a backend keeping derived copies of the buffer marks them stale).
+    /// Work the backend has queued but not launched is launched first, so what the
+    /// caller enqueues next on the stream sees every earlier op's result.
     fn device_ptr(&self, _span: Span, _written: bool) -> Option<u64> {
         None
     }

@@ -108,6 +108,9 @@ impl Backend for CudaBackend {
     }
 
     fn device_ptr(&self, span: Span, written: bool) -> Option<u64> {
+        // The caller (NCCL) enqueues work on this stream that reads or writes the
+        // span, so the queued AdamW updates must be launched before it.
+        self.flush_updates();
         let ptr = self.ptr(span);
         if written {
             self.written(ptr);
