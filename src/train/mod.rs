@@ -50,9 +50,11 @@ pub struct Trainer<B: Backend> {
 }
 
 impl<B: Backend> Trainer<B> {
-    /// A freshly initialised model on `backend`, checked against the data's vocab.
+    /// A freshly initialised model on `backend`, checked against the data's vocab
+    /// and, before anything is allocated, against the memory available.
     pub fn new(config: &Config, backend: B, data: Dataset) -> Result<Trainer<B>> {
         compat::check_data(&data, &config.model, None)?;
+        crate::memory::ensure_step_fits(config, config.train.batch_size, &backend)?;
         let model = Gpt::new(backend, &config.model);
         model.init(config.train.seed);
         let optimizer = Optimizer::new(&model);
@@ -235,6 +237,7 @@ fn start(
         .chain(init.map(|c| c.dir.as_path()))
         .collect();
     checkpoint::guard::check_output("--out", out, &inputs)?;
+    let (backend, device_line) = open_backend(device, config)?;
     let data = data::load(&DataSpec::of(config))?;
     let params = match init {
         Some(ckpt) => {
@@ -244,7 +247,6 @@ fn start(
         }
         None => None,
     };
-    let (backend, device_line) = open_backend(device, config)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create run directory {}", out.display()))?;
     write_config(config, out)?;
@@ -255,9 +257,13 @@ fn start(
     run_trainer(tr, out, &device_line, None, observer)
 }
 
-/// The backend `device` and the config's precision and head size ask for.
+/// The backend `device` and the config's precision and head size ask for, once a
+/// training step of `config` is known to fit in its memory (before the data is
+/// read or a run directory written).
 fn open_backend(device: DeviceChoice, config: &Config) -> Result<(Box<dyn Backend>, String)> {
-    backend::open(device, config.train.precision, config.model.head_size())
+    let (backend, line) = backend::open(device, config.train.precision, config.model.head_size())?;
+    crate::memory::ensure_step_fits(config, config.train.batch_size, &backend)?;
+    Ok((backend, line))
 }
 
 /// Continues run `run` from its latest checkpoint under `config`, which may differ
@@ -277,6 +283,7 @@ pub fn resume(
     };
     let ckpt = Checkpoint::open_run(run)?;
     let changes = compat::check_resume(&ckpt.state.config, config)?;
+    let (backend, device_line) = open_backend(device, config)?;
     let data = data::load(&DataSpec::of(config))?;
     compat::check_data(&data, &config.model, Some(&ckpt.state)).context("cannot resume")?;
     let (params, moments) = (ckpt.read_params()?, ckpt.read_moments()?);
@@ -295,7 +302,6 @@ pub fn resume(
         ));
     }
     write_config(config, run)?;
-    let (backend, device_line) = open_backend(device, config)?;
     let mut tr = Trainer::new(config, backend, data)?;
     tr.restore(&ckpt, &params, &moments)?;
     run_trainer(tr, run, &device_line, Some(ckpt.dir.clone()), observer)
