@@ -194,7 +194,7 @@ pub fn run(req: &GenerateRequest, out: &mut impl Write, observer: &mut dyn Obser
 /// cache of a full context (f64: no size overflows).
 fn ensure_model_fits(m: &ModelConfig, backend: &impl Backend, dir: &Path) -> Result<()> {
     let params = ParamLayout::new(m).total as f64;
-    let kv_cache = 2.0 * (m.n_layer * m.block_size) as f64 * m.n_embd as f64;
+    let kv_cache = 2.0 * m.n_layer as f64 * m.block_size as f64 * m.n_embd as f64;
     let model_bytes = 4.0 * (2.0 * params + kv_cache + m.vocab_size as f64);
     let what = format!("generating with {}", dir.display());
     if backend.free_memory_bytes().is_some() {

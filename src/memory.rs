@@ -338,14 +338,16 @@ fn cgroup_room() -> Option<Available> {
 /// host the least of MemAvailable and the cgroup's room; either capped by
 /// `HGPT_MEMORY_LIMIT`. None when nothing gives a figure.
 pub fn available<B: Backend + ?Sized>(backend: &B) -> Result<Option<Available>> {
-    let system = match backend.free_memory_bytes() {
-        Some(bytes) => Some(Available {
-            bytes,
-            source: format!("free on {}", backend.describe()),
-        }),
-        None => least(mem_available(), cgroup_room()),
-    };
-    Ok(least(system, user_limit()?))
+    match backend.free_memory_bytes() {
+        Some(bytes) => {
+            let free = Available {
+                bytes,
+                source: format!("free on {}", backend.describe()),
+            };
+            Ok(least(Some(free), user_limit()?))
+        }
+        None => host_available(),
+    }
 }
 
 /// Host memory available (for buffers that live on the host whatever the device).

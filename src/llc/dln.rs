@@ -140,7 +140,7 @@ pub fn host_bytes(widths: &[usize], rank: usize, samples: usize, batch_size: usi
     let widths_sum: f64 = w.iter().sum();
     let (first, last) = (w[0], w[w.len() - 1]);
     let examples = samples as f64 * (first + last);
-    let activations = (samples + 2 * batch_size) as f64 * widths_sum;
+    let activations = (samples as f64 + 2.0 * batch_size as f64) * widths_sum;
     4.0 * (4.0 * params + examples + activations) + 8.0 * widths_sum * rank as f64
 }
 
