@@ -391,23 +391,37 @@ fn step_lower_bound(config: &Config, b: usize) -> f64 {
     16.0 * params + 4.0 * n * c * l + 8.0 * n
 }
 
+/// What a training step of `config` at micro-batch `b` is, for the user.
+fn step_what(config: &Config, b: usize, qualifier: &str) -> String {
+    let m = &config.model;
+    format!(
+        "a training step of {} layers x {} channels, vocab {}, micro-batch {} x {} tokens{qualifier}",
+        m.n_layer, m.n_embd, m.vocab_size, b, config.train.seq_len
+    )
+}
+
+/// Refuses a step past any machine (a petabyte), whose plan is not computed: its
+/// per-layer lists could not be held, nor its sums be kept from overflowing.
+pub fn ensure_plannable(config: &Config, b: usize) -> Result<()> {
+    ensure_fits(
+        step_lower_bound(config, b),
+        &step_what(config, b, " (at least)"),
+        None,
+    )
+}
+
 /// Refuses a training step of `config` at micro-batch `b` that cannot fit in the
 /// memory available to `backend` (see [`plan`]; `hgpt memory` shows it item by item).
 pub fn ensure_step_fits<B: Backend + ?Sized>(config: &Config, b: usize, backend: &B) -> Result<()> {
-    let m = &config.model;
     let available = available(backend)?;
-    let what = |qualifier: &str| {
-        format!(
-            "a training step of {} layers x {} channels, vocab {}, micro-batch {} x {} tokens{qualifier}",
-            m.n_layer, m.n_embd, m.vocab_size, b, config.train.seq_len
-        )
-    };
-    // The exact plan's usize arithmetic is safe for steps below a petabyte; past
-    // that the lower bound alone is far beyond any machine.
     let bound = step_lower_bound(config, b);
     if bound > BEYOND_ANY_MACHINE {
-        return ensure_fits(bound, &what(" (at least)"), available.as_ref());
+        return ensure_fits(
+            bound,
+            &step_what(config, b, " (at least)"),
+            available.as_ref(),
+        );
     }
     let need = plan(config, b, backend.target()).total_bytes;
-    ensure_fits(need as f64, &what(""), available.as_ref())
+    ensure_fits(need as f64, &step_what(config, b, ""), available.as_ref())
 }

@@ -220,4 +220,13 @@ fn sizes_that_cannot_fit_fail_in_one_line() {
             "{args:?}: {line}"
         );
     }
+    // `hgpt memory` plans without allocating, but not a step past any machine.
+    let line = common::fails(
+        &["memory", "--set", "model.n_layer=1000000000000"],
+        dir.path(),
+    );
+    assert!(
+        line.contains("1000000000000 layers") && line.contains("more than any machine holds"),
+        "{line}"
+    );
 }

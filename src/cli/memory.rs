@@ -40,6 +40,7 @@ pub fn run(args: MemoryArgs) -> Result<()> {
         bail!("--gpu-memory {g}: must be a positive number of GiB");
     }
     let batch = micro_batch.unwrap_or(config.train.batch_size);
+    hgpt::memory::ensure_plannable(&config, batch)?;
     let report = hgpt::memory::report(&config, batch, &gpu_gib);
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
