@@ -170,9 +170,10 @@ pub fn run(req: &BenchRequest, observer: &mut dyn Observer) -> Result<BenchRepor
         req.config.train.precision,
         req.config.model.head_size(),
     )?;
-    observer.note(&device_line);
     let steps = req.config.train.max_steps;
+    // Noted once the model is known to fit (a failed command prints only its error).
     let mut tr = Trainer::new(req.config, backend, data)?;
+    observer.note(&device_line);
     for _ in 0..req.warmup {
         tr.train_step()?;
     }

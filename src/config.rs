@@ -335,6 +335,16 @@ pub fn parse(text: &str, file: &str) -> Result<Config> {
         };
         let line = text[..span.start].matches('\n').count() + 1;
         let key = &text[span.clone()];
+        // An unknown name in a header line is a section, not a key.
+        let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+        let line_text = text[line_start..].lines().next().unwrap_or("").trim();
+        if msg.starts_with("unknown field") && line_text.starts_with('[') {
+            let header = line_text.trim_start_matches('[').split(']').next();
+            return anyhow!(
+                "{file}:{line}: unknown section `[{}]` (expected [model], [train] or [data])",
+                header.unwrap_or_default().trim()
+            );
+        }
         // Name unknown keys in full (section.key): find the section header above.
         if msg.starts_with("unknown field") {
             let section = text[..span.start]

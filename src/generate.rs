@@ -10,8 +10,10 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::backend::{self, Backend, DeviceChoice};
 use crate::checkpoint::{self, Checkpoint};
+use crate::config::ModelConfig;
 use crate::data::Tokenizer;
-use crate::model::Gpt;
+use crate::memory;
+use crate::model::{Gpt, ParamLayout};
 use crate::observe::Observer;
 
 /// How the next token is picked from the logits.
@@ -96,13 +98,14 @@ pub fn generate<B: Backend>(
     let mut context = prompt.to_vec();
     let mut cache = model.kv_cache();
     let mut logits = model.prefill(&mut cache, &context);
-    let mut out = Vec::with_capacity(max_new);
+    // Not max_new: it can be any number (the reader stops when it has enough).
+    let mut out = Vec::with_capacity(max_new.min(block));
     while out.len() < max_new {
         // NaN would sort as the likeliest token (or poison every weight): refuse.
         if let Some(bad) = logits.iter().find(|x| !x.is_finite()) {
             bail!(
                 "the model's logits are not finite ({bad}) after {} tokens: its weights or activations hold NaN or infinity",
-                context.len()
+                prompt.len() + out.len()
             );
         }
         let token = sampler.next(&logits);
@@ -116,7 +119,9 @@ pub fn generate<B: Backend>(
             model.decode_step(&mut cache, token)
         } else {
             let keep = (block / 2).max(1);
-            model.prefill(&mut cache, &context[context.len() - keep..])
+            // Only the newest tokens are ever read again: the context stays bounded.
+            context.drain(..context.len() - keep);
+            model.prefill(&mut cache, &context)
         };
     }
     Ok(out)
@@ -172,14 +177,33 @@ pub fn run(req: &GenerateRequest, out: &mut impl Write, observer: &mut dyn Obser
         max_new_tokens: req.max_new_tokens,
         sampler: &mut sampler,
     };
-    let params = ckpt.read_params()?;
     let config = &ckpt.state.config;
-    write!(out, "{}", req.prompt)?;
-    out.flush()?;
     let (backend, device_line) =
         backend::open(req.device, config.train.precision, config.model.head_size())?;
+    ensure_model_fits(&config.model, &backend, &ckpt.dir)?;
+    // On stderr before any text, so the stream on stdout stays whole.
     observer.note(&device_line);
+    let params = ckpt.read_params()?;
+    write!(out, "{}", req.prompt)?;
+    out.flush()?;
     stream.run(&mut Gpt::with_params(backend, &config.model, &params), out)
+}
+
+/// Refuses a model that cannot fit before anything is allocated: the weights read
+/// on the host, and on the backend the weights, their gradient buffer and the KV
+/// cache of a full context (f64: no size overflows).
+fn ensure_model_fits(m: &ModelConfig, backend: &impl Backend, dir: &Path) -> Result<()> {
+    let params = ParamLayout::new(m).total as f64;
+    let kv_cache = 2.0 * m.n_layer as f64 * m.block_size as f64 * m.n_embd as f64;
+    let model_bytes = 4.0 * (2.0 * params + kv_cache + m.vocab_size as f64);
+    let what = format!("generating with {}", dir.display());
+    if backend.free_memory_bytes().is_some() {
+        memory::ensure_fits(model_bytes, &what, memory::available(backend)?.as_ref())?;
+        memory::ensure_fits(4.0 * params, &what, memory::host_available()?.as_ref())
+    } else {
+        let host = memory::host_available()?;
+        memory::ensure_fits(model_bytes + 4.0 * params, &what, host.as_ref())
+    }
 }
 
 /// A generation whose text goes to a writer as it comes.

@@ -14,11 +14,18 @@
 //! Two totals: with the head as it runs (chunks of positions, never B x T x V at
 //! once), and without chunking, as a naive head would hold it: the full fp32 logits
 //! [B, T, V] and their gradient in place of the chunk.
+//!
+//! Before allocating, commands compare what they will hold with the memory
+//! available ([`available`]): on the GPU what the driver reports free, on the host
+//! the least of /proc/meminfo's MemAvailable, the cgroup's room (limit less usage)
+//! and `HGPT_MEMORY_LIMIT` (a cap the user sets, e.g. `8G`), so a size that cannot
+//! fit ends in one line giving both figures instead of an allocation failure.
 
+use anyhow::{Result, bail};
 use serde::Serialize;
 
 pub use crate::backend::Target;
-use crate::backend::{GpuPrecision, ScratchItem, ScratchKind, StepShape, gpu_precision};
+use crate::backend::{Backend, GpuPrecision, ScratchItem, ScratchKind, StepShape, gpu_precision};
 use crate::config::{Config, HeadChoice};
 use crate::model::{ActivationFloats, ParamLayout};
 
@@ -138,7 +145,8 @@ pub fn plan(config: &Config, b: usize, target: Target, gpus: usize) -> MemoryPla
     };
     items.retain(|i| i.bytes > 0);
     let total_bytes = items.iter().map(|i| i.bytes).sum();
-    let unchunked_head_bytes = 2 * 4 * n * v;
+    // Saturating: a naive head's size for a batch no run could hold still compares.
+    let unchunked_head_bytes = (2 * 4 * n).saturating_mul(v);
     MemoryPlan {
         device,
         gpus,
@@ -149,7 +157,8 @@ pub fn plan(config: &Config, b: usize, target: Target, gpus: usize) -> MemoryPla
         head_chunk_bytes,
         total_bytes,
         unchunked_head_bytes,
-        unchunked_total_bytes: total_bytes - head_chunk_bytes + unchunked_head_bytes,
+        unchunked_total_bytes: (total_bytes - head_chunk_bytes)
+            .saturating_add(unchunked_head_bytes),
     }
 }
 
@@ -243,4 +252,201 @@ pub fn report(config: &Config, b: usize, gpu_gib: &[f64], gpus: usize) -> Memory
         })
         .collect();
     MemoryReport { plans, fits }
+}
+
+/// The environment variable that caps the memory hgpt plans to use, e.g. `8G`.
+pub const MEMORY_LIMIT_ENV: &str = "HGPT_MEMORY_LIMIT";
+
+/// Memory a command may use, and where that figure comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Available {
+    pub bytes: usize,
+    pub source: String,
+}
+
+/// `HGPT_MEMORY_LIMIT`'s value in bytes: a number of bytes, or a number with a
+/// binary unit K, M, G or T (an optional `iB` or `B` after it), e.g. `512M`, `1.5G`.
+pub fn parse_size(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (number, shift) = match t.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return None,
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    let bytes = value * (1u64 << shift) as f64;
+    (bytes.is_finite() && bytes >= 1.0 && bytes < usize::MAX as f64).then_some(bytes as usize)
+}
+
+/// The smaller of two figures (either may be unknown).
+fn least(a: Option<Available>, b: Option<Available>) -> Option<Available> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.bytes < a.bytes { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `HGPT_MEMORY_LIMIT`, if set; an error naming it if it is not a size.
+fn user_limit() -> Result<Option<Available>> {
+    let Some(raw) = std::env::var_os(MEMORY_LIMIT_ENV) else {
+        return Ok(None);
+    };
+    let raw = raw.to_string_lossy();
+    match parse_size(&raw) {
+        Some(bytes) => Ok(Some(Available {
+            bytes,
+            source: format!("{MEMORY_LIMIT_ENV}={raw}"),
+        })),
+        None => {
+            bail!("{MEMORY_LIMIT_ENV}={raw}: expected a size such as 8G, 512M or a number of bytes")
+        }
+    }
+}
+
+/// A number in a file (a cgroup's limit or usage); None when absent or "max".
+fn read_number(path: &str) -> Option<usize> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Host memory the kernel can give without swapping: /proc/meminfo's MemAvailable.
+fn mem_available() -> Option<Available> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: usize = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Available {
+        bytes: kib * 1024,
+        source: "MemAvailable in /proc/meminfo".into(),
+    })
+}
+
+/// Room left under this process's cgroup memory limit (v2, then v1), if one is set.
+fn cgroup_room() -> Option<Available> {
+    let limits = [
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ];
+    limits.iter().find_map(|&(limit, usage)| {
+        let limit_bytes = read_number(limit)?;
+        // v1 spells "no limit" as a number near i64::MAX.
+        if limit_bytes >= 1 << 60 {
+            return None;
+        }
+        Some(Available {
+            bytes: limit_bytes.saturating_sub(read_number(usage).unwrap_or(0)),
+            source: format!("the cgroup limit in {limit}"),
+        })
+    })
+}
+
+/// The memory available to `backend`'s buffers: the GPU's free memory, or on the
+/// host the least of MemAvailable and the cgroup's room; either capped by
+/// `HGPT_MEMORY_LIMIT`. None when nothing gives a figure.
+pub fn available<B: Backend + ?Sized>(backend: &B) -> Result<Option<Available>> {
+    match backend.free_memory_bytes() {
+        Some(bytes) => {
+            let free = Available {
+                bytes,
+                source: format!("free on {}", backend.describe()),
+            };
+            Ok(least(Some(free), user_limit()?))
+        }
+        None => host_available(),
+    }
+}
+
+/// Host memory available (for buffers that live on the host whatever the device).
+pub fn host_available() -> Result<Option<Available>> {
+    Ok(least(least(mem_available(), cgroup_room()), user_limit()?))
+}
+
+/// A petabyte: no machine hgpt runs on holds it, and sizes below it cannot
+/// overflow the plan's arithmetic.
+const BEYOND_ANY_MACHINE: f64 = (1u64 << 50) as f64;
+
+/// Refuses `need` bytes, held by `what`, beyond `available` (or, with no figure,
+/// beyond any machine): one line giving both.
+pub fn ensure_fits(need: f64, what: &str, available: Option<&Available>) -> Result<()> {
+    let limit = available.map_or(BEYOND_ANY_MACHINE, |a| a.bytes as f64);
+    if need > limit {
+        let have = available.map_or("more than any machine holds".to_string(), |a| {
+            format!(
+                "but only {:.2} GiB is available ({})",
+                gib(a.bytes),
+                a.source
+            )
+        });
+        bail!(
+            "does not fit: {what} needs {:.2} GiB, {have}",
+            need / (1u64 << 30) as f64
+        );
+    }
+    Ok(())
+}
+
+/// A lower bound, in f64 (no overflow), on the bytes a training step of `config`
+/// at micro-batch `b` holds: parameters, gradients and both moments of the
+/// embeddings and the layers' weights, one residual per layer and position, and
+/// the tokens.
+fn step_lower_bound(config: &Config, b: usize) -> f64 {
+    let m = &config.model;
+    let (v, c, l) = (m.vocab_size as f64, m.n_embd as f64, m.n_layer as f64);
+    let n = b as f64 * config.train.seq_len as f64;
+    let params = v * c + m.block_size as f64 * c + l * 12.0 * c * c;
+    16.0 * params + 4.0 * n * c * l + 8.0 * n
+}
+
+/// What a training step of `config` at micro-batch `b` is, for the user.
+fn step_what(config: &Config, b: usize, qualifier: &str) -> String {
+    let m = &config.model;
+    format!(
+        "a training step of {} layers x {} channels, vocab {}, micro-batch {} x {} tokens{qualifier}",
+        m.n_layer, m.n_embd, m.vocab_size, b, config.train.seq_len
+    )
+}
+
+/// Refuses a step past any machine (a petabyte), whose plan is not computed: its
+/// per-layer lists could not be held, nor its sums be kept from overflowing.
+pub fn ensure_plannable(config: &Config, b: usize) -> Result<()> {
+    ensure_fits(
+        step_lower_bound(config, b),
+        &step_what(config, b, " (at least)"),
+        None,
+    )
+}
+
+/// Refuses a training step of `config` at micro-batch `b` that cannot fit in the
+/// memory available to `backend` (see [`plan`]; `hgpt memory` shows it item by item).
+pub fn ensure_step_fits<B: Backend + ?Sized>(config: &Config, b: usize, backend: &B) -> Result<()> {
+    let available = available(backend)?;
+    let bound = step_lower_bound(config, b);
+    if bound > BEYOND_ANY_MACHINE {
+        return ensure_fits(
+            bound,
+            &step_what(config, b, " (at least)"),
+            available.as_ref(),
+        );
+    }
+    let need = plan(config, b, backend.target()).total_bytes;
+    ensure_fits(need as f64, &step_what(config, b, ""), available.as_ref())
 }

@@ -40,7 +40,8 @@ fn unknown_section_is_named() {
         format!("{t}\n[optimizer]\nlr = 1\n")
     });
     let line = fails(&["train", "--config", &f], dir.path());
-    assert!(line.contains("optimizer"), "{line}");
+    assert!(line.contains("unknown section `[optimizer]`"), "{line}");
+    assert!(!line.contains("data.optimizer"), "{line}");
 }
 
 #[test]
@@ -448,4 +449,96 @@ fn export_replaces_an_earlier_export_whole() {
         "{line}"
     );
     assert!(d.join("mine/notes.txt").is_file());
+}
+
+/// The batch is what asks for more text than the data holds: the message names
+/// it first, and the corpus size second.
+#[test]
+fn a_batch_larger_than_the_data_is_blamed_on_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "train",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "data.builtin_val_bytes=2000",
+    ];
+    let line = fails(&args, dir.path());
+    assert!(
+        line.starts_with("error: a batch of 64 sequences of 128 tokens")
+            && line.contains("data.builtin_val_bytes = 2000"),
+        "{line}"
+    );
+}
+
+/// Five documents all sent to validation by --val-fraction 0.99 are five, not "a
+/// single document".
+#[test]
+fn a_val_fraction_that_leaves_no_training_document_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = ["one", "two", "three", "four", "five"].join("\n<|endoftext|>\n");
+    std::fs::write(dir.path().join("docs.txt"), docs).unwrap();
+    let args = [
+        "prepare",
+        "--input",
+        "docs.txt",
+        "--out",
+        "prep",
+        "--val-fraction",
+        "0.99",
+    ];
+    let line = fails(&args, dir.path());
+    assert!(
+        line.contains("all 5 documents") && line.contains("--val-fraction 0.99"),
+        "{line}"
+    );
+    assert!(!line.contains("single document"), "{line}");
+}
+
+/// A negative number after a numeric flag is that flag's value, refused with its
+/// range (by the command, or by the parser for whole numbers), never clap's
+/// "unexpected argument '-1'".
+#[test]
+fn negative_numbers_are_values_refused_with_their_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let by_command: [(&[&str], &str); 4] = [
+        (
+            &["generate", "--checkpoint", "x", "--temperature", "-1"],
+            "--temperature -1: must be a number >= 0",
+        ),
+        (
+            &["bench", "--device", "cpu", "--peak-tflops", "-1"],
+            "--peak-tflops -1",
+        ),
+        (&["memory", "--gpu-memory", "-1"], "--gpu-memory -1"),
+        (&["llc", "layernorm", "--lr", "-1"], "--lr must be positive"),
+    ];
+    for (args, expected) in by_command {
+        let line = fails(args, dir.path());
+        assert!(line.contains(expected), "{args:?}: {line}");
+    }
+    let by_parser: [(&[&str], &str); 4] = [
+        (
+            &["generate", "--checkpoint", "x", "--top-k", "-1"],
+            "--top-k",
+        ),
+        (
+            &["generate", "--checkpoint", "x", "--max-new-tokens", "-5"],
+            "--max-new-tokens",
+        ),
+        (&["generate", "--checkpoint", "x", "--seed", "-1"], "--seed"),
+        (&["train", "--steps", "-3"], "--steps"),
+    ];
+    for (args, flag) in by_parser {
+        let out = hgpt(args, dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: invalid value '-")
+                && first.contains(flag)
+                && first.contains("must be a whole number from 0"),
+            "{args:?}: {stderr}"
+        );
+    }
 }

@@ -190,7 +190,11 @@ fn llmc_layout_shards_load_as_is() {
         &tokens,
         2,
     );
-    let data = hgpt::data::load(&hgpt::data::DataSpec::of(&config(dir.path(), 4, 16))).unwrap();
+    // Without a tokenizer the ids are bounded by the model's vocabulary: llm.c's
+    // padded GPT-2 one.
+    let mut c = config(dir.path(), 4, 16);
+    c.model.vocab_size = 50304;
+    let data = hgpt::data::load(&hgpt::data::DataSpec::of(&c)).unwrap();
     assert!(data.tokenizer.is_none());
     assert_eq!(data.vocab_size, *tokens.iter().max().unwrap() as usize + 1);
 }
@@ -278,6 +282,38 @@ fn bad_data_directories_are_refused() {
         d, 2, 8,
     ))));
     assert!(msg.contains("did not finish"), "{msg}");
+}
+
+/// A u32 llm.c shard holding token 0xFFFFFFF0 and no tokenizer: the id is refused
+/// against the model's vocabulary, naming the shard, before any count table is
+/// sized by it (one entry per id up to it would be 34 GB).
+#[test]
+fn a_token_beyond_the_model_vocabulary_is_refused_before_counting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tokens: Vec<u32> = (0..3000).map(|i| i % 250).collect();
+    tokens[1234] = 0xFFFF_FFF0;
+    let train = dir.path().join("fineweb_train_000001.bin");
+    llmc_shard(&train, 20240801, 7, 3000, &tokens, 4);
+    let val = dir.path().join("fineweb_val_000000.bin");
+    llmc_shard(
+        &val,
+        20240801,
+        7,
+        3000,
+        &tokens.iter().map(|t| t % 250).collect::<Vec<_>>(),
+        4,
+    );
+    let msg = error_of(hgpt::data::load(&hgpt::data::DataSpec::of(&config(
+        dir.path(),
+        4,
+        16,
+    ))));
+    assert!(
+        msg.contains(&train.display().to_string())
+            && msg.contains("token 4294967280")
+            && msg.contains("model.vocab_size"),
+        "{msg}"
+    );
 }
 
 #[test]

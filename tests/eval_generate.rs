@@ -426,3 +426,87 @@ fn a_model_with_nan_weights_scores_nan_and_does_not_generate() {
         );
     }
 }
+
+/// Any count of new tokens is a request, not an allocation: the largest ones
+/// generate until the reader has enough (here: at once) and end quietly, as a
+/// small one does, with no capacity panic (101) or allocation abort (134).
+#[test]
+fn generate_takes_any_max_new_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    succeeds(&strs(&train_args(0, "run", &[])), dir.path());
+    for n in ["1000000000000", "18446744073709551615"] {
+        let args = [
+            "generate",
+            "--checkpoint",
+            "run",
+            "--max-new-tokens",
+            n,
+            "--seed",
+            "1",
+        ];
+        let (status, stderr) = with_stdout_closed(&args, dir.path(), false);
+        assert!(!stderr.contains("error"), "{n}: {stderr}");
+        assert_eq!(status.code(), Some(0), "{n}: {stderr}");
+    }
+}
+
+/// What `generate::run` hands its reader and its observer, in order.
+#[derive(Debug, PartialEq)]
+enum Said {
+    Text(String),
+    Note(String),
+}
+
+/// A writer and an observer that log into one list, so their order shows.
+#[derive(Clone, Default)]
+struct Log(std::rc::Rc<std::cell::RefCell<Vec<Said>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf).into_owned();
+        if !text.is_empty() {
+            self.0.borrow_mut().push(Said::Text(text));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl hgpt::observe::Observer for Log {
+    fn note(&mut self, line: &str) {
+        self.0.borrow_mut().push(Said::Note(line.to_string()));
+    }
+}
+
+/// The device line is a note said before any text (stderr before the stream on
+/// stdout), so it never lands in the middle of the generated text.
+#[test]
+fn generate_names_the_device_before_the_text() {
+    let dir = tempfile::tempdir().unwrap();
+    succeeds(&strs(&train_args(0, "run", &[])), dir.path());
+    let log = Log::default();
+    let request = hgpt::generate::GenerateRequest {
+        checkpoint: &dir.path().join("run"),
+        prompt: "the ",
+        max_new_tokens: 20,
+        temperature: 1.0,
+        top_k: 0,
+        seed: Some(1),
+        device: hgpt::backend::DeviceChoice::Cpu,
+    };
+    hgpt::generate::run(&request, &mut log.clone(), &mut log.clone()).unwrap();
+    let said = log.0.borrow();
+    let device = said
+        .iter()
+        .position(|s| matches!(s, Said::Note(n) if n.starts_with("device: ")))
+        .unwrap_or_else(|| panic!("no device line: {said:?}"));
+    let first_text = said
+        .iter()
+        .position(|s| matches!(s, Said::Text(_)))
+        .unwrap_or_else(|| panic!("no text: {said:?}"));
+    assert!(device < first_text, "{said:?}");
+    assert_eq!(said[first_text], Said::Text("the ".into()));
+}

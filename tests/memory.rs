@@ -1,6 +1,7 @@
 //! The memory plan against what the backends really allocate (the CPU here; the
-//! CUDA backend's slots and peak in tests/cuda_parity.rs), and the planner's search
-//! for the largest micro-batch.
+//! CUDA backend's slots and peak in tests/cuda_parity.rs), the planner's search
+//! for the largest micro-batch, and the commands' refusal, before allocating, of
+//! sizes beyond the memory available (one line with both figures, no backtrace).
 
 mod common;
 
@@ -9,7 +10,7 @@ use hgpt::backend::GpuPrecision;
 use hgpt::backend::cpu::CpuBackend;
 use hgpt::config::Config;
 use hgpt::data;
-use hgpt::memory::{Target, largest_micro_batch, plan};
+use hgpt::memory::{Target, gib, largest_micro_batch, parse_size, plan};
 use hgpt::train::Trainer;
 
 fn small(sets: &[&str]) -> Config {
@@ -120,4 +121,115 @@ fn largest_micro_batch_is_the_edge_of_what_fits() {
             0
         );
     }
+}
+
+#[test]
+fn memory_limit_sizes_parse_in_binary_units() {
+    assert_eq!(parse_size("1024"), Some(1024));
+    assert_eq!(parse_size("512M"), Some(512 << 20));
+    assert_eq!(parse_size("8G"), Some(8 << 30));
+    assert_eq!(parse_size("8GiB"), Some(8 << 30));
+    assert_eq!(parse_size("1.5g"), Some(3 << 29));
+    assert_eq!(parse_size("2T"), Some(2 << 40));
+    for bad in ["", "G", "8X", "-1G", "0", "lots", "1e400"] {
+        assert_eq!(parse_size(bad), None, "{bad}");
+    }
+}
+
+/// The 124M config's CPU step does not fit in 1 GiB: `train` says so in one line
+/// naming the plan's total and the cap, before building the model; a malformed
+/// cap is named too.
+#[test]
+fn a_config_beyond_the_memory_limit_is_refused_with_both_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::env::current_dir()
+        .unwrap()
+        .join("configs/gpt2-124m-harmonic.toml");
+    let config = Config::load(Some(&path), &[]).unwrap();
+    let planned = plan(&config, config.train.batch_size, Target::Cpu).total_bytes;
+    let args = [
+        "train",
+        "--device",
+        "cpu",
+        "--config",
+        path.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--out",
+        "run",
+    ];
+    let line = common::fails_env(&args, dir.path(), &[("HGPT_MEMORY_LIMIT", "1G")]);
+    let need = format!("needs {:.2} GiB", gib(planned));
+    assert!(
+        line.contains("does not fit")
+            && line.contains(&need)
+            && line.contains("1.00 GiB is available (HGPT_MEMORY_LIMIT=1G)"),
+        "{need}: {line}"
+    );
+    assert!(!dir.path().join("run/checkpoints").exists());
+    let line = common::fails_env(&args, dir.path(), &[("HGPT_MEMORY_LIMIT", "lots")]);
+    assert!(line.contains("HGPT_MEMORY_LIMIT=lots"), "{line}");
+}
+
+/// Sizes no machine holds end in one line from every command that allocates them,
+/// never an allocation abort (134) or a panic (101). A billion layers is refused
+/// against the machine's own figure (MemAvailable or the cgroup), whatever it is.
+#[test]
+fn sizes_that_cannot_fit_fail_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // (arguments, under a 16G cap rather than the machine's figure, what is named)
+    let cases: [(&[&str], bool, &str); 5] = [
+        (
+            &["train", "--device", "cpu", "--set", "model.n_layer=100000"],
+            true,
+            "100000 layers",
+        ),
+        (
+            &[
+                "train",
+                "--device",
+                "cpu",
+                "--set",
+                "model.n_layer=1000000000",
+            ],
+            false,
+            "1000000000 layers",
+        ),
+        (
+            &["bench", "--device", "cpu", "--set", "model.n_layer=100000"],
+            true,
+            "100000 layers",
+        ),
+        (
+            &["llc", "dln", "--widths", "100000,100000"],
+            true,
+            "widths [100000, 100000]",
+        ),
+        (
+            &["train", "--set", "data.builtin_train_bytes=1000000000000"],
+            true,
+            "data.builtin_train_bytes = 1000000000000",
+        ),
+    ];
+    for (args, capped, names) in cases {
+        let env: &[(&str, &str)] = if capped {
+            &[("HGPT_MEMORY_LIMIT", "16G")]
+        } else {
+            &[]
+        };
+        let line = common::fails_env(args, dir.path(), env);
+        assert!(
+            line.contains("does not fit") && line.contains(names) && line.contains("available"),
+            "{args:?}: {line}"
+        );
+    }
+    // `hgpt memory` plans without allocating, but not a step past any machine.
+    let line = common::fails(
+        &["memory", "--set", "model.n_layer=1000000000000"],
+        dir.path(),
+    );
+    assert!(
+        line.contains("1000000000000 layers") && line.contains("more than any machine holds"),
+        "{line}"
+    );
 }

@@ -28,6 +28,10 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).peak_memory_bytes()
     }
 
+    fn free_memory_bytes(&self) -> Option<usize> {
+        (**self).free_memory_bytes()
+    }
+
     fn epilogue_fallbacks(&self) -> usize {
         (**self).epilogue_fallbacks()
     }

@@ -161,6 +161,11 @@ pub trait Backend {
     fn synchronize(&self) {}
     /// The most bytes of buffers this backend has held at once.
     fn peak_memory_bytes(&self) -> usize;
+    /// Bytes of device memory free for new buffers; None for a backend whose
+    /// buffers live in host memory (the CPU).
+    fn free_memory_bytes(&self) -> Option<usize> {
+        None
+    }
     /// How many GEMMs with a fused epilogue found no kernel for it and ran as
     /// separate kernels instead (0 on a backend that fuses nothing).
     fn epilogue_fallbacks(&self) -> usize {

@@ -5,7 +5,7 @@ use clap::Args;
 
 use hgpt::bench::{BenchReport, BenchRequest};
 
-use super::{ConfigArgs, DeviceArgs, Stderr, micro_batch};
+use super::{ConfigArgs, DeviceArgs, Stderr, micro_batch, whole};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -14,14 +14,14 @@ pub struct BenchArgs {
     #[command(flatten)]
     device: DeviceArgs,
     /// Warm-up steps before timing (timed steps: --steps, default 10)
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = whole::<usize>)]
     warmup: usize,
     /// Sequences per micro-batch (shorthand for --set train.batch_size=B)
-    #[arg(long, value_name = "B")]
+    #[arg(long, value_name = "B", allow_negative_numbers = true, value_parser = whole::<usize>)]
     micro_batch: Option<usize>,
     /// Peak TFLOP/s for MFU (default: 989, H100 SXM dense bf16, on the GPU in bf16;
     /// the measured GEMM peak on the CPU and for fp32)
-    #[arg(long, value_name = "X")]
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
     peak_tflops: Option<f64>,
     /// Time every op of the step on the GPU too (CUDA events; the CPU always does)
     #[arg(long)]

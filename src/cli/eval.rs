@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 
 use hgpt::eval::{EvalRequest, Report};
 
-use super::{CheckpointArgs, DeviceArgs, Stderr};
+use super::{CheckpointArgs, DeviceArgs, Stderr, whole};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -18,12 +18,12 @@ pub struct EvalArgs {
     #[arg(long, value_name = "PATH")]
     data: PathBuf,
     /// Score at most N tokens
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = whole::<usize>)]
     max_tokens: Option<usize>,
     /// Tokens between the starts of successive windows of the model's context; each
     /// token is scored once, with at least context - S tokens before it (default:
     /// the context, i.e. windows side by side)
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true, value_parser = whole::<usize>)]
     stride: Option<usize>,
     /// Which split of a prepared directory to score
     #[arg(long, value_enum, default_value = "val")]

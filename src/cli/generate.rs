@@ -6,7 +6,7 @@ use clap::Args;
 
 use hgpt::generate::GenerateRequest;
 
-use super::{CheckpointArgs, DeviceArgs, Stderr};
+use super::{CheckpointArgs, DeviceArgs, Stderr, whole};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -16,17 +16,22 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "TEXT", default_value = "")]
     prompt: String,
     /// Tokens to generate (fewer if the model ends the document)
-    #[arg(long, value_name = "N", default_value_t = 200)]
+    #[arg(long, value_name = "N", default_value_t = 200, allow_negative_numbers = true, value_parser = whole::<usize>)]
     max_new_tokens: usize,
     /// Softmax temperature; 0 picks the most likely token each time (greedy)
-    #[arg(long, value_name = "T", default_value_t = 1.0)]
+    #[arg(
+        long,
+        value_name = "T",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
     temperature: f32,
     /// Sample only among the K most likely tokens (0: all)
-    #[arg(long, value_name = "K", default_value_t = 0)]
+    #[arg(long, value_name = "K", default_value_t = 0, allow_negative_numbers = true, value_parser = whole::<usize>)]
     top_k: usize,
     /// Random seed; the same seed gives the same text (default: a random one,
     /// printed to stderr)
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true, value_parser = whole::<u64>)]
     seed: Option<u64>,
     #[command(flatten)]
     device: DeviceArgs,

@@ -24,7 +24,7 @@ use hgpt::llc::sampler::{NBeta, SgldSettings};
 use hgpt::llc::{aoyagi, estimate, gpt, write_outputs};
 use hgpt::model::Gpt;
 
-use super::DeviceArgs;
+use super::{DeviceArgs, whole};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -69,10 +69,10 @@ struct DlnArgs {
     )]
     widths: Vec<usize>,
     /// Rank of the true product matrix
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = whole::<usize>)]
     rank: usize,
     /// Training examples drawn from the true network
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    #[arg(long, default_value_t = 10_000, value_name = "N", allow_negative_numbers = true, value_parser = whole::<usize>)]
     samples: usize,
     /// Directory for llc.json and llc.png (default: none written)
     #[arg(long, value_name = "DIR")]
@@ -84,13 +84,13 @@ struct DlnArgs {
 #[derive(Args)]
 struct LayerNormArgs {
     /// SGD steps
-    #[arg(long, default_value_t = Schedule::DEFAULT.steps)]
+    #[arg(long, default_value_t = Schedule::DEFAULT.steps, allow_negative_numbers = true, value_parser = whole::<usize>)]
     steps: usize,
     /// Steps between LLC estimates
-    #[arg(long, default_value_t = Schedule::DEFAULT.every)]
+    #[arg(long, default_value_t = Schedule::DEFAULT.every, allow_negative_numbers = true, value_parser = whole::<usize>)]
     every: usize,
     /// SGD learning rate
-    #[arg(long, default_value_t = Schedule::DEFAULT.lr)]
+    #[arg(long, default_value_t = Schedule::DEFAULT.lr, allow_negative_numbers = true)]
     lr: f32,
     /// Directory for llc.jsonl and llc_over_training.png (default: runs/llc-layernorm-<time>)
     #[arg(long, value_name = "DIR")]
@@ -104,13 +104,13 @@ struct LayerNormArgs {
 struct SgldArgs {
     /// Independent SGLD chains [default: 10; for `dln` 10, then more (up to 100)
     /// until the standard error is at most 3% of the estimate]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole::<usize>)]
     chains: Option<usize>,
     /// Recorded draws per chain
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = whole::<usize>)]
     draws: usize,
     /// Steps per chain before recording [default: --draws, 3 x --draws for `dln`]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = whole::<usize>)]
     burnin: Option<usize>,
     /// SGLD step size, fixed [default: tuned during each chain's burn-in to eps x
     /// curvature = 0.15, starting from 1e-4; 1e-3 for `layernorm`; 9e-4/sqrt(widest
@@ -129,11 +129,11 @@ struct SgldArgs {
     )]
     nbeta: String,
     /// Minibatch size B [default: the run's train.batch_size; 1024 for `dln`; 64 for `layernorm`]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = whole::<usize>)]
     batch_size: Option<usize>,
     /// Seed of the SGLD noise (and of `dln`'s and `layernorm`'s data; a GPT's
     /// batches follow its run's loader)
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = whole::<u64>)]
     seed: u64,
     /// Print JSON instead of a summary
     #[arg(long)]
@@ -330,10 +330,17 @@ fn run_layernorm(args: &LayerNormArgs) -> Result<()> {
 }
 
 /// The model of `config` on the backend `device` asks for (saying which on stderr),
-/// for estimating one checkpoint after another without reopening the device.
-fn open_model(device: DeviceChoice, config: &Config) -> Result<Gpt<Box<dyn Backend>>> {
+/// for estimating one checkpoint after another without reopening the device;
+/// refused before allocating if its step at `batch_size` cannot fit (the training
+/// plan bounds SGLD's: an anchor in place of the two moments).
+fn open_model(
+    device: DeviceChoice,
+    config: &Config,
+    batch_size: usize,
+) -> Result<Gpt<Box<dyn Backend>>> {
     let (backend, device_line) =
         backend::open(device, config.train.precision, config.model.head_size())?;
+    hgpt::memory::ensure_step_fits(config, batch_size, &backend)?;
     eprintln!("{device_line}");
     Ok(Gpt::new(backend, &config.model))
 }
@@ -352,7 +359,7 @@ fn run_checkpoint(args: &LlcArgs, path: &Path) -> Result<()> {
     writable_dir(&out)?;
     let params = ckpt.read_params()?;
     let data = gpt::training_data(&config, batch_size, Some(&ckpt.state))?;
-    let mut model = open_model(args.device.device, &config)?;
+    let mut model = open_model(args.device.device, &config, batch_size)?;
     model.write_params(&params);
     let progress = progress_bar(&settings);
     let seq_len = config.train.seq_len;
@@ -390,7 +397,7 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
     let (batch_size, settings) = args
         .sgld
         .settings(&Defaults::gpt(config.train.batch_size))?;
-    let mut model = open_model(args.device.device, &config)?;
+    let mut model = open_model(args.device.device, &config, batch_size)?;
     let out = args.out.clone().unwrap_or_else(|| run.to_path_buf());
     writable_dir(&out)?;
     let mut log = LlcLog::create(&out.join("llc.jsonl"))?;

@@ -5,18 +5,23 @@ use clap::Args;
 
 use hgpt::memory::{DEFAULT_GPU_GIB, MemoryPlan, MemoryReport, gib};
 
-use super::{ConfigArgs, micro_batch};
+use super::{ConfigArgs, micro_batch, whole};
 
 #[derive(Args)]
 pub struct MemoryArgs {
     #[command(flatten)]
     config: ConfigArgs,
     /// Sequences per micro-batch (default: the config's train.batch_size)
-    #[arg(long, value_name = "B")]
+    #[arg(long, value_name = "B", allow_negative_numbers = true, value_parser = whole::<usize>)]
     micro_batch: Option<usize>,
     /// GPU memory sizes to fit the largest micro-batch into, GiB (default: an H100
     /// 80GB's 79.65 and an H200's 140.4, as nvidia-smi reports them)
-    #[arg(long, value_name = "GIB", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "GIB",
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
     gpu_memory: Vec<f64>,
     /// Data-parallel GPUs: the plan per GPU, with the AdamW moments sharded over N
     /// (ZeRO-1)
@@ -40,6 +45,7 @@ pub fn run(args: MemoryArgs) -> Result<()> {
         bail!("--gpu-memory {g}: must be a positive number of GiB");
     }
     let batch = micro_batch.unwrap_or(config.train.batch_size);
+    hgpt::memory::ensure_plannable(&config, batch)?;
     let report = hgpt::memory::report(&config, batch, &gpu_gib, args.gpus as usize);
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);

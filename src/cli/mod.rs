@@ -89,7 +89,7 @@ struct ConfigArgs {
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
     /// Shorthand for --set train.max_steps=N
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = whole::<usize>)]
     steps: Option<usize>,
     /// Shorthand for --set data.dir=DIR (a directory made by `hgpt prepare`, or llm.c shards)
     #[arg(long, value_name = "DIR")]
@@ -122,6 +122,16 @@ impl ConfigArgs {
             .and_then(|p| p.file_stem())
             .map_or("tiny".into(), |s| s.to_string_lossy().into_owned())
     }
+}
+
+/// A count or seed flag's value: a whole number from 0 to T's largest. Such flags
+/// take "-1" as their value (not as an unknown flag), so it is refused in words.
+fn whole<T: std::str::FromStr + num_traits::Bounded + std::fmt::Display>(
+    s: &str,
+) -> Result<T, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("must be a whole number from 0 to {}", T::max_value()))
 }
 
 /// `--micro-batch B`, checked: at least one sequence.

@@ -9,6 +9,8 @@ use clap::Args;
 use hgpt::data::prepare::{PrepareOptions, TokenizerSource, prepare};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::whole;
+
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("tokenizer_source").args(["tokenizer", "gpt2_bpe", "train_tokenizer"])))]
 pub struct PrepareArgs {
@@ -30,13 +32,18 @@ pub struct PrepareArgs {
     #[arg(long, num_args = 2, value_names = ["ENCODER_JSON", "VOCAB_BPE"])]
     gpt2_bpe: Option<Vec<PathBuf>>,
     /// Train a byte-level BPE of this vocabulary size on the input
-    #[arg(long, value_name = "VOCAB_SIZE")]
+    #[arg(long, value_name = "VOCAB_SIZE", allow_negative_numbers = true, value_parser = whole::<usize>)]
     train_tokenizer: Option<usize>,
     /// Share of documents held out for validation (at least one document)
-    #[arg(long, default_value_t = 0.005, value_name = "F")]
+    #[arg(
+        long,
+        default_value_t = 0.005,
+        value_name = "F",
+        allow_negative_numbers = true
+    )]
     val_fraction: f64,
     /// Tokens per shard
-    #[arg(long, default_value_t = 100_000_000, value_name = "N")]
+    #[arg(long, default_value_t = 100_000_000, value_name = "N", allow_negative_numbers = true, value_parser = whole::<u64>)]
     shard_tokens: u64,
 }
 

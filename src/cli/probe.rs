@@ -17,6 +17,8 @@ use hgpt::model::Gpt;
 use hgpt::probe::pca::Pca;
 use hgpt::probe::{Geometry, Metric, Neighbour, Pieces, Quad, WordRule, plot, text};
 
+use super::whole;
+
 #[derive(Args)]
 pub struct ProbeArgs {
     /// A checkpoint directory (RUN/checkpoints/step_N), or a run directory for its
@@ -47,7 +49,7 @@ enum Probe {
         #[arg(required = true, value_name = "WORD")]
         words: Vec<String>,
         /// Neighbours per word
-        #[arg(short, default_value_t = 10)]
+        #[arg(short, default_value_t = 10, allow_negative_numbers = true, value_parser = whole::<usize>)]
         k: usize,
     },
     /// `a b c`: candidates d for a : b :: c : d around b - a + c; `--file F`: score
@@ -58,10 +60,10 @@ enum Probe {
         #[arg(long, value_name = "FILE", required_unless_present = "words")]
         file: Option<PathBuf>,
         /// Candidates shown
-        #[arg(short, default_value_t = 5)]
+        #[arg(short, default_value_t = 5, allow_negative_numbers = true, value_parser = whole::<usize>)]
         k: usize,
         /// Principal components of the parallelogram loss (2 in the paper's figure)
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = whole::<usize>)]
         components: usize,
     },
     /// A labelled 2-D PCA picture of the chosen centres
@@ -81,10 +83,10 @@ enum Probe {
         #[arg(value_name = "FILE")]
         file: PathBuf,
         /// Positions read
-        #[arg(long, value_name = "N", default_value_t = 4096)]
+        #[arg(long, value_name = "N", default_value_t = 4096, allow_negative_numbers = true, value_parser = whole::<usize>)]
         max_tokens: usize,
         /// Histogram bins
-        #[arg(long, default_value_t = 12)]
+        #[arg(long, default_value_t = 12, allow_negative_numbers = true, value_parser = whole::<usize>)]
         bins: usize,
         /// Draw the histogram here
         #[arg(long, value_name = "PNG")]

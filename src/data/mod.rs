@@ -51,6 +51,9 @@ pub struct DataSpec<'a> {
     pub seed: u64,
     pub rank: usize,
     pub world: usize,
+    /// Token ids must be below this (the model's vocabulary) where the data has no
+    /// tokenizer to say its own.
+    pub vocab_size: usize,
 }
 
 impl DataSpec<'_> {
@@ -64,6 +67,7 @@ impl DataSpec<'_> {
             seed: t.seed,
             rank: 0,
             world: 1,
+            vocab_size: config.model.vocab_size,
         }
     }
 
@@ -114,6 +118,15 @@ pub fn join_documents(tok: &Tokenizer, docs: &[String]) -> Vec<u32> {
 /// The built-in corpus as a dataset: train and val drawn with different seeds.
 pub fn builtin(spec: &DataSpec) -> Result<Dataset> {
     let d = spec.source;
+    // The text and its byte tokens (4 bytes each) are held at once.
+    crate::memory::ensure_fits(
+        5.0 * (d.builtin_train_bytes as f64 + d.builtin_val_bytes as f64),
+        &format!(
+            "the built-in corpus of data.builtin_train_bytes = {} and data.builtin_val_bytes = {}",
+            d.builtin_train_bytes, d.builtin_val_bytes
+        ),
+        crate::memory::host_available()?.as_ref(),
+    )?;
     let tok = Tokenizer::bytes();
     let train = join_documents(&tok, &corpus::generate(spec.seed, d.builtin_train_bytes));
     let val = join_documents(
@@ -127,13 +140,20 @@ pub fn builtin(spec: &DataSpec) -> Result<Dataset> {
         tok.vocab_size()
     );
     let train = vec![Shard::in_memory("the built-in corpus", train)];
-    let (counts, _) = shard::count_tokens(&train);
+    let counts = shard::count_tokens(&train, tok.vocab_size())
+        .expect("the byte tokenizer's ids are in its vocabulary");
     let val = vec![Shard::in_memory("the built-in corpus", val)];
-    let too_little = |key: &str, bytes: usize| format!("data.{key} = {bytes}: too little text");
+    // The batch is what asks for the text: name it first, then the corpus size.
+    let too_little = |split: &str, bytes: usize| {
+        format!(
+            "a batch of {} sequences of {} tokens is larger than the built-in corpus's {split} text (data.builtin_{split}_bytes = {bytes}): lower the batch size or seq_len, or raise data.builtin_{split}_bytes",
+            spec.batch_size, spec.seq_len
+        )
+    };
     let (train, val) = spec.loaders(train, val);
     Ok(Dataset {
-        train: train.with_context(|| too_little("builtin_train_bytes", d.builtin_train_bytes))?,
-        val: val.with_context(|| too_little("builtin_val_bytes", d.builtin_val_bytes))?,
+        train: train.with_context(|| too_little("train", d.builtin_train_bytes))?,
+        val: val.with_context(|| too_little("val", d.builtin_val_bytes))?,
         vocab_size: tok.vocab_size(),
         tokenizer: Some(tok),
         description,
@@ -242,24 +262,33 @@ pub fn prepared(dir: &Path, spec: &DataSpec) -> Result<Dataset> {
     let val = open_split(dir, "val", manifest.as_ref().map(|m| &m.val))?;
 
     // One pass over every token: ids in range, and the training unigram entropy.
-    let (counts, train_max) = shard::count_tokens(&train);
-    let (_, val_max) = shard::count_tokens(&val);
-    let largest = train_max.iter().chain(&val_max).flatten().max().copied();
-    let vocab_size = tokenizer
-        .as_ref()
-        .map_or(largest.map_or(0, |m| m as usize + 1), |t| t.vocab_size());
-    let shards = train.iter().chain(&val);
-    for (shard, max) in shards.zip(train_max.iter().chain(&val_max)) {
-        if let Some(m) = *max
-            && m as usize >= vocab_size
-        {
-            bail!(
-                "{}: holds token {m}, outside the vocabulary of {} ({vocab_size} tokens)",
-                shard.name(),
-                tokenizer_path.display()
-            );
-        }
-    }
+    // Without a tokenizer the ids are checked against the model's vocabulary.
+    let (limit, vocab_source) = match &tokenizer {
+        Some(t) => (
+            t.vocab_size(),
+            format!("the vocabulary of {}", tokenizer_path.display()),
+        ),
+        None => (
+            spec.vocab_size,
+            format!(
+                "model.vocab_size ({} has no {TOKENIZER_FILE})",
+                dir.display()
+            ),
+        ),
+    };
+    let out_of_vocab = |e: shard::OutOfVocab, shards: &[Shard]| {
+        anyhow::anyhow!(
+            "{}: holds token {}, outside {vocab_source} ({limit} tokens)",
+            shards[e.shard].name(),
+            e.token
+        )
+    };
+    let counts = shard::count_tokens(&train, limit).map_err(|e| out_of_vocab(e, &train))?;
+    let val_counts = shard::count_tokens(&val, limit).map_err(|e| out_of_vocab(e, &val))?;
+    let vocab_size = match &tokenizer {
+        Some(t) => t.vocab_size(),
+        None => counts.len().max(val_counts.len()),
+    };
     let (train_tokens, val_tokens): (usize, usize) = (
         train.iter().map(Shard::len).sum(),
         val.iter().map(Shard::len).sum(),

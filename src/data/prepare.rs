@@ -364,6 +364,13 @@ pub fn prepare(opts: &PrepareOptions, progress: &ProgressBar) -> Result<PrepareR
         bail!("no text in the input ({})", names());
     }
     let (train, val) = (train.finish()?, val.finish()?);
+    if train.documents == 0 && documents > 1 {
+        bail!(
+            "all {documents} documents of the input ({}) went to validation at --val-fraction {}: lower it so at least one is left to train on",
+            names(),
+            opts.val_fraction
+        );
+    }
     if train.documents == 0 {
         bail!(
             "the input ({}) is a single document, which went to validation: need at least two (plain text files are one document each unless separated by <|endoftext|>; JSON Lines hold one per line)",

@@ -295,43 +295,51 @@ impl Shard {
     }
 }
 
-/// How often each token id occurs in `shards`, and the largest id in each shard
-/// (None for an empty one); counted in parallel chunks.
-pub fn count_tokens(shards: &[Shard]) -> (Vec<u64>, Vec<Option<u32>>) {
+/// A token id at or above the vocabulary, in shard `shard` (the largest such id
+/// in the chunk where it was found).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutOfVocab {
+    pub shard: usize,
+    pub token: u32,
+}
+
+/// How often each id below `vocab` occurs in `shards` (the table is as long as one
+/// past the largest id found), counted in parallel chunks; an id at or above
+/// `vocab` is an error, found before any table grows to it (a u32 id sizes a
+/// table of up to 34 GB).
+pub fn count_tokens(shards: &[Shard], vocab: usize) -> Result<Vec<u64>, OutOfVocab> {
     const CHUNK: usize = 1 << 22;
     let chunks: Vec<(usize, usize)> = shards
         .iter()
         .enumerate()
         .flat_map(|(i, s)| (0..s.len()).step_by(CHUNK).map(move |start| (i, start)))
         .collect();
-    let partial: Vec<(usize, Vec<u64>)> = chunks
+    let partial: Vec<Result<Vec<u64>, OutOfVocab>> = chunks
         .par_iter()
         .map(|&(i, start)| {
             let n = CHUNK.min(shards[i].len() - start);
             let mut tokens = Vec::with_capacity(n);
             shards[i].read(start, n, &mut tokens);
-            let mut counts = vec![0u64; 1 << 16];
-            for t in tokens {
-                let t = t as usize;
-                if t >= counts.len() {
-                    counts.resize(t + 1, 0);
-                }
-                counts[t] += 1;
+            if let Some(&token) = tokens.iter().filter(|&&t| t as usize >= vocab).max() {
+                return Err(OutOfVocab { shard: i, token });
             }
-            (i, counts)
+            let largest = tokens.iter().max().map_or(0, |&t| t as usize + 1);
+            let mut counts = vec![0u64; largest];
+            for t in tokens {
+                counts[t as usize] += 1;
+            }
+            Ok(counts)
         })
         .collect();
     let mut total = Vec::new();
-    let mut max = vec![None; shards.len()];
-    for (i, counts) in partial {
+    for counts in partial {
+        let counts = counts?;
         if total.len() < counts.len() {
             total.resize(counts.len(), 0);
         }
         for (id, &c) in counts.iter().enumerate() {
             total[id] += c;
         }
-        let chunk_max = counts.iter().rposition(|&c| c > 0).map(|m| m as u32);
-        max[i] = max[i].max(chunk_max);
     }
-    (total, max)
+    Ok(total)
 }

@@ -55,6 +55,11 @@ impl DeepLinearNetwork {
         if batch_size == 0 || batch_size > samples {
             bail!("--batch-size {batch_size} must be between 1 and --samples {samples}");
         }
+        crate::memory::ensure_fits(
+            host_bytes(widths, rank, samples, batch_size),
+            &format!("a deep linear network of widths {widths:?} with {samples} samples"),
+            crate::memory::host_available()?.as_ref(),
+        )?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let frames: Vec<Vec<f64>> = widths
             .iter()
@@ -123,6 +128,20 @@ impl DeepLinearNetwork {
         let rows = labels.len() / self.widths.last().unwrap();
         (sq / rows as f64, residual)
     }
+}
+
+/// The host bytes (f64, so no size overflows) a network and its sampling hold:
+/// the weights four times over (themselves, the gradient, the SGLD anchor and the
+/// copy an estimate reads), the true parameter's frames, the examples, and the
+/// activations and their gradients of a minibatch and of the labelling pass.
+pub fn host_bytes(widths: &[usize], rank: usize, samples: usize, batch_size: usize) -> f64 {
+    let w: Vec<f64> = widths.iter().map(|&h| h as f64).collect();
+    let params: f64 = w.windows(2).map(|p| p[0] * p[1]).sum();
+    let widths_sum: f64 = w.iter().sum();
+    let (first, last) = (w[0], w[w.len() - 1]);
+    let examples = samples as f64 * (first + last);
+    let activations = (samples as f64 + 2.0 * batch_size as f64) * widths_sum;
+    4.0 * (4.0 * params + examples + activations) + 8.0 * widths_sum * rank as f64
 }
 
 /// A uniformly random h x r matrix with orthonormal columns (row-major), by

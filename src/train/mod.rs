@@ -69,8 +69,9 @@ pub struct Trainer<B: Backend> {
 }
 
 impl<B: Backend> Trainer<B> {
-    /// A freshly initialised model on `backend`, checked against the data's vocab:
-    /// the only rank of its group.
+    /// A freshly initialised model on `backend`, checked against the data's vocab
+    /// and, before anything is allocated, against the memory available: the only
+    /// rank of its group.
     pub fn new(config: &Config, backend: B, data: Dataset) -> Result<Trainer<B>> {
         Trainer::in_group(config, backend, data, Box::new(Solo))
     }
@@ -85,6 +86,7 @@ impl<B: Backend> Trainer<B> {
         dist: Box<dyn Collective>,
     ) -> Result<Trainer<B>> {
         compat::check_data(&data, &config.model, None)?;
+        crate::memory::ensure_step_fits(config, config.train.batch_size, &backend)?;
         let model = Gpt::new(backend, &config.model);
         model.init(config.train.seed);
         let place = dist.place();
@@ -354,7 +356,8 @@ pub fn run_rank(
 
 /// Runs `job` as the rank `dist` places: every rank loads its slice of the data and
 /// the checkpoint it starts from; rank 0 alone checks, locks and writes the run
-/// directory. `open` opens the backend (after the data, so data errors come first).
+/// directory. `open` opens the backend and checks that a step fits in its memory,
+/// before the data is read (a step that cannot fit is refused first).
 fn execute(
     job: Job,
     config: &Config,
@@ -378,6 +381,7 @@ fn execute(
                 true => Some(claim_new_run(config, out, init.as_ref(), observer)?),
                 false => None,
             };
+            let (backend, device_line) = open()?;
             let data = data::load(&spec)?;
             let params = match &init {
                 Some(ckpt) => {
@@ -387,7 +391,6 @@ fn execute(
                 }
                 None => None,
             };
-            let (backend, device_line) = open()?;
             if place.is_first() {
                 std::fs::create_dir_all(out)
                     .with_context(|| format!("cannot create run directory {}", out.display()))?;
@@ -407,6 +410,7 @@ fn execute(
             };
             let ckpt = Checkpoint::open_run(run)?;
             let changes = compat::check_resume(&ckpt.state.config, config)?;
+            let (backend, device_line) = open()?;
             let data = data::load(&spec)?;
             compat::check_data(&data, &config.model, Some(&ckpt.state)).context("cannot resume")?;
             let (params, moments) = (ckpt.read_params()?, ckpt.read_moments()?);
@@ -427,7 +431,6 @@ fn execute(
             if place.is_first() {
                 write_config(config, run)?;
             }
-            let (backend, device_line) = open()?;
             let mut tr = Trainer::in_group(config, backend, data, dist)?;
             tr.restore(&ckpt, &params, &moments)?;
             run_trainer(tr, run, &device_line, Some(ckpt.dir.clone()), observer)
@@ -472,9 +475,13 @@ fn claim_new_run(
     Ok(lock)
 }
 
-/// The backend `device` and the config's precision and head size ask for.
+/// The backend `device` and the config's precision and head size ask for, once a
+/// training step of `config` is known to fit in its memory (before the data is
+/// read or a run directory written).
 fn open_backend(device: DeviceChoice, config: &Config) -> Result<(Box<dyn Backend>, String)> {
-    backend::open(device, config.train.precision, config.model.head_size())
+    let (backend, line) = backend::open(device, config.train.precision, config.model.head_size())?;
+    crate::memory::ensure_step_fits(config, config.train.batch_size, &backend)?;
+    Ok((backend, line))
 }
 
 fn write_config(config: &Config, out: &Path) -> Result<()> {

@@ -12,8 +12,14 @@ use std::process::{Command, Output};
 use hgpt::config::Config;
 
 pub fn hgpt(args: &[&str], dir: &Path) -> Output {
+    hgpt_env(args, dir, &[])
+}
+
+/// [`hgpt`] with environment variables set (e.g. HGPT_MEMORY_LIMIT).
+pub fn hgpt_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hgpt"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .output()
         .unwrap()
@@ -32,7 +38,12 @@ pub fn succeeds(args: &[&str], dir: &Path) -> String {
 
 /// Runs hgpt expecting failure; returns its single stderr line.
 pub fn fails(args: &[&str], dir: &Path) -> String {
-    let out = hgpt(args, dir);
+    fails_env(args, dir, &[])
+}
+
+/// [`fails`] with environment variables set.
+pub fn fails_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> String {
+    let out = hgpt_env(args, dir, env);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(
         out.status.code(),

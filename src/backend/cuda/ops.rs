@@ -46,6 +46,11 @@ impl Backend for CudaBackend {
         self.peak.get()
     }
 
+    /// What the driver reports free on the device (None if it cannot say).
+    fn free_memory_bytes(&self) -> Option<usize> {
+        self.ctx.mem_get_info().ok().map(|(free, _total)| free)
+    }
+
     /// How many bias/GELU epilogue GEMMs cuBLASLt had no kernel for (they ran as
     /// separate kernels instead): 0 when every fusion ran fused. fp32 mode asks for
     /// no GELU epilogue, so its GELU GEMMs are not counted.
