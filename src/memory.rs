@@ -435,9 +435,15 @@ pub fn ensure_plannable(config: &Config, b: usize) -> Result<()> {
     )
 }
 
-/// Refuses a training step of `config` at micro-batch `b` that cannot fit in the
-/// memory available to `backend` (see [`plan`]; `hgpt memory` shows it item by item).
-pub fn ensure_step_fits<B: Backend + ?Sized>(config: &Config, b: usize, backend: &B) -> Result<()> {
+/// Refuses a training step of `config` at micro-batch `b`, as one of `ranks`
+/// data-parallel ranks, that cannot fit in the memory available to `backend` (see
+/// [`plan`]; `hgpt memory` shows it item by item).
+pub fn ensure_step_fits<B: Backend + ?Sized>(
+    config: &Config,
+    b: usize,
+    ranks: usize,
+    backend: &B,
+) -> Result<()> {
     let available = available(backend)?;
     let bound = step_lower_bound(config, b);
     if bound > BEYOND_ANY_MACHINE {
@@ -447,6 +453,6 @@ pub fn ensure_step_fits<B: Backend + ?Sized>(config: &Config, b: usize, backend:
             available.as_ref(),
         );
     }
-    let need = plan(config, b, backend.target()).total_bytes;
+    let need = plan(config, b, backend.target(), ranks).total_bytes;
     ensure_fits(need as f64, &step_what(config, b, ""), available.as_ref())
 }

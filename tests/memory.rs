@@ -146,7 +146,7 @@ fn a_config_beyond_the_memory_limit_is_refused_with_both_figures() {
         .unwrap()
         .join("configs/gpt2-124m-harmonic.toml");
     let config = Config::load(Some(&path), &[]).unwrap();
-    let planned = plan(&config, config.train.batch_size, Target::Cpu).total_bytes;
+    let planned = plan(&config, config.train.batch_size, Target::Cpu, 1).total_bytes;
     let args = [
         "train",
         "--device",

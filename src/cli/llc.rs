@@ -340,7 +340,7 @@ fn open_model(
 ) -> Result<Gpt<Box<dyn Backend>>> {
     let (backend, device_line) =
         backend::open(device, config.train.precision, config.model.head_size())?;
-    hgpt::memory::ensure_step_fits(config, batch_size, &backend)?;
+    hgpt::memory::ensure_step_fits(config, batch_size, 1, &backend)?;
     eprintln!("{device_line}");
     Ok(Gpt::new(backend, &config.model))
 }

@@ -86,7 +86,8 @@ impl<B: Backend> Trainer<B> {
         dist: Box<dyn Collective>,
     ) -> Result<Trainer<B>> {
         compat::check_data(&data, &config.model, None)?;
-        crate::memory::ensure_step_fits(config, config.train.batch_size, &backend)?;
+        let world = dist.place().world;
+        crate::memory::ensure_step_fits(config, config.train.batch_size, world, &backend)?;
         let model = Gpt::new(backend, &config.model);
         model.init(config.train.seed);
         let place = dist.place();
@@ -480,7 +481,8 @@ fn claim_new_run(
 /// read or a run directory written).
 fn open_backend(device: DeviceChoice, config: &Config) -> Result<(Box<dyn Backend>, String)> {
     let (backend, line) = backend::open(device, config.train.precision, config.model.head_size())?;
-    crate::memory::ensure_step_fits(config, config.train.batch_size, &backend)?;
+    // One rank's whole optimizer state: the trainer checks its own shard again.
+    crate::memory::ensure_step_fits(config, config.train.batch_size, 1, &backend)?;
     Ok((backend, line))
 }
 

@@ -92,7 +92,9 @@ fn two_runs_of_twenty_steps_agree_to_the_bit() {
             let run = || {
                 let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
                 let mut tr = Trainer::new(&config, open_gpu(mode), data).unwrap();
-                let losses: Vec<u64> = (0..20).map(|_| tr.train_step().loss.to_bits()).collect();
+                let losses: Vec<u64> = (0..20)
+                    .map(|_| tr.train_step().unwrap().loss.to_bits())
+                    .collect();
                 let params: Vec<u32> = tr.model.read_params().iter().map(|p| p.to_bits()).collect();
                 (losses, params)
             };
