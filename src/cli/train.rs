@@ -1,20 +1,29 @@
 //! `hgpt train`: a new run, `--resume RUN` or `--init CHECKPOINT`, shown as a
 //! progress bar on a terminal and as log lines otherwise, ending in the run's
-//! summary on stderr.
+//! summary on stderr. Under a launcher (torchrun, srun, mpirun: see
+//! `hgpt::dist::launch`) this process is one rank of a run and first meets the
+//! others (`hgpt::dist::rendezvous`); `--ranks N` starts the ranks itself.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use hgpt::backend::DeviceChoice;
 use hgpt::checkpoint::Checkpoint;
+use hgpt::config::Config;
+use hgpt::dist::Place;
+use hgpt::dist::launch::{self, Launch};
+use hgpt::dist::rendezvous::{self, Heartbeat, Init, RunId, Timing};
 use hgpt::observe::Observer;
 use hgpt::train::metrics::{EvalRecord, TrainRecord};
 use hgpt::train::{Summary, TrainObserver};
 
-use super::{ConfigArgs, DeviceArgs};
+use super::{ConfigArgs, DeviceArgs, ranks};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -35,32 +44,216 @@ pub struct TrainArgs {
     /// checkpoint's, with any --config/--set/--steps/--data change but to the model
     #[arg(long, value_name = "CHECKPOINT", conflicts_with = "resume")]
     init: Option<PathBuf>,
+    /// Start N ranks on this node (data parallel): N processes, one per GPU, on
+    /// CUDA; N thread-ranks in one process on the CPU
+    #[arg(long, value_name = "N")]
+    ranks: Option<usize>,
+    /// How the ranks of a launched run meet: tcp (rank 0 listens on
+    /// MASTER_ADDR:MASTER_PORT) or file:PATH (a file every rank sees)
+    #[arg(long, value_name = "tcp|file:PATH", default_value = "tcp",
+          value_parser = parse_dist_init)]
+    dist_init: DistInit,
+    /// Seconds the ranks wait for each other to arrive
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0,
+          value_parser = parse_seconds)]
+    dist_timeout: f64,
+}
+
+/// `--dist-init`, before the launcher names rank 0's host.
+#[derive(Clone, Debug)]
+enum DistInit {
+    Tcp,
+    File(PathBuf),
+}
+
+fn parse_dist_init(s: &str) -> Result<DistInit> {
+    match s.strip_prefix("file:") {
+        _ if s == "tcp" => Ok(DistInit::Tcp),
+        Some(path) if !path.is_empty() => Ok(DistInit::File(PathBuf::from(path))),
+        _ => bail!("expected tcp or file:PATH"),
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<f64> {
+    match s.parse::<f64>() {
+        Ok(t) if t > 0.0 && t.is_finite() => Ok(t),
+        _ => bail!("expected a positive number of seconds"),
+    }
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    let env: HashMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    match (args.ranks, launch::from_env(&env)?) {
+        (Some(n), Some(l)) => bail!(
+            "--ranks {n} starts its own ranks, but {} already made this process rank {} of {}: leave out --ranks under a launcher",
+            l.launcher,
+            l.place.rank,
+            l.place.world
+        ),
+        (Some(0), None) => bail!("--ranks 0: a run needs at least one rank"),
+        (Some(n), None) => match resolve(args.device.device) {
+            DeviceChoice::Cpu => thread_ranks(&args, n),
+            // Every rank is told the run directory, so all name the same one.
+            _ => {
+                let out = (args.out.is_none() && args.resume.is_none()).then(|| out_dir(&args));
+                ranks::spawn(n, out.as_deref(), &env)
+            }
+        },
+        // A lone CPU rank (a one-task Slurm job) is a plain run.
+        (None, Some(l))
+            if l.place.world == 1 && resolve(args.device.device) == DeviceChoice::Cpu =>
+        {
+            single(&args)
+        }
+        (None, Some(l)) => one_rank(&args, &l),
+        (None, None) => single(&args),
+    }
+}
+
+/// A run in this process alone.
+fn single(args: &TrainArgs) -> Result<()> {
     hgpt::train::signals::install()?;
     let mut view = TrainView::default();
+    let config = config_of(args)?;
     let device = args.device.device;
-    let summary = if let Some(run) = &args.resume {
-        let saved = Checkpoint::open_run(run)?.state.config;
-        let config = args.config.load_or(saved)?;
-        hgpt::train::resume(run, &config, device, &mut view)?
-    } else {
-        let out = args.out.unwrap_or_else(|| {
-            let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-            PathBuf::from("runs").join(format!("{}-{stamp}", args.config.name()))
-        });
-        match &args.init {
-            Some(init) => {
-                let saved = Checkpoint::open(init)?.state.config;
-                let config = args.config.load_or(saved)?;
-                hgpt::train::fine_tune(init, &config, &out, device, &mut view)?
-            }
-            None => hgpt::train::run(&args.config.load()?, &out, device, &mut view)?,
+    let summary = match (&args.resume, &args.init) {
+        (Some(run), _) => hgpt::train::resume(run, &config, device, &mut view)?,
+        (None, Some(init)) => {
+            hgpt::train::fine_tune(init, &config, &out_dir(args), device, &mut view)?
         }
+        (None, None) => hgpt::train::run(&config, &out_dir(args), device, &mut view)?,
     };
     print_summary(&summary);
     Ok(())
+}
+
+/// The run's config: the checkpoint's under --resume and --init, with the
+/// command line's changes.
+fn config_of(args: &TrainArgs) -> Result<Config> {
+    if let Some(run) = &args.resume {
+        args.config.load_or(Checkpoint::open_run(run)?.state.config)
+    } else if let Some(init) = &args.init {
+        args.config.load_or(Checkpoint::open(init)?.state.config)
+    } else {
+        args.config.load()
+    }
+}
+
+/// The run directory: --resume's or --out, else runs/<config name>-<timestamp>.
+fn out_dir(args: &TrainArgs) -> PathBuf {
+    args.resume.clone().or(args.out.clone()).unwrap_or_else(|| {
+        let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+        PathBuf::from("runs").join(format!("{}-{stamp}", args.config.name()))
+    })
+}
+
+/// `--device auto` made definite: CUDA when a GPU is usable.
+fn resolve(device: DeviceChoice) -> DeviceChoice {
+    match device {
+        DeviceChoice::Auto if hgpt::backend::cuda::device_count().is_ok() => DeviceChoice::Cuda,
+        DeviceChoice::Auto => DeviceChoice::Cpu,
+        definite => definite,
+    }
+}
+
+/// This process as one rank of a launched run: it meets the others, then trains
+/// its part. On the CPU, whose ranks are threads of one process, it stops after
+/// the meeting (which has checked that every rank runs the same config).
+fn one_rank(args: &TrainArgs, l: &Launch) -> Result<()> {
+    let config = config_of(args)?;
+    let place = l.place;
+    let init = match &args.dist_init {
+        DistInit::File(path) => Init::File(path.clone()),
+        DistInit::Tcp => match &l.master_addr {
+            Some(host) => Init::Tcp {
+                host: host.clone(),
+                port: l.master_port,
+            },
+            None if place.world == 1 => Init::Tcp {
+                host: String::new(),
+                port: l.master_port,
+            },
+            None => bail!(
+                "rank {} of {} ({}): MASTER_ADDR is not set; export it as rank 0's host, or use --dist-init file:PATH",
+                place.rank,
+                place.world,
+                l.launcher
+            ),
+        },
+    };
+    let timing = Timing::new(Duration::from_secs_f64(args.dist_timeout));
+    let run_id = RunId::of(&config);
+    let out = out_dir(args);
+    if resolve(args.device.device) == DeviceChoice::Cpu {
+        // Rank 0's run directory, so every rank names the same one.
+        let theirs = out.display().to_string();
+        let payload = (place.rank == 0).then_some(theirs.as_bytes());
+        let joined = rendezvous::join(place, &init, &run_id, payload, timing)?;
+        joined.heartbeat.finish();
+        bail!(
+            "rank {} of {} met its peers for run {} (config {}), but the CPU backend runs a run's ranks as threads of one process: use `hgpt train --device cpu --ranks {}` instead of {}",
+            place.rank,
+            place.world,
+            String::from_utf8_lossy(&joined.payload),
+            run_id.config,
+            place.world,
+            l.launcher
+        );
+    }
+    let nccl_id = if place.rank == 0 {
+        Some(nccl_unique_id()?)
+    } else {
+        None
+    };
+    let joined = rendezvous::join(place, &init, &run_id, nccl_id.as_deref(), timing)?;
+    hgpt::train::signals::install()?;
+    let mut view = TrainView::default();
+    let result = train_rank(
+        &config,
+        &out,
+        place,
+        &joined.payload,
+        &joined.heartbeat,
+        &mut view,
+    );
+    match &result {
+        Ok(_) => joined.heartbeat.finish(),
+        Err(e) => joined.heartbeat.fail(&format!("{e:#}")),
+    }
+    let summary = result?;
+    if place.rank == 0 {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+/// Rank 0's NCCL unique id, the payload of a CUDA run's rendezvous. The
+/// boundary to the NCCL collective (`backend::cuda::nccl`), not built on this
+/// branch.
+fn nccl_unique_id() -> Result<Vec<u8>> {
+    bail!("distributed CUDA training needs the NCCL collective, which this build lacks")
+}
+
+/// One rank of a distributed CUDA run, given its place, rank 0's NCCL unique id
+/// and the watch over its peers (to poll, or to abort the communicator from its
+/// hook). The boundary to the data-parallel trainer, not built on this branch.
+fn train_rank(
+    _config: &Config,
+    _out: &std::path::Path,
+    _place: Place,
+    _nccl_id: &[u8],
+    _heartbeat: &Heartbeat,
+    _view: &mut TrainView,
+) -> Result<Summary> {
+    bail!("distributed CUDA training needs the data-parallel trainer, which this build lacks")
+}
+
+/// `--ranks N` on the CPU: N thread-ranks in this process. The boundary to the
+/// CPU collective (`dist::threads`), not built on this branch.
+fn thread_ranks(_args: &TrainArgs, n: usize) -> Result<()> {
+    bail!("--ranks {n} on the CPU needs the thread collective, which this build lacks")
 }
 
 /// Training as the user sees it: a progress bar on a terminal, log lines otherwise.

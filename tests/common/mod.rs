@@ -11,12 +11,35 @@ use std::process::{Command, Output};
 
 use hgpt::config::Config;
 
+/// The variables by which a launcher (torchrun, srun, mpirun) makes a process
+/// one rank of a run.
+pub const LAUNCHER_VARS: &[&str] = &[
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_LOCALID",
+    "SLURM_NODELIST",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+];
+
+/// The built binary as a command, run as a lone process even where the tests
+/// themselves run under a launcher (a Slurm job).
+pub fn command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hgpt"));
+    for var in LAUNCHER_VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 pub fn hgpt(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hgpt"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
+    command().args(args).current_dir(dir).output().unwrap()
 }
 
 /// Runs hgpt expecting success; returns its stdout.
