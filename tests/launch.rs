@@ -105,6 +105,24 @@ fn torchrun_ranks_meet_and_all_name_rank_0s_run() {
 }
 
 #[test]
+fn a_lone_cpu_rank_is_a_plain_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let child = start(
+        dir.path(),
+        &torchrun(0, 1, free_port()),
+        &["--out", run.to_str().unwrap()],
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(common::losses(&run).len(), 1);
+}
+
+#[test]
 fn slurm_ranks_meet_at_the_first_node_of_the_list() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

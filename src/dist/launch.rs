@@ -10,7 +10,9 @@
 //!   `OMPI_COMM_WORLD_LOCAL_RANK`; the master is `MASTER_ADDR` (mpirun sets none).
 //!
 //! The first launcher whose rank variable is present decides, in that order. The
-//! port is `MASTER_PORT`, else [`DEFAULT_PORT`] (torchrun's).
+//! port is `MASTER_PORT`, else [`DEFAULT_PORT`] (torchrun's); where torchrun's own
+//! agent already serves its store on `MASTER_PORT` (`TORCHELASTIC_USE_AGENT_STORE`
+//! is true), the rendezvous takes the port after it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -114,6 +116,16 @@ pub fn from_env(env: &HashMap<String, String>) -> Result<Option<Launch>> {
             Ok(p) if p > 0 => p,
             _ => bail!("MASTER_PORT={port:?}: expected a port number from 1 to 65535"),
         },
+    };
+    let agent_store = env
+        .get("TORCHELASTIC_USE_AGENT_STORE")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let master_port = match (agent_store, master_port.checked_add(1)) {
+        (false, _) => master_port,
+        (true, Some(next)) => next,
+        (true, None) => bail!(
+            "MASTER_PORT=65535 is torchrun's store (TORCHELASTIC_USE_AGENT_STORE), leaving no port after it for the rendezvous"
+        ),
     };
     Ok(Some(Launch {
         launcher,
@@ -279,6 +291,20 @@ mod tests {
         .unwrap();
         assert_eq!(l.master_port, DEFAULT_PORT);
         assert_eq!(l.master_addr, None);
+    }
+
+    #[test]
+    fn under_torchruns_agent_store_the_rendezvous_takes_the_next_port() {
+        let l = from_env(&env(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("LOCAL_RANK", "0"),
+            ("MASTER_PORT", "29400"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(l.master_port, 29401);
     }
 
     #[test]

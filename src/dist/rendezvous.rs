@@ -339,8 +339,10 @@ fn tcp_join(place: Place, host: &str, port: u16, run: &RunId, timing: Timing) ->
             place.rank
         )
     })?;
+    // Rank 0 keeps the time and answers when it is up; the grace covers its
+    // clock having started later than this rank's.
     let left = deadline.saturating_duration_since(Instant::now());
-    stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+    stream.set_read_timeout(Some(left + RANK_0_GRACE))?;
     let mut line = String::new();
     let read = BufReader::new(stream.try_clone()?).read_line(&mut line);
     let line = line.trim_end();
@@ -357,14 +359,18 @@ fn tcp_join(place: Place, host: &str, port: u16, run: &RunId, timing: Timing) ->
     }
     match read {
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => bail!(
-            "rank {} reached rank 0 at {host}:{port}, but the rendezvous did not complete within {wait}s (rank 0 is still waiting for other ranks)",
-            place.rank
+            "rank {} reached rank 0 at {host}:{port}, but rank 0 did not answer within {}s",
+            place.rank,
+            (timing.arrive + RANK_0_GRACE).as_secs_f64()
         ),
         _ => bail!(
             "rank 0 at {host}:{port} closed the rendezvous without an answer (its process ended)"
         ),
     }
 }
+
+/// How much longer than its own wait a rank waits for rank 0's answer.
+const RANK_0_GRACE: Duration = Duration::from_secs(10);
 
 /// A connection to one of `addrs`, retried until `deadline` (rank 0 may start
 /// later than this rank).
@@ -502,11 +508,16 @@ fn file_join(place: Place, path: &Path, run: &RunId, arrive: Duration) -> Result
                 _ => {}
             }
         }
-        if Instant::now() >= deadline {
+        let grace = if answered.is_some() {
+            RANK_0_GRACE
+        } else {
+            Duration::ZERO
+        };
+        if Instant::now() >= deadline + grace {
             bail!(
                 "rank {} waited {}s at {} for rank 0 {}",
                 place.rank,
-                arrive.as_secs_f64(),
+                (arrive + grace).as_secs_f64(),
                 path.display(),
                 if answered.is_some() {
                     "to say go"
