@@ -342,12 +342,13 @@ fn train_with_two_cpu_ranks_logs_the_global_batch() {
 }
 
 #[test]
-fn ranks_beyond_one_on_a_gpu_device_or_zero_ranks_are_one_line_errors() {
+fn ranks_on_a_machine_without_a_gpu_or_zero_ranks_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
+    // On CUDA, --ranks starts one process per GPU; here none can open one.
     let mut args = train_args(2, "run", &[]);
     args.extend(["--device", "cuda", "--ranks", "2"].map(String::from));
     let e = common::fails(&strs(&args), dir.path());
-    assert!(e.contains("--ranks 2") && e.contains("--device cpu"), "{e}");
+    assert!(e.contains("rank 0 failed"), "{e}");
     let mut args = train_args(2, "run", &[]);
     args.extend(["--device", "cpu", "--ranks", "0"].map(String::from));
     let out = hgpt(&strs(&args), dir.path());

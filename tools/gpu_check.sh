@@ -2,7 +2,7 @@
 # The staged GPU check: one bounded command on a machine with an NVIDIA GPU and the
 # binaries that tools/gpu_preflight.sh put in .devbin/ (no Rust needed there).
 #
-#   tools/gpu_check.sh [BUDGET_SECONDS]      (default 480; STAGES="0 1 2 3 4" to choose)
+#   tools/gpu_check.sh [BUDGET_SECONDS]      (default 480; STAGES="0 1 2 3 4 5" to choose)
 #
 # Stage 0, environment and smoke: OS, glibc, nvidia-smi, LD_LIBRARY_PATH, the CUDA
 #   libraries really loaded (LD_DEBUG=libs), toolkit and pip versions; then 3 steps of
@@ -16,7 +16,11 @@
 #   half is computed by the preflight and shipped in .devbin/llc-tiny).
 # Stage 3, determinism: two runs of the same 20 CUDA steps (bf16), losses, gradient
 #   norms and parameters compared bit for bit (no float atomics in any backward).
-# Stage 4, performance (reported apart: does not decide the exit status): GPT-2 124M,
+# Stage 4, NCCL at world size 1: the tiny model for 20 steps as rank 0 of 1 (torchrun's
+#   variables, so the data-parallel path with every collective through NCCL) against
+#   the plain run of the same config; the loss curves must agree within 1e-6
+#   relative and the rank's log must name NCCL.
+# Stage 5, performance (reported apart: does not decide the exit status): GPT-2 124M,
 #   both heads, `hgpt bench --profile` against tools/torch_ref.py (torch.compile, its
 #   warm-up bounded: past TORCH_TIMEOUT, default 100 s, a head is redone in eager mode
 #   and marked so) through tools/bench_vs_torch.sh: the four rows, the two ratios and
@@ -27,12 +31,12 @@
 # The results folder ($OUT, else .devbin/gpu-check) gets three files only:
 # summary.txt (a line per step, written as it goes), logs.tgz (repacked after every
 # step, so a kill still returns the latest) and loaded-libs.txt. Exit status: the
-# number of failed steps in stages 0-3.
+# number of failed steps in stages 0-4.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 BUDGET=${1:-480}
-STAGES=${STAGES:-0 1 2 3 4}
+STAGES=${STAGES:-0 1 2 3 4 5}
 BIN=${HGPT_DEVBIN:-.devbin}
 RESULTS=${OUT:-$BIN/gpu-check}
 WORK=$(mktemp -d /tmp/hgpt-gpu.XXXXXX)
@@ -119,7 +123,7 @@ if [[ " $STAGES " == *" 0 "* ]]; then
         nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap,persistence_mode,mig.mode.current \
             --format=csv 2>&1
         echo "## library path"; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-        ldconfig -p | grep -E 'libcuda\.|libnvrtc|libcublasLt' | head -n 20
+        ldconfig -p | grep -E 'libcuda\.|libnvrtc|libcublasLt|libnccl' | head -n 20
         ls /usr/local/nvidia/lib64 /usr/local/nvidia/lib 2>/dev/null | grep -E 'libcuda' | head
         echo "## toolkit"; cat "${CUDA_HOME:-/usr/local/cuda}/version.json" 2>/dev/null |
             grep -A1 -E '"(cuda|libcublas|cuda_nvrtc)"' | head -n 12
@@ -284,6 +288,29 @@ fi
 
 # ---------------------------------------------------------------- stage 4
 if [[ " $STAGES " == *" 4 "* ]]; then
+    # Prints the largest relative difference between two runs' loss curves, or
+    # fails when a curve is missing or their lengths differ.
+    nccl_ws1() {
+        curve() { grep -o '"train_loss":[0-9.e+-]*' "$1/metrics.jsonl" | cut -d: -f2; }
+        tiny_train "$WORK/nccl-plain" 20 --set train.checkpoint_every=0 || return 1
+        with RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 -- \
+            tiny_train "$WORK/nccl-ws1" 20 --set train.checkpoint_every=0 2>"$WORK/nccl-ws1.err"
+        local rc=$?
+        cat "$WORK/nccl-ws1.err"
+        [ $rc -eq 0 ] || return 1
+        grep -q -i nccl "$WORK/nccl-ws1.err" || { echo "the rank's log does not name NCCL"; return 1; }
+        paste <(curve "$WORK/nccl-plain") <(curve "$WORK/nccl-ws1") | awk '
+            NF != 2 { bad = 1 }
+            { d = $1 - $2; if (d < 0) d = -d; r = d / ($1 < 0 ? -$1 : $1); if (r > m) m = r; n++ }
+            END { printf "max rel diff %.3g over %d steps\n", m, n; exit (bad || n != 20 || m > 1e-6) }'
+    }
+    export -f nccl_ws1
+    run nccl-world-1 240 nccl_ws1
+    row "rank 0 of 1 through NCCL vs the plain run: $(grep -m1 -o 'max rel diff .*' "$log")" counts
+fi
+
+# ---------------------------------------------------------------- stage 5
+if [[ " $STAGES " == *" 5 "* ]]; then
     PERF_ARGS=(--device cuda --config configs/gpt2-124m-harmonic.toml --micro-batch 16
         --steps 10 --warmup 3 --set train.grad_accum=1
         --set data.builtin_train_bytes=4000000 --set data.builtin_val_bytes=200000)
@@ -296,7 +323,7 @@ if [[ " $STAGES " == *" 4 "* ]]; then
     pack
 fi
 
-say "total $((SECONDS - start))s; failed steps (stages 0-3): $failed"
+say "total $((SECONDS - start))s; failed steps (stages 0-4): $failed"
 pack
 echo; echo "== summary"; cat "$SUMMARY"
 exit "$failed"

@@ -12,8 +12,8 @@
 #      its three result files;
 #   7. the size of what travels to the device (the working tree and .devbin): < 64 MiB.
 # Then, with the device tool: carry [".devbin"], command `bash tools/gpu_check.sh 470`
-# (stage 4, the comparison with PyTorch, gets what is left; alone, as a second call:
-# `STAGES=4 bash tools/gpu_check.sh 400`).
+# (stage 5, the comparison with PyTorch, gets what is left; alone, as a second call:
+# `STAGES=5 bash tools/gpu_check.sh 400`).
 # Usage: tools/gpu_preflight.sh   (exit status: the number of failed checks)
 set -uo pipefail
 cd "$(dirname "$0")/.."

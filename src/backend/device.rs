@@ -111,15 +111,7 @@ pub fn open(
     attention_head_size: usize,
 ) -> Result<(Box<dyn Backend>, String)> {
     let open_cuda = || -> Result<(Box<dyn Backend>, String)> {
-        if attention_head_size > cuda::MAX_HEAD_SIZE {
-            bail!(
-                "model.n_embd / model.n_head = {attention_head_size}: the CUDA backend's \
-                 attention takes head sizes up to {}; use --device cpu or more heads",
-                cuda::MAX_HEAD_SIZE
-            );
-        }
-        let be = CudaBackend::new(gpu_precision(precision))?;
-        let line = format!("device: {}", be.describe());
+        let (be, line) = open_gpu(precision, attention_head_size, 0)?;
         Ok((Box::new(be), line))
     };
     let why_cpu = match choice {
@@ -137,6 +129,24 @@ pub fn open(
     Ok((open_cpu(), line))
 }
 
+/// GPU `ordinal` as a concrete [`CudaBackend`] (a data-parallel rank hands it to
+/// NCCL), with its device line; `ordinal` counts the GPUs this process sees.
+pub fn open_gpu(
+    precision: Precision,
+    attention_head_size: usize,
+    ordinal: usize,
+) -> Result<(CudaBackend, String)> {
+    if attention_head_size > cuda::MAX_HEAD_SIZE {
+        bail!(
+            "model.n_embd / model.n_head = {attention_head_size}: the CUDA backend's \
+             attention takes head sizes up to {}; use --device cpu or more heads",
+            cuda::MAX_HEAD_SIZE
+        );
+    }
+    let be = CudaBackend::on_device(gpu_precision(precision), ordinal)?;
+    let line = format!("device: {}", be.describe());
+    Ok((be, line))
+}
 /// The f32 CPU backend. Its ops run on the rayon pool of the thread that calls them,
 /// so a caller that runs several models side by side gives each thread its own pool
 /// (`hgpt llc --run`: one thread per checkpoint, one op thread each).

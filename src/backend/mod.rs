@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::head::HeadKind;
-pub use device::{DeviceChoice, GpuPrecision, Target, gpu_precision, open, open_cpu};
+pub use device::{DeviceChoice, GpuPrecision, Target, gpu_precision, open, open_cpu, open_gpu};
 pub use operands::{AttnShape, Gelu, HeadGrads, Linear, Mat, Norm, Normed};
 pub use plan::{ScratchItem, ScratchKind, StepShape};
 

@@ -27,6 +27,7 @@ mod llc;
 mod memory;
 mod prepare;
 mod probe;
+mod ranks;
 mod train;
 
 use std::path::PathBuf;

@@ -1,22 +1,29 @@
 //! `hgpt train`: a new run, `--resume RUN` or `--init CHECKPOINT`, shown as a
 //! progress bar on a terminal and as log lines otherwise, ending in the run's
-//! summary on stderr.
+//! summary on stderr. Under a launcher (torchrun, srun, mpirun: see
+//! `hgpt::dist::launch`) this process is one rank of a run and first meets the
+//! others (`hgpt::dist::rendezvous`); `--ranks N` starts the ranks itself.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use hgpt::backend::DeviceChoice;
 use hgpt::checkpoint::Checkpoint;
 use hgpt::config::Config;
+use hgpt::dist::Place;
+use hgpt::dist::launch::{self, Launch};
+use hgpt::dist::rendezvous::{self, Init, RunId, Timing};
 use hgpt::observe::Observer;
 use hgpt::train::metrics::{EvalRecord, TrainRecord};
 use hgpt::train::{Job, Summary, TrainObserver};
 
-use super::{ConfigArgs, DeviceArgs};
+use super::{ConfigArgs, DeviceArgs, ranks};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -37,45 +44,248 @@ pub struct TrainArgs {
     /// checkpoint's, with any --config/--set/--steps/--data change but to the model
     #[arg(long, value_name = "CHECKPOINT", conflicts_with = "resume")]
     init: Option<PathBuf>,
-    /// Data-parallel ranks: the global batch is train.batch_size x train.grad_accum
-    /// x N. On the CPU backend the N ranks are threads of this process
-    #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    ranks: u64,
+    /// Start N ranks on this node (data parallel): N processes, one per GPU, on
+    /// CUDA; N thread-ranks in one process on the CPU
+    #[arg(long, value_name = "N")]
+    ranks: Option<usize>,
+    /// How the ranks of a launched run meet: tcp (rank 0 listens on
+    /// MASTER_ADDR:MASTER_PORT) or file:PATH (a file every rank sees)
+    #[arg(long, value_name = "tcp|file:PATH", default_value = "tcp",
+          value_parser = parse_dist_init)]
+    dist_init: DistInit,
+    /// Seconds the ranks wait for each other to arrive
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0,
+          value_parser = parse_seconds)]
+    dist_timeout: f64,
+}
+
+/// `--dist-init`, before the launcher names rank 0's host.
+#[derive(Clone, Debug)]
+enum DistInit {
+    Tcp,
+    File(PathBuf),
+}
+
+fn parse_dist_init(s: &str) -> Result<DistInit> {
+    match s.strip_prefix("file:") {
+        _ if s == "tcp" => Ok(DistInit::Tcp),
+        Some(path) if !path.is_empty() => Ok(DistInit::File(PathBuf::from(path))),
+        _ => bail!("expected tcp or file:PATH"),
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<f64> {
+    match s.parse::<f64>() {
+        Ok(t) if t > 0.0 && t.is_finite() => Ok(t),
+        _ => bail!("expected a positive number of seconds"),
+    }
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    let env: HashMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    match (args.ranks, launch::from_env(&env)?) {
+        (Some(n), Some(l)) => bail!(
+            "--ranks {n} starts its own ranks, but {} already made this process rank {} of {}: leave out --ranks under a launcher",
+            l.launcher,
+            l.place.rank,
+            l.place.world
+        ),
+        (Some(0), None) => bail!("--ranks 0: a run needs at least one rank"),
+        (Some(n), None) => match resolve(args.device.device) {
+            DeviceChoice::Cpu => thread_ranks(&args, n),
+            // Every rank is told the run directory, so all name the same one.
+            _ => {
+                let out = (args.out.is_none() && args.resume.is_none()).then(|| out_dir(&args));
+                ranks::spawn(n, out.as_deref(), &env)
+            }
+        },
+        // A lone CPU rank (a one-task Slurm job) is a plain run.
+        (None, Some(l))
+            if l.place.world == 1 && resolve(args.device.device) == DeviceChoice::Cpu =>
+        {
+            single(&args)
+        }
+        (None, Some(l)) => one_rank(&args, &l),
+        (None, None) => single(&args),
+    }
+}
+
+/// A run in this process alone.
+fn single(args: &TrainArgs) -> Result<()> {
     hgpt::train::signals::install()?;
     let mut view = TrainView::default();
-    let (device, ranks) = (args.device.device, args.ranks as usize);
-    // Without a GPU, `auto` is the CPU, whose ranks are threads of this process.
-    let on_cpu = device == DeviceChoice::Cpu
-        || (device == DeviceChoice::Auto && hgpt::backend::cuda::device_count().is_err());
-    if ranks > 1 && !on_cpu {
+    let config = config_of(args)?;
+    let out = out_dir(args);
+    let summary = hgpt::train::run_job(job_of(args, &out), &config, args.device.device, &mut view)?;
+    print_summary(&summary);
+    Ok(())
+}
+
+/// What the arguments ask of the run in `out` (see [`out_dir`]).
+fn job_of<'a>(args: &'a TrainArgs, out: &'a Path) -> Job<'a> {
+    match &args.resume {
+        Some(run) => Job::Resume { run },
+        None => Job::New {
+            out,
+            init: args.init.as_deref(),
+        },
+    }
+}
+
+/// The run's config: the checkpoint's under --resume and --init, with the
+/// command line's changes.
+fn config_of(args: &TrainArgs) -> Result<Config> {
+    if let Some(run) = &args.resume {
+        args.config.load_or(Checkpoint::open_run(run)?.state.config)
+    } else if let Some(init) = &args.init {
+        args.config.load_or(Checkpoint::open(init)?.state.config)
+    } else {
+        args.config.load()
+    }
+}
+
+/// The run directory: --resume's or --out, else runs/<config name>-<timestamp>.
+fn out_dir(args: &TrainArgs) -> PathBuf {
+    args.resume.clone().or(args.out.clone()).unwrap_or_else(|| {
+        let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+        PathBuf::from("runs").join(format!("{}-{stamp}", args.config.name()))
+    })
+}
+
+/// `--device auto` made definite: CUDA when a GPU is usable.
+fn resolve(device: DeviceChoice) -> DeviceChoice {
+    match device {
+        DeviceChoice::Auto if hgpt::backend::cuda::device_count().is_ok() => DeviceChoice::Cuda,
+        DeviceChoice::Auto => DeviceChoice::Cpu,
+        definite => definite,
+    }
+}
+
+/// This process as one rank of a launched run: it meets the others, then trains
+/// its part. On the CPU, whose ranks are threads of one process, it stops after
+/// the meeting (which has checked that every rank runs the same config).
+fn one_rank(args: &TrainArgs, l: &Launch) -> Result<()> {
+    let config = config_of(args)?;
+    let place = l.place;
+    let init = match &args.dist_init {
+        DistInit::File(path) => Init::File(path.clone()),
+        DistInit::Tcp => match &l.master_addr {
+            Some(host) => Init::Tcp {
+                host: host.clone(),
+                port: l.master_port,
+            },
+            None if place.world == 1 => Init::Tcp {
+                host: String::new(),
+                port: l.master_port,
+            },
+            None => bail!(
+                "rank {} of {} ({}): MASTER_ADDR is not set; export it as rank 0's host, or use --dist-init file:PATH",
+                place.rank,
+                place.world,
+                l.launcher
+            ),
+        },
+    };
+    let timing = Timing::new(Duration::from_secs_f64(args.dist_timeout));
+    let run_id = RunId::of(&config);
+    let out = out_dir(args);
+    if resolve(args.device.device) == DeviceChoice::Cpu {
+        // Rank 0's run directory, so every rank names the same one.
+        let theirs = out.display().to_string();
+        let payload = (place.rank == 0).then_some(theirs.as_bytes());
+        let joined = rendezvous::join(place, &init, &run_id, payload, timing)?;
+        joined.heartbeat.finish();
         bail!(
-            "--ranks {ranks} runs thread-ranks on --device cpu; on GPUs start one process per GPU with a launcher (see README, Data parallel)"
+            "rank {} of {} met its peers for run {} (config {}), but the CPU backend runs a run's ranks as threads of one process: use `hgpt train --device cpu --ranks {}` instead of {}",
+            place.rank,
+            place.world,
+            String::from_utf8_lossy(&joined.payload),
+            run_id.config,
+            place.world,
+            l.launcher
         );
     }
-    let out;
-    let (job, config) = if let Some(run) = &args.resume {
-        let saved = Checkpoint::open_run(run)?.state.config;
-        (Job::Resume { run }, args.config.load_or(saved)?)
+    // Without a usable GPU the NCCL library is beside the point: say so first.
+    hgpt::backend::cuda::device_count()?;
+    let nccl_id = if place.rank == 0 {
+        Some(nccl_unique_id()?)
     } else {
-        out = args.out.clone().unwrap_or_else(|| {
-            let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-            PathBuf::from("runs").join(format!("{}-{stamp}", args.config.name()))
-        });
-        let init = args.init.as_deref();
-        let config: Config = match init {
-            Some(init) => args.config.load_or(Checkpoint::open(init)?.state.config)?,
-            None => args.config.load()?,
-        };
-        (Job::New { out: &out, init }, config)
+        None
     };
-    let summary = match ranks {
-        1 => hgpt::train::run_job(job, &config, device, &mut view)?,
-        _ => hgpt::train::run_threads(job, &config, ranks, &mut view)?,
-    };
+    let joined = rendezvous::join(place, &init, &run_id, nccl_id.as_deref(), timing)?;
+    hgpt::train::signals::install()?;
+    // A rank blocked in a collective cannot poll: a lost peer ends this process
+    // at once, naming it (checkpoints are written atomically, so none is torn).
+    joined.heartbeat.on_lost(|line| {
+        eprintln!("error: {line}");
+        std::process::exit(1);
+    });
+    let mut view = TrainView::default();
+    let result = train_rank(
+        &config,
+        job_of(args, &out),
+        place,
+        &joined.payload,
+        &mut view,
+    );
+    match &result {
+        Ok(_) => joined.heartbeat.finish(),
+        Err(e) => joined.heartbeat.fail(&format!("{e:#}")),
+    }
+    let summary = result?;
+    if place.rank == 0 {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+/// Rank 0's NCCL unique id, the payload of a CUDA run's rendezvous.
+fn nccl_unique_id() -> Result<Vec<u8>> {
+    Ok(hgpt::dist::nccl::unique_id()?.to_vec())
+}
+
+/// One rank of a distributed CUDA run: its GPU (the only one it sees, as `--ranks`
+/// starts it, or its local rank's under a launcher) joined to the NCCL group that
+/// rank 0's unique id names.
+fn train_rank(
+    config: &Config,
+    job: Job,
+    place: Place,
+    nccl_id: &[u8],
+    view: &mut TrainView,
+) -> Result<Summary> {
+    let id: hgpt::dist::nccl::UniqueId = nccl_id.try_into().map_err(|_| {
+        anyhow!(
+            "rank {}: the rendezvous carried {} bytes, not a 128-byte NCCL unique id",
+            place.rank,
+            nccl_id.len()
+        )
+    })?;
+    let visible = hgpt::backend::cuda::device_count()?;
+    let ordinal = if visible == 1 { 0 } else { place.local_rank };
+    let (backend, device_line) =
+        hgpt::backend::open_gpu(config.train.precision, config.model.head_size(), ordinal)?;
+    let nccl = hgpt::dist::nccl::Nccl::new(&backend, place, &id)?;
+    let device_line = format!("{device_line}; NCCL rank {} of {}", place.rank, place.world);
+    hgpt::train::run_rank(
+        job,
+        config,
+        Box::new(backend),
+        device_line,
+        Box::new(nccl),
+        view,
+    )
+}
+
+/// `--ranks N` on the CPU: N thread-ranks in this process.
+fn thread_ranks(args: &TrainArgs, n: usize) -> Result<()> {
+    hgpt::train::signals::install()?;
+    let mut view = TrainView::default();
+    let config = config_of(args)?;
+    let out = out_dir(args);
+    let summary = hgpt::train::run_threads(job_of(args, &out), &config, n, &mut view)?;
     print_summary(&summary);
     Ok(())
 }

@@ -10,10 +10,16 @@
 //! across ranks (partial sums of squares, losses) go through
 //! [`Collective::all_reduce_host`] in f64. Every operation is fallible: when a peer
 //! fails, the others' next collective returns an error naming it.
+//!
+//! How separate processes become one group: [`launch`] reads a rank's place from
+//! the environment torchrun, srun or mpirun set, and [`rendezvous`] brings the
+//! ranks together (rank 0 hands out a payload, the ranks check they run the same
+//! thing, and a heartbeat ends every rank when one drops out).
 
+pub mod launch;
 pub mod nccl;
+pub mod rendezvous;
 pub mod threads;
-// The launcher modules (launch, rendezvous) are declared beside these.
 
 use std::ops::Range;
 

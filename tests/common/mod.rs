@@ -11,13 +11,40 @@ use std::process::{Command, Output};
 
 use hgpt::config::Config;
 
+/// The variables by which a launcher (torchrun, srun, mpirun) makes a process
+/// one rank of a run.
+pub const LAUNCHER_VARS: &[&str] = &[
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_LOCALID",
+    "SLURM_NODELIST",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+];
+
+/// The built binary as a command, run as a lone process even where the tests
+/// themselves run under a launcher (a Slurm job).
+pub fn command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hgpt"));
+    for var in LAUNCHER_VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 pub fn hgpt(args: &[&str], dir: &Path) -> Output {
     hgpt_env(args, dir, &[])
 }
 
 /// [`hgpt`] with environment variables set (e.g. HGPT_MEMORY_LIMIT).
 pub fn hgpt_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hgpt"))
+    command()
         .args(args)
         .envs(env.iter().copied())
         .current_dir(dir)
