@@ -132,7 +132,7 @@ pub fn run(req: &BenchRequest, observer: &mut dyn Observer) -> Result<BenchRepor
     let steps = req.config.train.max_steps;
     let mut tr = Trainer::new(req.config, backend, data)?;
     for _ in 0..req.warmup {
-        tr.train_step();
+        tr.train_step()?;
     }
     let be = &tr.model.backend;
     // Only the timed steps are profiled (where the backend profiles at all: the CPU,
@@ -141,7 +141,7 @@ pub fn run(req: &BenchRequest, observer: &mut dyn Observer) -> Result<BenchRepor
     be.start_profile();
     let t0 = Instant::now();
     for _ in 0..steps {
-        tr.train_step();
+        tr.train_step()?;
     }
     let be = &tr.model.backend;
     be.synchronize();

@@ -50,7 +50,7 @@ fn pristine() -> &'static Pristine {
         .fold(Config::tiny(), |c, s| c.with_override(s).unwrap());
         let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
         let mut tr = Trainer::new(&config, CpuBackend::<f32>::new(), data).unwrap();
-        tr.train_step();
+        tr.train_step().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let step = checkpoint::save(dir.path(), &tr.snapshot()).unwrap();
         let files = FILES

@@ -177,7 +177,7 @@ fn trained_model(head: &str) -> Gpt<CpuBackend> {
     let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
     let mut tr = Trainer::new(&config, CpuBackend::new(), data).unwrap();
     for _ in 0..30 {
-        tr.train_step();
+        tr.train_step().unwrap();
     }
     tr.model
 }

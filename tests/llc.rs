@@ -232,7 +232,7 @@ impl<T: SgldTarget> SgldTarget for Pinned<T> {
     fn batch_size(&self) -> usize {
         self.inner.batch_size()
     }
-    fn next_batch(&mut self) -> T::Batch {
+    fn next_batch(&mut self) -> anyhow::Result<T::Batch> {
         self.inner.next_batch()
     }
     fn reset(&mut self) {
@@ -434,7 +434,7 @@ fn gpt_estimate_runs_on_the_training_loss_and_restores_weights() {
     let data = hgpt::data::load(&hgpt::data::DataSpec::of(&config)).unwrap();
     let mut tr = Trainer::new(&config, CpuBackend::<f32>::new(), data).unwrap();
     for _ in 0..20 {
-        tr.train_step();
+        tr.train_step().unwrap();
     }
     let mut model: Gpt<CpuBackend> = tr.model;
     let before = model.read_params();
@@ -624,5 +624,17 @@ fn llc_checks_its_output_directory_before_estimating() {
         line.contains("read_only") && line.contains("not writable"),
         "{line}"
     );
+    assert!(secs < 10.0, "failed after {secs:.1}s: it estimated first");
+}
+
+#[test]
+fn llc_into_a_locked_output_directory_fails_at_once_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // This test process holds the lock, as a training run or another llc would.
+    let _held = hgpt::checkpoint::lock::acquire(&out).unwrap();
+    let (line, secs) = dln_into(&out);
+    let pid = format!("pid {}", std::process::id());
+    assert!(line.contains(&pid) && line.contains("hgpt.lock"), "{line}");
     assert!(secs < 10.0, "failed after {secs:.1}s: it estimated first");
 }

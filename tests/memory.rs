@@ -36,9 +36,9 @@ fn cpu_training_step_allocates_exactly_the_plan() {
         let config = small(sets);
         let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
         let mut tr = Trainer::new(&config, CpuBackend::<f32>::new(), data).unwrap();
-        tr.train_step();
-        tr.evaluate();
-        tr.train_step();
+        tr.train_step().unwrap();
+        tr.evaluate().unwrap();
+        tr.train_step().unwrap();
         let planned = plan(&config, config.train.batch_size, Target::Cpu);
         let held = tr.model.backend.peak_memory_bytes();
         assert_eq!(

@@ -22,7 +22,7 @@ fn overfits_one_batch() {
     for head in ["harmonic", "softmax"] {
         let config = small(head);
         let mut ds = data::builtin(&data::DataSpec::of(&config)).unwrap();
-        let batch = ds.train.next_batch();
+        let batch = ds.train.next_batch().unwrap();
         let mut model = Gpt::new(CpuBackend::<f32>::new(), &config.model);
         model.init(1);
         let mut opt = Optimizer::new(&model);
@@ -47,7 +47,7 @@ fn overfits_one_batch() {
 fn losses(config: &Config, steps: usize) -> Vec<f64> {
     let data = data::builtin(&data::DataSpec::of(config)).unwrap();
     let mut tr = Trainer::new(config, CpuBackend::<f32>::new(), data).unwrap();
-    (0..steps).map(|_| tr.train_step().loss).collect()
+    (0..steps).map(|_| tr.train_step().unwrap().loss).collect()
 }
 
 #[test]
@@ -67,7 +67,7 @@ fn gradient_accumulation_matches_a_larger_batch() {
     // Two micro-batches of 2 sequences give the gradient of one batch of 4.
     let config = small("harmonic");
     let mut ds = data::builtin(&data::DataSpec::of(&config)).unwrap();
-    let batch = ds.train.next_batch();
+    let batch = ds.train.next_batch().unwrap();
     let grads = |parts: usize| {
         let mut model = Gpt::new(CpuBackend::<f32>::new(), &config.model);
         model.init(3);

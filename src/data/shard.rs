@@ -6,10 +6,10 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use memmap2::Mmap;
+use anyhow::{Context, Result, anyhow, bail};
 use rayon::prelude::*;
 
 pub const HEADER_INTS: usize = 256;
@@ -193,12 +193,17 @@ pub fn write_shard(path: &Path, tokens: &[u32], width: TokenWidth) -> Result<()>
 }
 
 enum Storage {
-    Mapped { map: Mmap, width: TokenWidth },
+    /// A shard file, read with positioned reads: a file cut short while in use
+    /// gives an error naming it (a memory map would kill the process with SIGBUS).
+    File {
+        file: File,
+        width: TokenWidth,
+    },
     Memory(Vec<u32>),
 }
 
-/// A read-only token sequence: a memory-mapped shard file, or tokens in memory
-/// (the built-in corpus) served through the same loader.
+/// A read-only token sequence: a shard file, or tokens in memory (the built-in
+/// corpus) served through the same loader.
 pub struct Shard {
     name: String,
     storage: Storage,
@@ -206,21 +211,23 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Maps a shard file and checks its header against its size.
+    /// Opens a shard file and checks its header against its size.
     pub fn open(path: &Path) -> Result<Shard> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: the map is read-only; a shard changed by another process while
-        // mapped gives wrong tokens, not unsoundness in this process's own memory.
-        let map = unsafe { Mmap::map(&file) }
-            .with_context(|| format!("cannot memory-map {}", path.display()))?;
-        if map.len() < HEADER_BYTES {
+        let size = file
+            .metadata()
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len() as usize;
+        if size < HEADER_BYTES {
             bail!(
-                "{}: truncated: {} bytes, shorter than the {HEADER_BYTES}-byte header",
-                path.display(),
-                map.len()
+                "{}: truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte header",
+                path.display()
             );
         }
-        let int = |i: usize| i32::from_le_bytes(map[4 * i..4 * i + 4].try_into().unwrap());
+        let mut header = [0u8; HEADER_BYTES];
+        file.read_exact_at(&mut header, 0)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let int = |i: usize| i32::from_le_bytes(header[4 * i..4 * i + 4].try_into().unwrap());
         let width = TokenWidth::from_header(int(0), int(1), path)?;
         let count = int(2);
         if count < 0 {
@@ -228,23 +235,21 @@ impl Shard {
         }
         let count = count as usize;
         let expected = HEADER_BYTES + count * width.bytes();
-        if map.len() < expected {
+        if size < expected {
             bail!(
-                "{}: truncated: header says {count} tokens ({expected} bytes) but the file has {} bytes",
-                path.display(),
-                map.len()
+                "{}: truncated: header says {count} tokens ({expected} bytes) but the file has {size} bytes",
+                path.display()
             );
         }
-        if map.len() > expected {
+        if size > expected {
             bail!(
-                "{}: header says {count} tokens ({expected} bytes) but the file has {} bytes",
-                path.display(),
-                map.len()
+                "{}: header says {count} tokens ({expected} bytes) but the file has {size} bytes",
+                path.display()
             );
         }
         Ok(Shard {
             name: path.display().to_string(),
-            storage: Storage::Mapped { map, width },
+            storage: Storage::File { file, width },
             len: count,
         })
     }
@@ -270,14 +275,24 @@ impl Shard {
         self.len == 0
     }
 
-    /// Appends tokens `start..start + n` to `out`.
-    pub fn read(&self, start: usize, n: usize, out: &mut Vec<u32>) {
+    /// Appends tokens `start..start + n` to `out`; an error naming the shard if its
+    /// file no longer holds them (cut short or replaced since it was opened).
+    pub fn read(&self, start: usize, n: usize, out: &mut Vec<u32>) -> Result<()> {
         assert!(start + n <= self.len, "read past the end of {}", self.name);
         match &self.storage {
             Storage::Memory(tokens) => out.extend_from_slice(&tokens[start..start + n]),
-            Storage::Mapped { map, width } => {
+            Storage::File { file, width } => {
                 let w = width.bytes();
-                let bytes = &map[HEADER_BYTES + start * w..HEADER_BYTES + (start + n) * w];
+                let mut bytes = vec![0u8; n * w];
+                file.read_exact_at(&mut bytes, (HEADER_BYTES + start * w) as u64)
+                    .map_err(|e| match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof => anyhow!(
+                            "{}: shorter than when it was opened ({} tokens): the shard changed while in use; restore it",
+                            self.name,
+                            self.len
+                        ),
+                        _ => anyhow!("cannot read {}: {e}", self.name),
+                    })?;
                 match width {
                     TokenWidth::U16 => out.extend(
                         bytes
@@ -292,12 +307,13 @@ impl Shard {
                 }
             }
         }
+        Ok(())
     }
 }
 
 /// How often each token id occurs in `shards`, and the largest id in each shard
 /// (None for an empty one); counted in parallel chunks.
-pub fn count_tokens(shards: &[Shard]) -> (Vec<u64>, Vec<Option<u32>>) {
+pub fn count_tokens(shards: &[Shard]) -> Result<(Vec<u64>, Vec<Option<u32>>)> {
     const CHUNK: usize = 1 << 22;
     let chunks: Vec<(usize, usize)> = shards
         .iter()
@@ -309,7 +325,7 @@ pub fn count_tokens(shards: &[Shard]) -> (Vec<u64>, Vec<Option<u32>>) {
         .map(|&(i, start)| {
             let n = CHUNK.min(shards[i].len() - start);
             let mut tokens = Vec::with_capacity(n);
-            shards[i].read(start, n, &mut tokens);
+            shards[i].read(start, n, &mut tokens)?;
             let mut counts = vec![0u64; 1 << 16];
             for t in tokens {
                 let t = t as usize;
@@ -318,9 +334,9 @@ pub fn count_tokens(shards: &[Shard]) -> (Vec<u64>, Vec<Option<u32>>) {
                 }
                 counts[t] += 1;
             }
-            (i, counts)
+            Ok((i, counts))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut total = Vec::new();
     let mut max = vec![None; shards.len()];
     for (i, counts) in partial {
@@ -333,5 +349,5 @@ pub fn count_tokens(shards: &[Shard]) -> (Vec<u64>, Vec<Option<u32>>) {
         let chunk_max = counts.iter().rposition(|&c| c > 0).map(|m| m as u32);
         max[i] = max[i].max(chunk_max);
     }
-    (total, max)
+    Ok((total, max))
 }

@@ -67,14 +67,14 @@ impl<B: Backend> Trainer<B> {
 
     /// One optimizer step: grad_accum micro-batches, clip, AdamW. A step whose loss
     /// or gradient norm is not finite still consumes its data but changes no
-    /// parameter or moment.
-    pub fn train_step(&mut self) -> StepStats {
+    /// parameter or moment. An error if a shard can no longer be read.
+    pub fn train_step(&mut self) -> Result<StepStats> {
         let t = &self.config.train;
         let (b, seq, accum) = (t.batch_size, t.seq_len, t.grad_accum);
         self.model.zero_grads();
         let mut loss = 0.0;
         for _ in 0..accum {
-            let Batch { inputs, targets } = self.data.train.next_batch();
+            let Batch { inputs, targets } = self.data.train.next_batch()?;
             loss += self
                 .model
                 .loss_and_head_grad(&inputs, &targets, b, seq, 1.0 / accum as f32);
@@ -89,13 +89,13 @@ impl<B: Backend> Trainer<B> {
                 .update(&self.model, t, lr, clip_scale(grad_norm, t.grad_clip));
         }
         self.step += 1;
-        StepStats {
+        Ok(StepStats {
             loss,
             grad_norm,
             lr,
             tokens: b * seq * accum,
             skipped,
-        }
+        })
     }
 
     /// The state a checkpoint holds, read back to the host.
@@ -109,6 +109,7 @@ impl<B: Backend> Trainer<B> {
             moments: [be.read(self.optimizer.m), be.read(self.optimizer.v)].concat(),
             loader: self.data.train.position(),
             tokenizer: self.data.tokenizer.as_ref(),
+            data: self.data.identity.as_ref(),
         }
     }
 
@@ -131,15 +132,15 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Mean validation loss over up to `eval_steps` fixed batches.
-    pub fn evaluate(&mut self) -> f64 {
+    pub fn evaluate(&mut self) -> Result<f64> {
         let t = &self.config.train;
         let (b, seq) = (t.batch_size, t.seq_len);
-        let batches = self.data.val.sequential_batches(t.eval_steps.max(1));
+        let batches = self.data.val.sequential_batches(t.eval_steps.max(1))?;
         let total: f64 = batches
             .iter()
             .map(|bt| self.model.loss(&bt.inputs, &bt.targets, b, seq))
             .sum();
-        total / batches.len() as f64
+        Ok(total / batches.len() as f64)
     }
 }
 
@@ -210,6 +211,7 @@ fn start(
     init: Option<&Checkpoint>,
     observer: &mut dyn TrainObserver,
 ) -> Result<Summary> {
+    let config = &with_canonical_data_dir(config);
     let _lock = checkpoint::lock::acquire(out)?;
     let ckpts = checkpoint::checkpoints_dir(out);
     // A run killed while writing its first checkpoint has checkpoints/ but nothing
@@ -255,6 +257,21 @@ fn start(
     run_trainer(tr, out, &device_line, None, observer)
 }
 
+/// `config` with `data.dir` as a canonical absolute path, so that the run's config
+/// and checkpoints name the data however it was spelled and wherever the run is
+/// resumed from. A directory that does not resolve stays as given (loading it
+/// names the problem).
+fn with_canonical_data_dir(config: &Config) -> Config {
+    let mut config = config.clone();
+    if !config.data.dir.is_empty()
+        && let Ok(path) = Path::new(&config.data.dir).canonicalize()
+        && let Some(path) = path.to_str()
+    {
+        config.data.dir = path.to_string();
+    }
+    config
+}
+
 /// The backend `device` and the config's precision and head size ask for.
 fn open_backend(device: DeviceChoice, config: &Config) -> Result<(Box<dyn Backend>, String)> {
     backend::open(device, config.train.precision, config.model.head_size())
@@ -276,8 +293,10 @@ pub fn resume(
         None
     };
     let ckpt = Checkpoint::open_run(run)?;
+    let config = &with_canonical_data_dir(config);
     let changes = compat::check_resume(&ckpt.state.config, config)?;
     let data = data::load(&DataSpec::of(config))?;
+    let data_notes = compat::check_same_data(&ckpt.state, config, &data)?;
     compat::check_data(&data, &config.model, Some(&ckpt.state)).context("cannot resume")?;
     let (params, moments) = (ckpt.read_params()?, ckpt.read_moments()?);
     observer.note(&format!(
@@ -287,6 +306,9 @@ pub fn resume(
     ));
     for change in &changes {
         observer.note(&format!("changed on resume: {change}"));
+    }
+    for note in &data_notes {
+        observer.note(note);
     }
     if ckpt.state.step >= config.train.max_steps {
         observer.note(&format!(
@@ -299,6 +321,17 @@ pub fn resume(
     let mut tr = Trainer::new(config, backend, data)?;
     tr.restore(&ckpt, &params, &moments)?;
     run_trainer(tr, run, &device_line, Some(ckpt.dir.clone()), observer)
+}
+
+/// The context of an error that stops training at `step`: the checkpoint it keeps.
+fn stopped(step: usize, last_checkpoint: &Option<PathBuf>) -> String {
+    match last_checkpoint {
+        Some(c) => format!(
+            "training stopped at step {step}; the last checkpoint, {}, is kept",
+            c.display()
+        ),
+        None => format!("training stopped at step {step}, before any checkpoint"),
+    }
 }
 
 fn write_config(config: &Config, out: &Path) -> Result<()> {
@@ -319,8 +352,8 @@ fn run_trainer<B: Backend>(
     let t = tr.config.train.clone();
     let m = tr.config.model.clone();
     let first_step = tr.step;
-    let mut metrics = Metrics::create(&out.join("metrics.jsonl"), first_step)?;
     observer.start(first_step, t.max_steps);
+    let mut metrics = Metrics::create(&out.join("metrics.jsonl"), first_step, observer)?;
     observer.note(device_line);
     observer.note(&format!(
         "hgpt: {} layers, {} heads, {} channels, {} head, {:.2}M parameters on {}",
@@ -353,7 +386,9 @@ fn run_trainer<B: Backend>(
     let mut guard = DivergenceGuard::new(t.max_bad_steps);
     let mut interrupted = false;
     while tr.step < t.max_steps {
-        let s = tr.train_step();
+        let s = tr
+            .train_step()
+            .with_context(|| stopped(tr.step + 1, &last_checkpoint))?;
         if s.skipped {
             metrics.log_skipped(SkippedRecord {
                 step: tr.step,
@@ -390,7 +425,9 @@ fn run_trainer<B: Backend>(
             break;
         }
         if (t.eval_every > 0 && tr.step.is_multiple_of(t.eval_every)) || tr.step == t.max_steps {
-            let val_loss = tr.evaluate();
+            let val_loss = tr
+                .evaluate()
+                .with_context(|| stopped(tr.step, &last_checkpoint))?;
             let record = EvalRecord {
                 step: tr.step,
                 val_loss,

@@ -20,8 +20,8 @@ fn training_step_holds_exactly_the_memory_plan() {
             let config = small_config(head, true);
             let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
             let mut tr = Trainer::new(&config, gpu, data).unwrap();
-            tr.train_step();
-            tr.train_step();
+            tr.train_step().unwrap();
+            tr.train_step().unwrap();
             let be = &tr.model.backend;
             let (m, t) = (&config.model, &config.train);
             let shape = StepShape {

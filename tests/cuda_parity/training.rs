@@ -57,7 +57,7 @@ fn fifty_training_steps_track_the_cpu_loss_curve() {
         let mut worst = 0f64;
         let (mut first, mut last) = (0.0, 0.0);
         for step in 0..50 {
-            let (c, g) = (cpu.train_step(), gpu.train_step());
+            let (c, g) = (cpu.train_step().unwrap(), gpu.train_step().unwrap());
             let err = ((g.loss - c.loss) / c.loss).abs();
             worst = worst.max(err);
             assert!(
