@@ -477,6 +477,11 @@ fn llc_of_every_checkpoint_of_a_run_and_of_one() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A damaged line (not UTF-8, not JSON) in the log: skipped, never blocking.
+    let metrics = dir.path().join("run/metrics.jsonl");
+    let mut log = std::fs::read(&metrics).unwrap();
+    log.extend(b"{\"step\": 21, \xff\n");
+    std::fs::write(&metrics, log).unwrap();
     let sample = ["--chains", "2", "--draws", "5", "--device", "cpu", "--json"];
     let mut args = vec!["llc", "--run", "run"];
     args.extend(sample);

@@ -8,7 +8,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -459,22 +459,17 @@ fn with_data(config: &Config, args: &LlcArgs) -> Config {
 }
 
 /// (step, training loss) from a run's metrics.jsonl; empty when there is none.
+/// Damaged lines are skipped: a log never blocks an estimate.
 fn train_losses(metrics: &Path) -> Result<Vec<(usize, f64)>> {
-    let text = match std::fs::read_to_string(metrics) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", metrics.display())),
-    };
-    let mut losses = Vec::new();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if let (Some(step), Some(loss)) = (v["step"].as_u64(), v["train_loss"].as_f64()) {
-            losses.push((step as usize, loss));
-        }
+    if !metrics.exists() {
+        return Ok(Vec::new());
     }
-    Ok(losses)
+    let records = hgpt::train::metrics::read_records(metrics, usize::MAX)?;
+    Ok(records
+        .train
+        .iter()
+        .map(|r| (r.step, r.train_loss))
+        .collect())
 }
 
 /// The run directory's name, for titles (RUN/checkpoints/step_N -> RUN).
