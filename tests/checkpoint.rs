@@ -658,14 +658,15 @@ fn a_damaged_metrics_log_is_set_aside_and_never_blocks_resume() {
 }
 
 /// A data directory of byte-level shards (llm.c's layout with a tokenizer.json)
-/// at `dir`: the built-in corpus's text, enough for the TINY settings.
+/// at `dir`: the built-in corpus's text, enough for the TINY settings; the
+/// training shard (120 KB) is larger than a few sampled blocks would cover.
 fn byte_shards(dir: &Path) {
     use hgpt::data::shard::{TokenWidth, write_shard};
     let tok = data::Tokenizer::bytes();
     std::fs::create_dir_all(dir).unwrap();
     tok.save(&dir.join("tokenizer.json")).unwrap();
     for (name, seed, bytes) in [
-        ("train_000000.bin", 1, 20_000),
+        ("train_000000.bin", 1, 60_000),
         ("val_000000.bin", 2, 4_000),
     ] {
         let tokens = data::join_documents(&tok, &data::corpus::generate(seed, bytes));
@@ -762,7 +763,7 @@ fn resume_refuses_a_shard_changed_in_place_and_accepts_one_only_touched() {
     let latest = checkpoint::latest(&run).unwrap().join("state.json");
     let mut state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&latest).unwrap()).unwrap();
-    assert!(state["data"]["train"][0]["sample_sha256"].is_string());
+    assert!(state["data"]["train"][0]["tokens_crc32"].is_string());
     state.as_object_mut().unwrap().remove("data");
     std::fs::write(&latest, serde_json::to_string(&state).unwrap()).unwrap();
     let (code, stderr) = resume(d, &run, 4, &[]);

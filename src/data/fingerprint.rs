@@ -2,18 +2,15 @@
 //! resume can tell whether the data is still what the run trained on, wherever it
 //! lives now and however its path is spelled.
 //!
-//! Per shard: its file name, size, modification time and a SHA-256 of samples of
-//! it: the 1024-byte header and [`SAMPLES`] blocks of [`SAMPLE_BYTES`] at evenly
-//! spaced offsets, the last ending at the end of the file (the whole file when it
-//! is no longer than that). Reading 17 blocks per shard keeps a resume on hundreds
-//! of gigabyte-sized shards instant; a change that touches no sample goes unseen.
+//! Per shard: its file name, size, modification time and a CRC-32 of its tokens.
+//! The checksum costs nothing extra: loading already reads every token once (the
+//! range check and the unigram entropy, [`super::shard::count_tokens`]), and the
+//! CRC rides on that pass, chunk by chunk in parallel, combined in order.
 //!
-//! The size and the samples decide. A modification time that differs alone (a
+//! The size and the checksum decide. A modification time that differs alone (a
 //! `touch`, a copy to another disk) is reported, not refused: it says nothing
 //! about the content.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -22,11 +19,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::manifest::MANIFEST_FILE;
-use super::shard::HEADER_BYTES;
-
-/// Blocks sampled per shard besides the header.
-pub const SAMPLES: u64 = 16;
-pub const SAMPLE_BYTES: u64 = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardFingerprint {
@@ -35,8 +27,8 @@ pub struct ShardFingerprint {
     pub bytes: u64,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: u64,
-    /// SHA-256 of the header and the sampled blocks.
-    pub sample_sha256: String,
+    /// CRC-32 of the tokens as little-endian u32, in hex.
+    pub tokens_crc32: String,
 }
 
 /// What a checkpoint records of its data.
@@ -54,53 +46,34 @@ fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The fingerprint of the shard file at `path`.
-pub fn fingerprint(path: &Path) -> Result<ShardFingerprint> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let bytes = meta.len();
+/// The fingerprint of the shard file at `path`, whose tokens have CRC-32 `crc`.
+pub fn fingerprint(path: &Path, crc: u32) -> Result<ShardFingerprint> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mtime_ns = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as u64);
-    let header = HEADER_BYTES as u64;
-    let body = bytes.saturating_sub(header);
-    let ranges: Vec<(u64, u64)> = if body <= SAMPLES * SAMPLE_BYTES {
-        vec![(0, bytes)]
-    } else {
-        let last = bytes - SAMPLE_BYTES;
-        std::iter::once((0, header))
-            .chain((0..SAMPLES).map(|i| {
-                let at = header + (last - header) * i / (SAMPLES - 1);
-                (at, SAMPLE_BYTES)
-            }))
-            .collect()
-    };
-    let mut hash = Sha256::new();
-    let mut buf = Vec::new();
-    for (at, len) in ranges {
-        buf.resize(len as usize, 0);
-        file.read_exact_at(&mut buf, at)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        hash.update(&buf);
-    }
-    let file_name = path
+    let file = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     Ok(ShardFingerprint {
-        file: file_name,
-        bytes,
+        file,
+        bytes: meta.len(),
         mtime_ns,
-        sample_sha256: hex(&hash.finalize()),
+        tokens_crc32: format!("{crc:08x}"),
     })
 }
 
 impl DataIdentity {
-    /// The identity of the data directory `dir` whose shards are `train` and `val`.
-    pub fn of(dir: &Path, train: &[PathBuf], val: &[PathBuf]) -> Result<DataIdentity> {
+    /// The identity of the data directory `dir` whose shards are `train` and
+    /// `val`, each with the CRC-32 of its tokens.
+    pub fn of(
+        dir: &Path,
+        train: &[(PathBuf, u32)],
+        val: &[(PathBuf, u32)],
+    ) -> Result<DataIdentity> {
         let canonical = dir
             .canonicalize()
             .with_context(|| format!("cannot resolve {}", dir.display()))?;
@@ -113,10 +86,10 @@ impl DataIdentity {
                     .with_context(|| format!("cannot read {}", manifest.display()))
             })
             .transpose()?;
-        let prints = |files: &[PathBuf]| {
+        let prints = |files: &[(PathBuf, u32)]| {
             files
                 .iter()
-                .map(|f| fingerprint(f))
+                .map(|(f, crc)| fingerprint(f, *crc))
                 .collect::<Result<Vec<_>>>()
         };
         Ok(DataIdentity {
@@ -128,7 +101,7 @@ impl DataIdentity {
     }
 
     /// Whether `now` is the data `self` recorded: the same manifest and, split by
-    /// split, the same shard names, sizes and samples. An error naming the first
+    /// split, the same shard names, sizes and token checksums. An error naming the first
     /// shard that differs; else notes for the user (data found at another path,
     /// shards touched without a change of content).
     pub fn check_same(&self, now: &DataIdentity) -> Result<Vec<String>> {
@@ -171,9 +144,9 @@ impl DataIdentity {
                         w.bytes
                     );
                 }
-                if w.sample_sha256 != i.sample_sha256 {
+                if w.tokens_crc32 != i.tokens_crc32 {
                     bail!(
-                        "{path}: changed since the checkpoint was written (same size, different content); restore it or start a new run"
+                        "{path}: changed since the checkpoint was written (same size, different tokens); restore it or start a new run"
                     );
                 }
                 if w.mtime_ns != i.mtime_ns {
@@ -183,7 +156,7 @@ impl DataIdentity {
         }
         if let Some(first) = touched.first() {
             notes.push(format!(
-                "note: {} shard(s) (first: {first}) modified since the checkpoint was written, with the same size and sampled content: resuming on them",
+                "note: {} shard(s) (first: {first}) modified since the checkpoint was written, with the same size and tokens: resuming on them",
                 touched.len()
             ));
         }

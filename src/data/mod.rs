@@ -131,7 +131,7 @@ pub fn builtin(spec: &DataSpec) -> Result<Dataset> {
         tok.vocab_size()
     );
     let train = vec![Shard::in_memory("the built-in corpus", train)];
-    let (counts, _) = shard::count_tokens(&train)?;
+    let counts = shard::count_tokens(&train)?.counts;
     let val = vec![Shard::in_memory("the built-in corpus", val)];
     let too_little = |key: &str, bytes: usize| format!("data.{key} = {bytes}: too little text");
     let (train, val) = spec.loaders(train, val);
@@ -295,19 +295,26 @@ pub fn prepared(dir: &Path, spec: &DataSpec) -> Result<Dataset> {
     let tokenizer_path = dir.join(TOKENIZER_FILE);
     let train = open_split(dir, "train", manifest.as_ref().map(|m| &m.train))?;
     let val = open_split(dir, "val", manifest.as_ref().map(|m| &m.val))?;
-    let paths = |shards: &[Shard]| shards.iter().map(|s| PathBuf::from(s.name())).collect();
-    let (train_paths, val_paths): (Vec<PathBuf>, Vec<PathBuf>) = (paths(&train), paths(&val));
-    let identity = DataIdentity::of(dir, &train_paths, &val_paths)?;
 
-    // One pass over every token: ids in range, and the training unigram entropy.
-    let (counts, train_max) = shard::count_tokens(&train)?;
-    let (_, val_max) = shard::count_tokens(&val)?;
-    let largest = train_max.iter().chain(&val_max).flatten().max().copied();
+    // One pass over every token: ids in range, the training unigram entropy, and
+    // each shard's checksum for the identity a checkpoint records.
+    let train_scan = shard::count_tokens(&train)?;
+    let val_scan = shard::count_tokens(&val)?;
+    let (counts, train_max, val_max) = (&train_scan.counts, &train_scan.max, &val_scan.max);
+    let prints = |shards: &[Shard], scan: &shard::TokenScan| {
+        shards
+            .iter()
+            .zip(&scan.crc32)
+            .map(|(s, &crc)| (PathBuf::from(s.name()), crc))
+            .collect::<Vec<_>>()
+    };
+    let identity = DataIdentity::of(dir, &prints(&train, &train_scan), &prints(&val, &val_scan))?;
+    let largest = train_max.iter().chain(val_max).flatten().max().copied();
     let vocab_size = tokenizer
         .as_ref()
         .map_or(largest.map_or(0, |m| m as usize + 1), |t| t.vocab_size());
     let shards = train.iter().chain(&val);
-    for (shard, max) in shards.zip(train_max.iter().chain(&val_max)) {
+    for (shard, max) in shards.zip(train_max.iter().chain(val_max)) {
         if let Some(m) = *max
             && m as usize >= vocab_size
         {
@@ -345,6 +352,6 @@ pub fn prepared(dir: &Path, spec: &DataSpec) -> Result<Dataset> {
         tokenizer,
         description,
         identity: Some(identity),
-        unigram_entropy: unigram_entropy(&counts),
+        unigram_entropy: unigram_entropy(counts),
     })
 }

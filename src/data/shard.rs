@@ -311,21 +311,39 @@ impl Shard {
     }
 }
 
-/// How often each token id occurs in `shards`, and the largest id in each shard
-/// (None for an empty one); counted in parallel chunks.
-pub fn count_tokens(shards: &[Shard]) -> Result<(Vec<u64>, Vec<Option<u32>>)> {
+/// What one pass over every token of some shards finds.
+pub struct TokenScan {
+    /// How often each token id occurs.
+    pub counts: Vec<u64>,
+    /// The largest id in each shard (None for an empty one).
+    pub max: Vec<Option<u32>>,
+    /// CRC-32 of each shard's tokens (as little-endian u32): its content, for
+    /// telling whether a shard changed (see [`super::fingerprint`]).
+    pub crc32: Vec<u32>,
+}
+
+/// Counts, largest ids and content checksums of `shards`, in parallel chunks.
+pub fn count_tokens(shards: &[Shard]) -> Result<TokenScan> {
     const CHUNK: usize = 1 << 22;
     let chunks: Vec<(usize, usize)> = shards
         .iter()
         .enumerate()
         .flat_map(|(i, s)| (0..s.len()).step_by(CHUNK).map(move |start| (i, start)))
         .collect();
-    let partial: Vec<(usize, Vec<u64>)> = chunks
+    let partial: Vec<(usize, Vec<u64>, crc32fast::Hasher)> = chunks
         .par_iter()
         .map(|&(i, start)| {
             let n = CHUNK.min(shards[i].len() - start);
             let mut tokens = Vec::with_capacity(n);
             shards[i].read(start, n, &mut tokens)?;
+            let mut crc = crc32fast::Hasher::new();
+            let mut bytes = [0u8; 4096];
+            for block in tokens.chunks(1024) {
+                for (b, t) in bytes.chunks_exact_mut(4).zip(block) {
+                    b.copy_from_slice(&t.to_le_bytes());
+                }
+                crc.update(&bytes[..4 * block.len()]);
+            }
             let mut counts = vec![0u64; 1 << 16];
             for t in tokens {
                 let t = t as usize;
@@ -334,12 +352,15 @@ pub fn count_tokens(shards: &[Shard]) -> Result<(Vec<u64>, Vec<Option<u32>>)> {
                 }
                 counts[t] += 1;
             }
-            Ok((i, counts))
+            Ok((i, counts, crc))
         })
         .collect::<Result<_>>()?;
     let mut total = Vec::new();
     let mut max = vec![None; shards.len()];
-    for (i, counts) in partial {
+    let mut crcs = vec![crc32fast::Hasher::new(); shards.len()];
+    // Chunks come in order, so each shard's checksums combine into its own.
+    for (i, counts, crc) in partial {
+        crcs[i].combine(&crc);
         if total.len() < counts.len() {
             total.resize(counts.len(), 0);
         }
@@ -349,5 +370,9 @@ pub fn count_tokens(shards: &[Shard]) -> Result<(Vec<u64>, Vec<Option<u32>>)> {
         let chunk_max = counts.iter().rposition(|&c| c > 0).map(|m| m as u32);
         max[i] = max[i].max(chunk_max);
     }
-    Ok((total, max))
+    Ok(TokenScan {
+        counts: total,
+        max,
+        crc32: crcs.into_iter().map(crc32fast::Hasher::finalize).collect(),
+    })
 }
