@@ -95,7 +95,7 @@ fn loader(prepared: &Path) -> Result<()> {
     let t0 = Instant::now();
     let mut batches = 0;
     while t0.elapsed().as_secs_f64() < 3.0 {
-        std::hint::black_box(data.train.next_batch());
+        std::hint::black_box(data.train.next_batch()?);
         batches += 1;
     }
     let serve_s = t0.elapsed().as_secs_f64();

@@ -215,7 +215,7 @@ fn split_stream(dir: &Path, split: Split, ckpt: &Checkpoint, limit: usize) -> Re
     let mut tokens = Vec::new();
     for shard in &shards {
         let n = shard.len().min(limit - tokens.len());
-        shard.read(0, n, &mut tokens);
+        shard.read(0, n, &mut tokens)?;
     }
     let vocab = ckpt.state.config.model.vocab_size;
     if let Some(&max) = tokens.iter().max()

@@ -632,3 +632,198 @@ fn a_run_killed_during_its_first_checkpoint_write_is_started_over_by_out() {
     assert!(!tmp.exists(), "the half-written directory is gone");
     assert_eq!(losses(&run).len(), 3);
 }
+
+#[test]
+fn a_damaged_metrics_log_is_set_aside_and_never_blocks_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    succeeds(&strs(&train_args(3, "run", &[])), dir.path());
+    let metrics = dir.path().join("run/metrics.jsonl");
+    let mut damaged = std::fs::read(&metrics).unwrap();
+    let first_bad = damaged.iter().filter(|&&b| b == b'\n').count() + 1;
+    // Bytes that are not UTF-8, a line that is not JSON, and a line cut off.
+    damaged.extend(b"{\"step\": 9, \"train_lo\xff\xfe\nnot json\n{\"step\": 4, \"tr");
+    std::fs::write(&metrics, &damaged).unwrap();
+    let out = hgpt(&["train", "--resume", "run", "--steps", "5"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("3 damaged line(s) (first: line {first_bad})"))
+            && stderr.contains("metrics.jsonl.damaged"),
+        "{stderr}"
+    );
+    // Every line parses again, and the run's five steps are there.
+    assert_eq!(losses(&dir.path().join("run")).len(), 5);
+    let aside = std::fs::read(dir.path().join("run/metrics.jsonl.damaged")).unwrap();
+    assert_eq!(aside, damaged, "the original is kept whole");
+}
+
+/// A data directory of byte-level shards (llm.c's layout with a tokenizer.json)
+/// at `dir`: the built-in corpus's text, enough for the TINY settings; the
+/// training shard (120 KB) is larger than a few sampled blocks would cover.
+fn byte_shards(dir: &Path) {
+    use hgpt::data::shard::{TokenWidth, write_shard};
+    let tok = data::Tokenizer::bytes();
+    std::fs::create_dir_all(dir).unwrap();
+    tok.save(&dir.join("tokenizer.json")).unwrap();
+    for (name, seed, bytes) in [
+        ("train_000000.bin", 1, 60_000),
+        ("val_000000.bin", 2, 4_000),
+    ] {
+        let tokens = data::join_documents(&tok, &data::corpus::generate(seed, bytes));
+        write_shard(&dir.join(name), &tokens, TokenWidth::U16).unwrap();
+    }
+}
+
+/// `hgpt train --resume RUN --steps N` and extra arguments, run in `cwd`: its
+/// exit code and stderr.
+fn resume(cwd: &Path, run: &Path, steps: usize, extra: &[&str]) -> (Option<i32>, String) {
+    let steps = steps.to_string();
+    let mut args = vec![
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--steps",
+        &steps,
+    ];
+    args.extend(extra);
+    let out = hgpt(&args, cwd);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn resume_does_not_depend_on_how_the_data_path_is_spelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    byte_shards(&d.join("data/x"));
+    let mut args = train_args(5, "whole", &[]);
+    args.extend(["--data".into(), "data/x".into()]);
+    succeeds(&strs(&args), d);
+    let mut args = train_args(2, "run", &[]);
+    args.extend(["--data".into(), "./data/x".into()]);
+    succeeds(&strs(&args), d);
+    let run = d.join("run");
+    let recorded = Checkpoint::open_run(&run).unwrap().state.config.data.dir;
+    assert!(Path::new(&recorded).is_absolute(), "{recorded}");
+
+    // Another spelling of the same directory.
+    let (code, stderr) = resume(d, &run, 3, &["--data", "data/x/"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    // From another working directory, the run's own (relative) spelling long gone.
+    std::fs::create_dir(d.join("elsewhere")).unwrap();
+    let (code, stderr) = resume(&d.join("elsewhere"), &run, 4, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    // The same data moved: its identity, not its path, decides.
+    std::fs::rename(d.join("data/x"), d.join("moved")).unwrap();
+    let (code, stderr) = resume(d, &run, 5, &["--data", "moved"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("the data is now at"), "{stderr}");
+    assert_eq!(losses(&run), losses(&d.join("whole")));
+}
+
+#[test]
+fn resume_refuses_a_shard_changed_in_place_and_accepts_one_only_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    byte_shards(&d.join("data"));
+    let mut args = train_args(2, "run", &[]);
+    args.extend(["--data".into(), "data".into()]);
+    succeeds(&strs(&args), d);
+    let run = d.join("run");
+    let shard = d.join("data/train_000000.bin");
+    let original = std::fs::read(&shard).unwrap();
+
+    // Touched, content unchanged: a note, and the run goes on.
+    let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&shard)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let (code, stderr) = resume(d, &run, 3, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("modified since the checkpoint"), "{stderr}");
+
+    // One token changed, same size: refused in one line naming the shard.
+    let mut changed = original.clone();
+    let middle = (changed.len() / 2) & !1;
+    changed[middle] ^= 1;
+    std::fs::write(&shard, &changed).unwrap();
+    let line = fails(&["train", "--resume", "run", "--steps", "4"], d);
+    assert!(
+        line.contains(&shard.display().to_string()) && line.contains("changed since"),
+        "{line}"
+    );
+
+    // A checkpoint written before fingerprints were recorded still resumes.
+    std::fs::write(&shard, &original).unwrap();
+    let latest = checkpoint::latest(&run).unwrap().join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&latest).unwrap()).unwrap();
+    assert!(state["data"]["train"][0]["tokens_crc32"].is_string());
+    state.as_object_mut().unwrap().remove("data");
+    std::fs::write(&latest, serde_json::to_string(&state).unwrap()).unwrap();
+    let (code, stderr) = resume(d, &run, 4, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn a_shard_cut_short_while_training_stops_it_in_one_line_keeping_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    byte_shards(&d.join("data"));
+    let mut args = train_args(100_000_000, "run", &["train.checkpoint_every=5"]);
+    args.extend(["--data".into(), "data".into()]);
+    let log = std::fs::File::create(d.join("stderr.txt")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hgpt"))
+        .args(&args)
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let run = d.join("run");
+    let start = Instant::now();
+    while Checkpoint::open_run(&run).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "training ended early");
+        assert!(start.elapsed() < Duration::from_secs(60), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let shard = d.join("data/train_000000.bin");
+    std::fs::File::options()
+        .write(true)
+        .open(&shard)
+        .unwrap()
+        .set_len(1024 + 100)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(d.join("stderr.txt")).unwrap();
+    assert_eq!(status.code(), Some(2), "{status}: {stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: ")
+            && last.contains("train_000000.bin")
+            && last.contains("shorter than when it was opened")
+            && last.contains("the last checkpoint"),
+        "{stderr}"
+    );
+    assert!(Checkpoint::open_run(&run).is_ok(), "the checkpoint is kept");
+}
+
+#[test]
+fn a_corrupted_byte_in_the_config_of_a_model_header_is_a_format_error() {
+    let (dir, step) = one_checkpoint();
+    let path = step.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(7).position(|w| w == b"n_layer").unwrap();
+    bytes[at + 3] = b'b'; // n_lbyer: still valid JSON and TOML, an unknown key
+    std::fs::write(&path, &bytes).unwrap();
+    let line = eval_fails(dir.path());
+    assert!(
+        line.contains("model.safetensors") && line.contains("corrupted metadata"),
+        "{line}"
+    );
+}

@@ -37,7 +37,7 @@ fn split_tokens(dir: &Path, split: &str) -> Vec<u32> {
     let mut tokens = Vec::new();
     for f in files {
         let shard = Shard::open(&f).unwrap();
-        shard.read(0, shard.len(), &mut tokens);
+        shard.read(0, shard.len(), &mut tokens).unwrap();
     }
     tokens
 }
@@ -171,7 +171,7 @@ fn llmc_layout_shards_load_as_is() {
     for (path, want) in [(&p16, &tokens), (&p32, &wide)] {
         let shard = Shard::open(path).unwrap();
         let mut got = Vec::new();
-        shard.read(0, shard.len(), &mut got);
+        shard.read(0, shard.len(), &mut got).unwrap();
         assert_eq!(&got, want);
     }
     // Our writer produces the same bytes.
@@ -420,7 +420,7 @@ fn ranks_together_cover_each_window_of_an_epoch_once() {
             let mut loader = Loader::new(numbered_shards(&lens), b, t, 11, rank, world).unwrap();
             let per_rank = loader.batches_per_epoch() / world as u64;
             for _ in 0..per_rank {
-                for w in window_ids(&loader.next_batch(), t) {
+                for w in window_ids(&loader.next_batch().unwrap(), t) {
                     *seen.entry(w).or_insert(0) += 1;
                 }
             }
@@ -436,7 +436,7 @@ fn loader_is_deterministic_and_resumes_exactly_from_a_saved_position() {
     let (b, t) = (3, 5);
     let lens = [41, 66, 12, 90];
     let make = |seed| Loader::new(numbered_shards(&lens), b, t, seed, 1, 2).unwrap();
-    let run = |l: &mut Loader, n| (0..n).map(|_| l.next_batch()).collect::<Vec<_>>();
+    let run = |l: &mut Loader, n| (0..n).map(|_| l.next_batch().unwrap()).collect::<Vec<_>>();
     let (mut a, mut same, mut other) = (make(5), make(5), make(6));
     let first = run(&mut a, 20);
     assert_eq!(first, run(&mut same, 20));
@@ -470,7 +470,7 @@ fn loader_is_deterministic_and_resumes_exactly_from_a_saved_position() {
 fn validation_batches_are_sequential_windows() {
     let t = 4;
     let loader = Loader::new(numbered_shards(&[10, 13]), 2, t, 0, 0, 1).unwrap();
-    let batches = loader.sequential_batches(10);
+    let batches = loader.sequential_batches(10).unwrap();
     assert_eq!(batches.len(), 2); // 2 + 3 windows make two batches of 2
     let ids: Vec<u32> = batches.iter().flat_map(|b| window_ids(b, t)).collect();
     assert_eq!(ids, vec![0, 4, 10, 14]);
@@ -535,5 +535,47 @@ fn cli_prepares_trains_and_fails_with_one_line() {
     assert!(
         train_error(code, &err).contains("data.dir = missing"),
         "{err}"
+    );
+}
+
+#[test]
+fn unlisted_shards_match_llmc_names_exactly_and_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shard = |name: &str, n: usize| {
+        let tokens: Vec<u32> = (0..n as u32).map(|i| i % 50).collect();
+        write_shard(&d.join(name), &tokens, TokenWidth::U16).unwrap();
+    };
+    // "medieval" holds "val", "trainval" both words: neither is a split word here.
+    shard("medieval_train_000000.bin", 300);
+    shard("medieval_val_000000.bin", 200);
+    shard("trainval.bin", 1000);
+    shard("interval_notes.bin", 1000);
+    let data = hgpt::data::load(&hgpt::data::DataSpec::of(&config(d, 2, 8))).unwrap();
+    let desc = &data.description;
+    assert!(
+        desc.contains("300 training tokens in 1 shards, 200 validation tokens in 1 shards"),
+        "{desc}"
+    );
+    assert!(
+        desc.contains("train: medieval_train_000000.bin; val: medieval_val_000000.bin"),
+        "{desc}"
+    );
+
+    use hgpt::data::claimed_splits;
+    assert_eq!(claimed_splits("fineweb_train_000001.bin"), ["train"]);
+    assert_eq!(claimed_splits("tiny_shakespeare_val.bin"), ["val"]);
+    assert_eq!(claimed_splits("val_000000.bin"), ["val"]);
+    assert!(claimed_splits("trainval.bin").is_empty());
+    assert!(claimed_splits("train_000001.txt").is_empty());
+
+    // A name that claims both splits is refused, naming it.
+    shard("x_train_000001_val.bin", 300);
+    let msg = error_of(hgpt::data::load(&hgpt::data::DataSpec::of(&config(
+        d, 2, 8,
+    ))));
+    assert!(
+        msg.contains("x_train_000001_val.bin") && msg.contains("both"),
+        "{msg}"
     );
 }

@@ -232,7 +232,7 @@ impl<T: SgldTarget> SgldTarget for Pinned<T> {
     fn batch_size(&self) -> usize {
         self.inner.batch_size()
     }
-    fn next_batch(&mut self) -> T::Batch {
+    fn next_batch(&mut self) -> anyhow::Result<T::Batch> {
         self.inner.next_batch()
     }
     fn reset(&mut self) {
@@ -477,6 +477,11 @@ fn llc_of_every_checkpoint_of_a_run_and_of_one() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A damaged line (not UTF-8, not JSON) in the log: skipped, never blocking.
+    let metrics = dir.path().join("run/metrics.jsonl");
+    let mut log = std::fs::read(&metrics).unwrap();
+    log.extend(b"{\"step\": 21, \xff\n");
+    std::fs::write(&metrics, log).unwrap();
     let sample = ["--chains", "2", "--draws", "5", "--device", "cpu", "--json"];
     let mut args = vec!["llc", "--run", "run"];
     args.extend(sample);
@@ -624,5 +629,17 @@ fn llc_checks_its_output_directory_before_estimating() {
         line.contains("read_only") && line.contains("not writable"),
         "{line}"
     );
+    assert!(secs < 10.0, "failed after {secs:.1}s: it estimated first");
+}
+
+#[test]
+fn llc_into_a_locked_output_directory_fails_at_once_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // This test process holds the lock, as a training run or another llc would.
+    let _held = hgpt::checkpoint::lock::acquire(&out).unwrap();
+    let (line, secs) = dln_into(&out);
+    let pid = format!("pid {}", std::process::id());
+    assert!(line.contains(&pid) && line.contains("hgpt.lock"), "{line}");
     assert!(secs < 10.0, "failed after {secs:.1}s: it estimated first");
 }

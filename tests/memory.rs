@@ -38,7 +38,7 @@ fn cpu_training_step_allocates_exactly_the_plan() {
         let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
         let mut tr = Trainer::new(&config, CpuBackend::<f32>::new(), data).unwrap();
         tr.train_step().unwrap();
-        tr.evaluate();
+        tr.evaluate().unwrap();
         tr.train_step().unwrap();
         let planned = plan(&config, config.train.batch_size, Target::Cpu, 1);
         let held = tr.model.backend.peak_memory_bytes();

@@ -22,7 +22,7 @@ fn overfits_one_batch() {
     for head in ["harmonic", "softmax"] {
         let config = small(head);
         let mut ds = data::builtin(&data::DataSpec::of(&config)).unwrap();
-        let batch = ds.train.next_batch();
+        let batch = ds.train.next_batch().unwrap();
         let mut model = Gpt::new(CpuBackend::<f32>::new(), &config.model);
         model.init(1);
         let mut opt = Optimizer::new(&model, 0..model.num_params());
@@ -67,7 +67,7 @@ fn gradient_accumulation_matches_a_larger_batch() {
     // Two micro-batches of 2 sequences give the gradient of one batch of 4.
     let config = small("harmonic");
     let mut ds = data::builtin(&data::DataSpec::of(&config)).unwrap();
-    let batch = ds.train.next_batch();
+    let batch = ds.train.next_batch().unwrap();
     let grads = |parts: usize| {
         let mut model = Gpt::new(CpuBackend::<f32>::new(), &config.model);
         model.init(3);

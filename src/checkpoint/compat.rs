@@ -3,7 +3,9 @@
 //! And whether data can feed a model: its vocabulary and, for a model from a
 //! checkpoint, its tokenizer.
 
-use anyhow::{Result, bail};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
 
 use super::TrainingState;
 use crate::config::{Config, ModelConfig};
@@ -57,10 +59,12 @@ fn differences(old: &Config, new: &Config) -> Vec<(String, String, String)> {
 }
 
 /// The allowed changes from `saved` to `new` as `train.key: old -> new`, or an error
-/// listing every change that is not allowed.
+/// listing every change that is not allowed. `data.dir` is left to
+/// [`check_same_data`]: the data matters, not how its path is spelled.
 pub fn check_resume(saved: &Config, new: &Config) -> Result<Vec<String>> {
     let (allowed, refused): (Vec<_>, Vec<_>) = differences(saved, new)
         .into_iter()
+        .filter(|(section, key, _)| (section.as_str(), key.as_str()) != ("data", "dir"))
         .partition(|(section, key, _)| section == "train" && MAY_CHANGE.contains(&key.as_str()));
     let show = |v: Vec<(String, String, String)>| -> Vec<String> {
         v.into_iter()
@@ -74,6 +78,35 @@ pub fn check_resume(saved: &Config, new: &Config) -> Result<Vec<String>> {
         );
     }
     Ok(show(allowed))
+}
+
+/// Whether `data`, loaded for `new`, is the data of the run that wrote `saved`.
+/// With the data's identity recorded, the same shards wherever they now are (see
+/// [`crate::data::DataIdentity::check_same`]); returns notes for the user. Without it (the
+/// built-in corpus, or a checkpoint written before identities were recorded), the
+/// same `data.dir`, compared as canonical paths.
+pub fn check_same_data(saved: &TrainingState, new: &Config, data: &Dataset) -> Result<Vec<String>> {
+    match (&saved.data, &data.identity) {
+        (Some(was), Some(is)) => was.check_same(is).context("cannot resume"),
+        (Some(was), None) => bail!(
+            "cannot resume: the checkpoint's data is {}, but data.dir is empty (the built-in corpus)",
+            was.dir
+        ),
+        (None, _) => {
+            let canonical = |dir: &str| {
+                Path::new(dir)
+                    .canonicalize()
+                    .unwrap_or_else(|_| PathBuf::from(dir))
+            };
+            let (old, new) = (&saved.config.data.dir, &new.data.dir);
+            if old.is_empty() != new.is_empty() || canonical(old) != canonical(new) {
+                bail!(
+                    "cannot resume: the model or data differ from the checkpoint's (data.dir: \"{old}\" -> \"{new}\")"
+                );
+            }
+            Ok(Vec::new())
+        }
+    }
 }
 
 /// Whether a new run may start from a checkpoint's parameters (`train --init`):

@@ -3,7 +3,8 @@
 //! - `model.safetensors`: the parameters under GPT-2 style names; the header's
 //!   metadata carries the resolved config, so the file alone is a usable model;
 //! - `optimizer.safetensors`: AdamW's moments in fp32, `m.<name>` and `v.<name>`;
-//! - `state.json`: step, loader position, config, tokenizer hash, versions;
+//! - `state.json`: step, loader position, config, tokenizer hash, the data's
+//!   identity (shard fingerprints), versions;
 //! - a copy of the tokenizer.
 //!
 //! A checkpoint is written into `checkpoints/.tmp-step_%08d`, every file fsynced,
@@ -32,7 +33,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::backend::Backend;
 use crate::config::{self, Config};
-use crate::data::{LoaderPosition, Tokenizer};
+use crate::data::{DataIdentity, LoaderPosition, Tokenizer};
 use crate::model::{Gpt, ParamLayout};
 pub use state::{FORMAT_VERSION, TrainingState};
 use tensors::{Slot, TensorFile};
@@ -163,6 +164,8 @@ pub struct TrainingSnapshot<'a> {
     pub loader: LoaderPosition,
     /// The data's tokenizer; None for shards that came without a tokenizer.json.
     pub tokenizer: Option<&'a Tokenizer>,
+    /// The identity of prepared data; None for the built-in corpus.
+    pub data: Option<&'a DataIdentity>,
 }
 
 /// Writes `snap` as checkpoint `step_%08d` of `run` and makes it the latest, then
@@ -198,6 +201,7 @@ pub fn save(run: &Path, snap: &TrainingSnapshot) -> Result<PathBuf> {
         adam_step: snap.adam_step,
         loader: snap.loader,
         tokenizer_hash: snap.tokenizer.map(|t| t.hash().to_string()),
+        data: snap.data.cloned(),
         config: snap.config.clone(),
     };
     state.write(&tmp.join(STATE_FILE))?;
@@ -274,6 +278,7 @@ pub fn save_model(
             offset: 0,
         },
         tokenizer_hash: Some(tokenizer.hash().to_string()),
+        data: None,
         config: config.clone(),
     };
     state.write(&tmp.join(STATE_FILE))?;
@@ -407,10 +412,19 @@ impl Checkpoint {
     }
 }
 
+/// The config in a tensor file's metadata. hgpt wrote it from a valid config, so one
+/// that does not parse or validate is damage (the checksum, which covers it, is
+/// checked only once the config has given the tensors' layout): a format error,
+/// not a config error for the user to fix.
 fn metadata_config(file: &TensorFile) -> Result<Config> {
-    let what = format!("{} metadata", file.path().display());
-    let config = config::parse(file.meta("config")?, &what)?;
-    config.validate().map_err(|e| anyhow!("{what}: {e:#}"))?;
+    let corrupted = |e: anyhow::Error| {
+        anyhow!(
+            "{}: corrupted metadata: its config does not read back ({e:#})",
+            file.path().display()
+        )
+    };
+    let config = config::parse(file.meta("config")?, "config").map_err(corrupted)?;
+    config.validate().map_err(corrupted)?;
     Ok(config)
 }
 

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::data::LoaderPosition;
+use crate::data::{DataIdentity, LoaderPosition};
 
 /// Version of the checkpoint layout (files, names, metadata keys). A reader refuses
 /// any other version rather than guess.
@@ -31,6 +31,11 @@ pub struct TrainingState {
     /// SHA-256 of the tokenizer the data was made with (None for token shards
     /// that came without one).
     pub tokenizer_hash: Option<String>,
+    /// The identity of prepared data (shard fingerprints, manifest hash, canonical
+    /// path) that a resume compares its data with; absent for the built-in corpus,
+    /// a model alone, and checkpoints written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataIdentity>,
     /// The resolved config of the run.
     pub config: Config,
 }

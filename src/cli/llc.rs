@@ -8,11 +8,12 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use hgpt::backend::{self, Backend, DeviceChoice, Target};
+use hgpt::checkpoint::lock::{self, RunLock};
 use hgpt::checkpoint::{self, Checkpoint};
 use hgpt::config::Config;
 use hgpt::llc::LlcEstimate;
@@ -249,9 +250,7 @@ fn run_dln(args: &DlnArgs) -> Result<()> {
         batch_size,
         args.sgld.seed,
     )?;
-    if let Some(dir) = &args.out {
-        writable_dir(dir)?;
-    }
+    let _lock = args.out.as_deref().map(claim_output).transpose()?;
     let progress = progress_bar(&settings);
     let est = estimate(&mut HostTarget::new(&mut net), &settings, &progress)?;
     progress.finish_and_clear();
@@ -287,7 +286,7 @@ fn run_layernorm(args: &LayerNormArgs) -> Result<()> {
         let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
         PathBuf::from("runs").join(format!("llc-layernorm-{stamp}"))
     });
-    writable_dir(&out)?;
+    let _lock = claim_output(&out)?;
     let schedule = Schedule {
         steps: args.steps,
         every: args.every,
@@ -356,7 +355,7 @@ fn run_checkpoint(args: &LlcArgs, path: &Path) -> Result<()> {
         .sgld
         .settings(&Defaults::gpt(config.train.batch_size))?;
     let out = args.out.clone().unwrap_or_else(|| ckpt.dir.clone());
-    writable_dir(&out)?;
+    let _lock = claim_output(&out)?;
     let params = ckpt.read_params()?;
     let data = gpt::training_data(&config, batch_size, Some(&ckpt.state))?;
     let mut model = open_model(args.device.device, &config, batch_size)?;
@@ -399,7 +398,7 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
         .settings(&Defaults::gpt(config.train.batch_size))?;
     let mut model = open_model(args.device.device, &config, batch_size)?;
     let out = args.out.clone().unwrap_or_else(|| run.to_path_buf());
-    writable_dir(&out)?;
+    let _lock = claim_output(&out)?;
     let mut log = LlcLog::create(&out.join("llc.jsonl"))?;
     // On the CPU, checkpoints are estimated side by side (on two cores two at once
     // beat one after another; BENCHMARKS.md has the figures); a GPU takes them in turn.
@@ -467,22 +466,17 @@ fn with_data(config: &Config, args: &LlcArgs) -> Config {
 }
 
 /// (step, training loss) from a run's metrics.jsonl; empty when there is none.
+/// Damaged lines are skipped: a log never blocks an estimate.
 fn train_losses(metrics: &Path) -> Result<Vec<(usize, f64)>> {
-    let text = match std::fs::read_to_string(metrics) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", metrics.display())),
-    };
-    let mut losses = Vec::new();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if let (Some(step), Some(loss)) = (v["step"].as_u64(), v["train_loss"].as_f64()) {
-            losses.push((step as usize, loss));
-        }
+    if !metrics.exists() {
+        return Ok(Vec::new());
     }
-    Ok(losses)
+    let records = hgpt::train::metrics::read_records(metrics, usize::MAX)?;
+    Ok(records
+        .train
+        .iter()
+        .map(|r| (r.step, r.train_loss))
+        .collect())
 }
 
 /// The run directory's name, for titles (RUN/checkpoints/step_N -> RUN).
@@ -495,9 +489,11 @@ fn run_name(path: &Path) -> String {
         .map_or("run".into(), |n| n.to_string_lossy().into_owned())
 }
 
-/// Creates `dir` and writes and removes a probe file in it, so that an estimate
-/// that takes minutes is not computed for an output it cannot write.
-fn writable_dir(dir: &Path) -> Result<()> {
+/// Creates `dir`, writes and removes a probe file in it, so that an estimate that
+/// takes minutes is not computed for an output it cannot write, and takes the
+/// directory's run lock for the writes to come: a second process writing there
+/// (another llc, or training in a run directory) fails at once naming the holder.
+fn claim_output(dir: &Path) -> Result<RunLock> {
     let fail = |e: std::io::Error| {
         anyhow::anyhow!(
             "output directory {} is not writable (nothing estimated): {e}",
@@ -507,7 +503,8 @@ fn writable_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(fail)?;
     let probe = dir.join(".hgpt-write-probe");
     std::fs::write(&probe, b"").map_err(fail)?;
-    std::fs::remove_file(&probe).map_err(fail)
+    std::fs::remove_file(&probe).map_err(fail)?;
+    lock::acquire(dir)
 }
 
 /// A bar over every SGLD step of every chain, drawn only on a terminal.

@@ -34,11 +34,18 @@ impl Batch {
     }
 
     /// Appends the window of `t + 1` tokens at `start` of `shard`.
-    fn push_window(&mut self, shard: &Shard, start: usize, t: usize, scratch: &mut Vec<u32>) {
+    fn push_window(
+        &mut self,
+        shard: &Shard,
+        start: usize,
+        t: usize,
+        scratch: &mut Vec<u32>,
+    ) -> Result<()> {
         scratch.clear();
-        shard.read(start, t + 1, scratch);
+        shard.read(start, t + 1, scratch)?;
         self.inputs.extend_from_slice(&scratch[..t]);
         self.targets.extend_from_slice(&scratch[1..]);
+        Ok(())
     }
 }
 
@@ -211,8 +218,9 @@ impl Loader {
         )
     }
 
-    /// This rank's next batch; moves to the next epoch (reshuffled) when done.
-    pub fn next_batch(&mut self) -> Batch {
+    /// This rank's next batch; moves to the next epoch (reshuffled) when done. An
+    /// error if a shard's file no longer holds its tokens.
+    pub fn next_batch(&mut self) -> Result<Batch> {
         let mut batch = Batch::with_capacity(self.b * self.t);
         let mut scratch = Vec::with_capacity(self.t + 1);
         let first = self.next + (self.rank * self.b) as u64;
@@ -220,18 +228,18 @@ impl Loader {
             let (i, offset) = self.locate(g);
             let s = self.order[i];
             let start = self.window_start(s, offset);
-            batch.push_window(&self.shards[s], start, self.t, &mut scratch);
+            batch.push_window(&self.shards[s], start, self.t, &mut scratch)?;
         }
         self.next += self.round();
         if self.next + self.round() > self.total {
             self.start_epoch(self.epoch + 1);
         }
-        batch
+        Ok(batch)
     }
 
     /// The first `count` batches in file order (for validation): at most as many
     /// as the shards hold.
-    pub fn sequential_batches(&self, count: usize) -> Vec<Batch> {
+    pub fn sequential_batches(&self, count: usize) -> Result<Vec<Batch>> {
         let mut windows = self
             .shards
             .iter()
@@ -243,9 +251,9 @@ impl Loader {
             .map(|_| {
                 let mut batch = Batch::with_capacity(self.b * self.t);
                 for (shard, start) in windows.by_ref().take(self.b) {
-                    batch.push_window(shard, start, self.t, &mut scratch);
+                    batch.push_window(shard, start, self.t, &mut scratch)?;
                 }
-                batch
+                Ok(batch)
             })
             .collect()
     }

@@ -2,6 +2,7 @@
 //! batch loader.
 
 pub mod corpus;
+pub mod fingerprint;
 pub mod input;
 pub mod loader;
 pub mod manifest;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::config::{Config, DataConfig};
+pub use fingerprint::DataIdentity;
 pub use loader::{Batch, Loader, LoaderPosition};
 use manifest::{INCOMPLETE_FILE, MANIFEST_FILE, Manifest, Split, TOKENIZER_FILE};
 use shard::Shard;
@@ -31,6 +33,8 @@ pub struct Dataset {
     pub tokenizer: Option<Tokenizer>,
     /// A line for the user describing where the data came from.
     pub description: String,
+    /// What a checkpoint records of prepared data (None for the built-in corpus).
+    pub identity: Option<DataIdentity>,
     /// Unigram entropy of the training tokens, nats.
     pub unigram_entropy: f64,
 }
@@ -140,8 +144,8 @@ pub fn builtin(spec: &DataSpec) -> Result<Dataset> {
         tok.vocab_size()
     );
     let train = vec![Shard::in_memory("the built-in corpus", train)];
-    let counts = shard::count_tokens(&train, tok.vocab_size())
-        .expect("the byte tokenizer's ids are in its vocabulary");
+    let counts =
+        shard::count_tokens(&train, tok.vocab_size(), "the byte tokenizer's vocabulary")?.counts;
     let val = vec![Shard::in_memory("the built-in corpus", val)];
     // The batch is what asks for the text: name it first, then the corpus size.
     let too_little = |split: &str, bytes: usize| {
@@ -157,12 +161,36 @@ pub fn builtin(spec: &DataSpec) -> Result<Dataset> {
         vocab_size: tok.vocab_size(),
         tokenizer: Some(tok),
         description,
+        identity: None,
         unigram_entropy: unigram_entropy(&counts),
     })
 }
 
+/// The splits ("train", "val") a shard file name claims as llm.c names its
+/// shards: a `train` or `val` word, bounded by `_` or the start of the name,
+/// followed by a `_`-separated shard number or by the `.bin` that ends the name
+/// (`fineweb_train_000001.bin`, `tiny_shakespeare_val.bin`). Other names, like
+/// `trainval.bin` or `medieval_notes.bin`, claim neither.
+pub fn claimed_splits(name: &str) -> Vec<&'static str> {
+    let Some(stem) = name.strip_suffix(".bin") else {
+        return Vec::new();
+    };
+    let words: Vec<&str> = stem.split('_').collect();
+    let is_number = |w: &&str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
+    ["train", "val"]
+        .into_iter()
+        .filter(|split| {
+            words
+                .iter()
+                .enumerate()
+                .any(|(i, w)| w == split && words.get(i + 1).is_none_or(is_number))
+        })
+        .collect()
+}
+
 /// Shard files of one split in `dir`, in name order: those the manifest lists,
-/// or without a manifest (llm.c's output) every `*{split}*.bin`.
+/// or without a manifest (llm.c's output) those whose names claim the split (see
+/// [`claimed_splits`]); a name that claims both splits is refused.
 fn split_files(dir: &Path, split: &str, manifest: Option<&Split>) -> Result<Vec<PathBuf>> {
     if let Some(m) = manifest {
         return Ok(m.shards.iter().map(|s| dir.join(&s.file)).collect());
@@ -171,12 +199,39 @@ fn split_files(dir: &Path, split: &str, manifest: Option<&Split>) -> Result<Vec<
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if name.ends_with(".bin") && name.contains(split) {
+        let claims = claimed_splits(&name);
+        if claims.len() > 1 {
+            bail!(
+                "{}: the name claims both the train and the val split; rename it (llm.c names shards like NAME_train_000001.bin)",
+                path.display()
+            );
+        }
+        if claims.contains(&split) {
             files.push(path);
         }
     }
     files.sort();
     Ok(files)
+}
+
+/// The file names of `shards` for the user: all of them when few, else the first
+/// two and the last.
+fn shard_names(shards: &[Shard]) -> String {
+    let name = |s: &Shard| {
+        Path::new(s.name())
+            .file_name()
+            .map_or(s.name().to_string(), |n| n.to_string_lossy().into_owned())
+    };
+    match shards {
+        [first, second, .., last] if shards.len() > 4 => format!(
+            "{}, {}, ..., {} ({} files)",
+            name(first),
+            name(second),
+            name(last),
+            shards.len()
+        ),
+        _ => shards.iter().map(name).collect::<Vec<_>>().join(", "),
+    }
 }
 
 /// Opens one split's shards, checking them against the manifest if there is one.
@@ -261,8 +316,9 @@ pub fn prepared(dir: &Path, spec: &DataSpec) -> Result<Dataset> {
     let train = open_split(dir, "train", manifest.as_ref().map(|m| &m.train))?;
     let val = open_split(dir, "val", manifest.as_ref().map(|m| &m.val))?;
 
-    // One pass over every token: ids in range, and the training unigram entropy.
-    // Without a tokenizer the ids are checked against the model's vocabulary.
+    // One pass over every token: ids in range, the training unigram entropy, and
+    // each shard's checksum for the identity a checkpoint records. Without a
+    // tokenizer the ids are checked against the model's vocabulary.
     let (limit, vocab_source) = match &tokenizer {
         Some(t) => (
             t.vocab_size(),
@@ -276,18 +332,20 @@ pub fn prepared(dir: &Path, spec: &DataSpec) -> Result<Dataset> {
             ),
         ),
     };
-    let out_of_vocab = |e: shard::OutOfVocab, shards: &[Shard]| {
-        anyhow::anyhow!(
-            "{}: holds token {}, outside {vocab_source} ({limit} tokens)",
-            shards[e.shard].name(),
-            e.token
-        )
+    let train_scan = shard::count_tokens(&train, limit, &vocab_source)?;
+    let val_scan = shard::count_tokens(&val, limit, &vocab_source)?;
+    let counts = &train_scan.counts;
+    let prints = |shards: &[Shard], scan: &shard::TokenScan| {
+        shards
+            .iter()
+            .zip(&scan.crc32)
+            .map(|(s, &crc)| (PathBuf::from(s.name()), crc))
+            .collect::<Vec<_>>()
     };
-    let counts = shard::count_tokens(&train, limit).map_err(|e| out_of_vocab(e, &train))?;
-    let val_counts = shard::count_tokens(&val, limit).map_err(|e| out_of_vocab(e, &val))?;
+    let identity = DataIdentity::of(dir, &prints(&train, &train_scan), &prints(&val, &val_scan))?;
     let vocab_size = match &tokenizer {
         Some(t) => t.vocab_size(),
-        None => counts.len().max(val_counts.len()),
+        None => counts.len().max(val_scan.counts.len()),
     };
     let (train_tokens, val_tokens): (usize, usize) = (
         train.iter().map(Shard::len).sum(),
@@ -303,6 +361,10 @@ pub fn prepared(dir: &Path, spec: &DataSpec) -> Result<Dataset> {
         } else {
             " (no tokenizer.json: vocab from the largest id)"
         }
+    ) + &format!(
+        "; train: {}; val: {}",
+        shard_names(&train),
+        shard_names(&val)
     );
     let (train_loader, val_loader) = spec.loaders(train, val);
     Ok(Dataset {
@@ -311,6 +373,7 @@ pub fn prepared(dir: &Path, spec: &DataSpec) -> Result<Dataset> {
         vocab_size,
         tokenizer,
         description,
-        unigram_entropy: unigram_entropy(&counts),
+        identity: Some(identity),
+        unigram_entropy: unigram_entropy(counts),
     })
 }

@@ -6,10 +6,10 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use memmap2::Mmap;
+use anyhow::{Context, Result, anyhow, bail};
 use rayon::prelude::*;
 
 pub const HEADER_INTS: usize = 256;
@@ -193,12 +193,17 @@ pub fn write_shard(path: &Path, tokens: &[u32], width: TokenWidth) -> Result<()>
 }
 
 enum Storage {
-    Mapped { map: Mmap, width: TokenWidth },
+    /// A shard file, read with positioned reads: a file cut short while in use
+    /// gives an error naming it (a memory map would kill the process with SIGBUS).
+    File {
+        file: File,
+        width: TokenWidth,
+    },
     Memory(Vec<u32>),
 }
 
-/// A read-only token sequence: a memory-mapped shard file, or tokens in memory
-/// (the built-in corpus) served through the same loader.
+/// A read-only token sequence: a shard file, or tokens in memory (the built-in
+/// corpus) served through the same loader.
 pub struct Shard {
     name: String,
     storage: Storage,
@@ -206,21 +211,23 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Maps a shard file and checks its header against its size.
+    /// Opens a shard file and checks its header against its size.
     pub fn open(path: &Path) -> Result<Shard> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: the map is read-only; a shard changed by another process while
-        // mapped gives wrong tokens, not unsoundness in this process's own memory.
-        let map = unsafe { Mmap::map(&file) }
-            .with_context(|| format!("cannot memory-map {}", path.display()))?;
-        if map.len() < HEADER_BYTES {
+        let size = file
+            .metadata()
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len() as usize;
+        if size < HEADER_BYTES {
             bail!(
-                "{}: truncated: {} bytes, shorter than the {HEADER_BYTES}-byte header",
-                path.display(),
-                map.len()
+                "{}: truncated: {size} bytes, shorter than the {HEADER_BYTES}-byte header",
+                path.display()
             );
         }
-        let int = |i: usize| i32::from_le_bytes(map[4 * i..4 * i + 4].try_into().unwrap());
+        let mut header = [0u8; HEADER_BYTES];
+        file.read_exact_at(&mut header, 0)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let int = |i: usize| i32::from_le_bytes(header[4 * i..4 * i + 4].try_into().unwrap());
         let width = TokenWidth::from_header(int(0), int(1), path)?;
         let count = int(2);
         if count < 0 {
@@ -228,23 +235,21 @@ impl Shard {
         }
         let count = count as usize;
         let expected = HEADER_BYTES + count * width.bytes();
-        if map.len() < expected {
+        if size < expected {
             bail!(
-                "{}: truncated: header says {count} tokens ({expected} bytes) but the file has {} bytes",
-                path.display(),
-                map.len()
+                "{}: truncated: header says {count} tokens ({expected} bytes) but the file has {size} bytes",
+                path.display()
             );
         }
-        if map.len() > expected {
+        if size > expected {
             bail!(
-                "{}: header says {count} tokens ({expected} bytes) but the file has {} bytes",
-                path.display(),
-                map.len()
+                "{}: header says {count} tokens ({expected} bytes) but the file has {size} bytes",
+                path.display()
             );
         }
         Ok(Shard {
             name: path.display().to_string(),
-            storage: Storage::Mapped { map, width },
+            storage: Storage::File { file, width },
             len: count,
         })
     }
@@ -270,14 +275,24 @@ impl Shard {
         self.len == 0
     }
 
-    /// Appends tokens `start..start + n` to `out`.
-    pub fn read(&self, start: usize, n: usize, out: &mut Vec<u32>) {
+    /// Appends tokens `start..start + n` to `out`; an error naming the shard if its
+    /// file no longer holds them (cut short or replaced since it was opened).
+    pub fn read(&self, start: usize, n: usize, out: &mut Vec<u32>) -> Result<()> {
         assert!(start + n <= self.len, "read past the end of {}", self.name);
         match &self.storage {
             Storage::Memory(tokens) => out.extend_from_slice(&tokens[start..start + n]),
-            Storage::Mapped { map, width } => {
+            Storage::File { file, width } => {
                 let w = width.bytes();
-                let bytes = &map[HEADER_BYTES + start * w..HEADER_BYTES + (start + n) * w];
+                let mut bytes = vec![0u8; n * w];
+                file.read_exact_at(&mut bytes, (HEADER_BYTES + start * w) as u64)
+                    .map_err(|e| match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof => anyhow!(
+                            "{}: shorter than when it was opened ({} tokens): the shard changed while in use; restore it",
+                            self.name,
+                            self.len
+                        ),
+                        _ => anyhow!("cannot read {}: {e}", self.name),
+                    })?;
                 match width {
                     TokenWidth::U16 => out.extend(
                         bytes
@@ -292,54 +307,78 @@ impl Shard {
                 }
             }
         }
+        Ok(())
     }
 }
 
-/// A token id at or above the vocabulary, in shard `shard` (the largest such id
-/// in the chunk where it was found).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OutOfVocab {
-    pub shard: usize,
-    pub token: u32,
+/// What one pass over every token of some shards finds.
+pub struct TokenScan {
+    /// How often each token id occurs (the table is as long as one past the
+    /// largest id found).
+    pub counts: Vec<u64>,
+    /// The largest id in each shard (None for an empty one).
+    pub max: Vec<Option<u32>>,
+    /// CRC-32 of each shard's tokens (as little-endian u32): its content, for
+    /// telling whether a shard changed (see [`super::fingerprint`]).
+    pub crc32: Vec<u32>,
 }
 
-/// How often each id below `vocab` occurs in `shards` (the table is as long as one
-/// past the largest id found), counted in parallel chunks; an id at or above
-/// `vocab` is an error, found before any table grows to it (a u32 id sizes a
-/// table of up to 34 GB).
-pub fn count_tokens(shards: &[Shard], vocab: usize) -> Result<Vec<u64>, OutOfVocab> {
+/// Counts, largest ids and content checksums of `shards`, in parallel chunks. An
+/// id at or above `vocab` (which `vocab_source` names) is an error found before
+/// any table grows to it: a u32 id would size a table of up to 34 GB.
+pub fn count_tokens(shards: &[Shard], vocab: usize, vocab_source: &str) -> Result<TokenScan> {
     const CHUNK: usize = 1 << 22;
     let chunks: Vec<(usize, usize)> = shards
         .iter()
         .enumerate()
         .flat_map(|(i, s)| (0..s.len()).step_by(CHUNK).map(move |start| (i, start)))
         .collect();
-    let partial: Vec<Result<Vec<u64>, OutOfVocab>> = chunks
+    let partial: Vec<(usize, Vec<u64>, crc32fast::Hasher)> = chunks
         .par_iter()
         .map(|&(i, start)| {
             let n = CHUNK.min(shards[i].len() - start);
             let mut tokens = Vec::with_capacity(n);
-            shards[i].read(start, n, &mut tokens);
+            shards[i].read(start, n, &mut tokens)?;
             if let Some(&token) = tokens.iter().filter(|&&t| t as usize >= vocab).max() {
-                return Err(OutOfVocab { shard: i, token });
+                bail!(
+                    "{}: holds token {token}, outside {vocab_source} ({vocab} tokens)",
+                    shards[i].name()
+                );
+            }
+            let mut crc = crc32fast::Hasher::new();
+            let mut bytes = [0u8; 4096];
+            for block in tokens.chunks(1024) {
+                for (b, t) in bytes.chunks_exact_mut(4).zip(block) {
+                    b.copy_from_slice(&t.to_le_bytes());
+                }
+                crc.update(&bytes[..4 * block.len()]);
             }
             let largest = tokens.iter().max().map_or(0, |&t| t as usize + 1);
             let mut counts = vec![0u64; largest];
             for t in tokens {
                 counts[t as usize] += 1;
             }
-            Ok(counts)
+            Ok((i, counts, crc))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut total = Vec::new();
-    for counts in partial {
-        let counts = counts?;
+    let mut max = vec![None; shards.len()];
+    let mut crcs = vec![crc32fast::Hasher::new(); shards.len()];
+    // Chunks come in order, so each shard's checksums combine into its own.
+    for (i, counts, crc) in partial {
+        crcs[i].combine(&crc);
         if total.len() < counts.len() {
             total.resize(counts.len(), 0);
         }
         for (id, &c) in counts.iter().enumerate() {
             total[id] += c;
         }
+        let chunk_max = counts.iter().rposition(|&c| c > 0).map(|m| m as u32);
+        max[i] = max[i].max(chunk_max);
     }
-    Ok(total)
+    Ok(TokenScan {
+        counts: total,
+        max,
+        crc32: crcs.into_iter().map(crc32fast::Hasher::finalize).collect(),
+    })
 }

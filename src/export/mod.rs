@@ -171,7 +171,7 @@ fn final_losses(ckpt: &Checkpoint) -> Result<(LossAt, LossAt)> {
     let Some(path) = run.map(|r| r.join("metrics.jsonl")).filter(|p| p.is_file()) else {
         return Ok((None, None));
     };
-    let (train, eval) = metrics::read_records(&path, ckpt.state.step)?;
+    let metrics::Records { train, eval, .. } = metrics::read_records(&path, ckpt.state.step)?;
     let train = train
         .iter()
         .max_by_key(|r| r.step)

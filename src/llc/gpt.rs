@@ -63,7 +63,7 @@ impl<B: Backend> SgldTarget for GptTarget<'_, B> {
         self.batch_size
     }
 
-    fn next_batch(&mut self) -> Batch {
+    fn next_batch(&mut self) -> Result<Batch> {
         self.loader.next_batch()
     }
 

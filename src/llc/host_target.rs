@@ -3,6 +3,8 @@
 //! beside them, and the update is the CPU backend's `sgld_update`, the reference
 //! every backend's SGLD step is checked against.
 
+use anyhow::Result;
+
 use super::sampler::SgldTarget;
 use crate::backend::SgldStep;
 use crate::backend::cpu::sgld::sgld_update;
@@ -53,8 +55,8 @@ impl<M: HostModel> SgldTarget for HostTarget<'_, M> {
         self.model.batch_size()
     }
 
-    fn next_batch(&mut self) -> M::Batch {
-        self.model.next_batch()
+    fn next_batch(&mut self) -> Result<M::Batch> {
+        Ok(self.model.next_batch())
     }
 
     fn reset(&mut self) {

@@ -32,8 +32,9 @@ pub trait SgldTarget {
     fn num_params(&self) -> usize;
     /// Examples per minibatch (the B in the default nbeta = B / ln B).
     fn batch_size(&self) -> usize;
-    /// A fresh minibatch (the target owns its data order, seeded).
-    fn next_batch(&mut self) -> Self::Batch;
+    /// A fresh minibatch (the target owns its data order, seeded); an error if its
+    /// data can no longer be read.
+    fn next_batch(&mut self) -> Result<Self::Batch>;
     /// Puts the parameters back at w* (each chain's start, and the end of sampling).
     fn reset(&mut self);
     /// Mean loss on `batch` at the current parameters, keeping its gradient for the
@@ -194,7 +195,7 @@ pub fn sample<T: SgldTarget>(
             epsilon: s.epsilon,
         };
         for step in 0..steps {
-            let batch = target.next_batch();
+            let batch = target.next_batch()?;
             let (loss, grad_sq) = target.loss_and_grad(&batch);
             trace.losses.push(loss);
             let start = trace.losses[0];

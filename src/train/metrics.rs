@@ -8,6 +8,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::observe::Observer;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TrainRecord {
     pub step: usize,
@@ -44,21 +46,67 @@ enum Record {
     Eval(EvalRecord),
 }
 
+/// What metrics.jsonl holds up to a step.
+#[derive(Debug, Default)]
+pub struct Records {
+    pub train: Vec<TrainRecord>,
+    pub eval: Vec<EvalRecord>,
+    /// Numbers (from 1) of the lines that are not JSON: a damaged log. A log never
+    /// blocks a checkpoint, so these are skipped, not an error.
+    pub damaged: Vec<usize>,
+}
+
 /// The training and evaluation records of metrics.jsonl up to `last_step`. Lines
 /// past a checkpoint come from a run that died after it (a resumed run writes
 /// those steps again), so a reader at that checkpoint stops there.
-pub fn read_records(path: &Path, last_step: usize) -> Result<(Vec<TrainRecord>, Vec<EvalRecord>)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (mut train, mut eval) = (Vec::new(), Vec::new());
-    for record in text.lines().filter_map(|l| serde_json::from_str(l).ok()) {
-        match record {
-            Record::Train(r) if r.step <= last_step => train.push(r),
-            Record::Eval(r) if r.step <= last_step => eval.push(r),
-            _ => {}
+pub fn read_records(path: &Path, last_step: usize) -> Result<Records> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut records = Records::default();
+    for (number, line) in lines(&bytes) {
+        match serde_json::from_slice::<serde_json::Value>(line) {
+            Err(_) => records.damaged.push(number),
+            Ok(value) => match serde_json::from_value(value) {
+                Ok(Record::Train(r)) if r.step <= last_step => records.train.push(r),
+                Ok(Record::Eval(r)) if r.step <= last_step => records.eval.push(r),
+                _ => {}
+            },
         }
     }
-    Ok((train, eval))
+    Ok(records)
+}
+
+/// The non-blank lines of a file's bytes, with their numbers (from 1).
+fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+}
+
+/// Sets a damaged metrics.jsonl's bad lines aside: the file keeps its good lines,
+/// the original goes to `metrics.jsonl.damaged`. Returns the warning for the user.
+fn set_aside_damaged(path: &Path, damaged: &[usize]) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut good = Vec::with_capacity(bytes.len());
+    let whole = |l: &&[u8]| serde_json::from_slice::<serde_json::Value>(l).is_ok();
+    for (_, line) in lines(&bytes).filter(|(_, l)| whole(l)) {
+        good.extend_from_slice(line);
+        good.push(b'\n');
+    }
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".damaged");
+    let aside = std::path::PathBuf::from(aside);
+    std::fs::copy(path, &aside)
+        .with_context(|| format!("cannot copy {} to {}", path.display(), aside.display()))?;
+    crate::checkpoint::atomic::replace_file(path, &good)?;
+    Ok(format!(
+        "warning: {}: {} damaged line(s) (first: line {}) set aside; the original is kept as {}",
+        path.display(),
+        damaged.len(),
+        damaged[0],
+        aside.display()
+    ))
 }
 
 pub struct Metrics {
@@ -69,13 +117,22 @@ pub struct Metrics {
 
 impl Metrics {
     /// Opens metrics.jsonl for appending. When resuming (first_step > 0) the
-    /// records up to first_step are read back, so the loss plot shows the whole run.
-    pub fn create(path: &Path, first_step: usize) -> Result<Metrics> {
-        let (train, eval) = if first_step > 0 && path.exists() {
+    /// records up to first_step are read back, so the loss plot shows the whole run;
+    /// damaged lines are set aside with a warning to `observer`, since a log must
+    /// never block resuming a valid checkpoint.
+    pub fn create(path: &Path, first_step: usize, observer: &mut dyn Observer) -> Result<Metrics> {
+        let Records {
+            train,
+            eval,
+            damaged,
+        } = if first_step > 0 && path.exists() {
             read_records(path, first_step)?
         } else {
-            Default::default()
+            Records::default()
         };
+        if !damaged.is_empty() {
+            observer.note(&set_aside_damaged(path, &damaged)?);
+        }
         let file = File::options()
             .create(true)
             .append(true)

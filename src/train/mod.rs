@@ -108,7 +108,7 @@ impl<B: Backend> Trainer<B> {
     /// reduce-scattered, clip by the global norm, AdamW on this rank's shard, the
     /// parameters all-gathered. A step whose loss or gradient norm is not finite
     /// still consumes its data but changes no parameter or moment. An error is a
-    /// failed collective (a peer rank failed).
+    /// failed collective (a peer rank failed) or a shard that can no longer be read.
     pub fn train_step(&mut self) -> Result<StepStats> {
         let t = &self.config.train;
         let world = self.dist.place().world;
@@ -118,7 +118,7 @@ impl<B: Backend> Trainer<B> {
         self.model.zero_grads();
         let mut loss = 0.0;
         for _ in 0..accum {
-            let Batch { inputs, targets } = self.data.train.next_batch();
+            let Batch { inputs, targets } = self.data.train.next_batch()?;
             loss += self
                 .model
                 .loss_and_head_grad(&inputs, &targets, b, seq, share);
@@ -167,6 +167,7 @@ impl<B: Backend> Trainer<B> {
             moments: self.gathered_moments()?,
             loader: self.data.train.position(),
             tokenizer: self.data.tokenizer.as_ref(),
+            data: self.data.identity.as_ref(),
         })
     }
 
@@ -213,15 +214,15 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Mean validation loss over up to `eval_steps` fixed batches.
-    pub fn evaluate(&mut self) -> f64 {
+    pub fn evaluate(&mut self) -> Result<f64> {
         let t = &self.config.train;
         let (b, seq) = (t.batch_size, t.seq_len);
-        let batches = self.data.val.sequential_batches(t.eval_steps.max(1));
+        let batches = self.data.val.sequential_batches(t.eval_steps.max(1))?;
         let total: f64 = batches
             .iter()
             .map(|bt| self.model.loss(&bt.inputs, &bt.targets, b, seq))
             .sum();
-        total / batches.len() as f64
+        Ok(total / batches.len() as f64)
     }
 }
 
@@ -366,6 +367,7 @@ fn execute(
     open: impl FnOnce() -> Result<(Box<dyn Backend>, String)>,
     observer: &mut dyn TrainObserver,
 ) -> Result<Summary> {
+    let config = &with_canonical_data_dir(config);
     let place = dist.place();
     let spec = DataSpec {
         rank: place.rank,
@@ -413,6 +415,7 @@ fn execute(
             let changes = compat::check_resume(&ckpt.state.config, config)?;
             let (backend, device_line) = open()?;
             let data = data::load(&spec)?;
+            let data_notes = compat::check_same_data(&ckpt.state, config, &data)?;
             compat::check_data(&data, &config.model, Some(&ckpt.state)).context("cannot resume")?;
             let (params, moments) = (ckpt.read_params()?, ckpt.read_moments()?);
             observer.note(&format!(
@@ -422,6 +425,9 @@ fn execute(
             ));
             for change in &changes {
                 observer.note(&format!("changed on resume: {change}"));
+            }
+            for note in &data_notes {
+                observer.note(note);
             }
             if ckpt.state.step >= config.train.max_steps {
                 observer.note(&format!(
@@ -476,6 +482,21 @@ fn claim_new_run(
     Ok(lock)
 }
 
+/// `config` with `data.dir` as a canonical absolute path, so that the run's config
+/// and checkpoints name the data however it was spelled and wherever the run is
+/// resumed from. A directory that does not resolve stays as given (loading it
+/// names the problem).
+fn with_canonical_data_dir(config: &Config) -> Config {
+    let mut config = config.clone();
+    if !config.data.dir.is_empty()
+        && let Ok(path) = Path::new(&config.data.dir).canonicalize()
+        && let Some(path) = path.to_str()
+    {
+        config.data.dir = path.to_string();
+    }
+    config
+}
+
 /// The backend `device` and the config's precision and head size ask for, once a
 /// training step of `config` is known to fit in its memory (before the data is
 /// read or a run directory written).
@@ -484,6 +505,17 @@ fn open_backend(device: DeviceChoice, config: &Config) -> Result<(Box<dyn Backen
     // One rank's whole optimizer state: the trainer checks its own shard again.
     crate::memory::ensure_step_fits(config, config.train.batch_size, 1, &backend)?;
     Ok((backend, line))
+}
+
+/// The context of an error that stops training at `step`: the checkpoint it keeps.
+fn stopped(step: usize, last_checkpoint: &Option<PathBuf>) -> String {
+    match last_checkpoint {
+        Some(c) => format!(
+            "training stopped at step {step}; the last checkpoint, {}, is kept",
+            c.display()
+        ),
+        None => format!("training stopped at step {step}, before any checkpoint"),
+    }
 }
 
 fn write_config(config: &Config, out: &Path) -> Result<()> {
@@ -528,11 +560,15 @@ fn run_trainer<B: Backend>(
     let m = tr.config.model.clone();
     let place = tr.dist.place();
     let first_step = tr.step;
+    observer.start(first_step, t.max_steps);
     let mut metrics = match place.is_first() {
-        true => Some(Metrics::create(&out.join("metrics.jsonl"), first_step)?),
+        true => Some(Metrics::create(
+            &out.join("metrics.jsonl"),
+            first_step,
+            observer,
+        )?),
         false => None,
     };
-    observer.start(first_step, t.max_steps);
     observer.note(device_line);
     observer.note(&format!(
         "hgpt: {} layers, {} heads, {} channels, {} head, {:.2}M parameters on {}",
@@ -558,7 +594,9 @@ fn run_trainer<B: Backend>(
     let mut guard = DivergenceGuard::new(t.max_bad_steps);
     let mut interrupted = false;
     while tr.step < t.max_steps {
-        let s = tr.train_step()?;
+        let s = tr
+            .train_step()
+            .with_context(|| stopped(tr.step + 1, &last_checkpoint))?;
         if s.skipped {
             if let Some(mx) = &mut metrics {
                 mx.log_skipped(SkippedRecord {
@@ -602,7 +640,9 @@ fn run_trainer<B: Backend>(
             (t.eval_every > 0 && tr.step.is_multiple_of(t.eval_every)) || tr.step == t.max_steps;
         // Every rank holds the same parameters: rank 0 evaluates for the group.
         if let (true, Some(mx)) = (eval_now, &mut metrics) {
-            let val_loss = tr.evaluate();
+            let val_loss = tr
+                .evaluate()
+                .with_context(|| stopped(tr.step, &last_checkpoint))?;
             let record = EvalRecord {
                 step: tr.step,
                 val_loss,
