@@ -20,6 +20,7 @@ macro_rules! out {
 }
 
 mod bench;
+mod config;
 mod eval;
 mod export;
 mod generate;
@@ -36,7 +37,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use hgpt::backend::DeviceChoice;
-use hgpt::config::Config;
+use hgpt::config::{Config, Resolved, VOCAB_MULTIPLE, padded_vocab};
 use hgpt::observe::Observer;
 
 #[derive(Parser)]
@@ -57,6 +58,9 @@ enum Command {
     /// Measure training throughput: tokens/s, ms/step, MFU, peak memory (per-op
     /// GEMM efficiency on the CPU)
     Bench(bench::BenchArgs),
+    /// Show the resolved config: a file's keys over its base and the built-in
+    /// defaults, then --set overrides
+    Config(config::ConfigCmdArgs),
     /// Plan the memory of a training step (CPU and GPU, with and without head
     /// chunking) and the largest micro-batch that fits a GPU
     Memory(memory::MemoryArgs),
@@ -97,12 +101,31 @@ struct ConfigArgs {
 }
 
 impl ConfigArgs {
+    /// A new run's config. When it has data but no config file or override names
+    /// `model.vocab_size`, the vocabulary is the data's, padded (and said so).
     fn load(&self) -> Result<Config> {
-        self.load_or(Config::tiny())
+        let resolved = Resolved::load(self.config.as_deref(), Config::tiny(), &self.overrides())?;
+        let named = resolved.names("model.vocab_size");
+        let mut config = resolved.config;
+        if !config.data.dir.is_empty() && !named {
+            let vocab = hgpt::data::vocab_of(std::path::Path::new(&config.data.dir))?;
+            config.model.vocab_size = padded_vocab(vocab);
+            config.validate()?;
+            Stderr.note(&format!(
+                "model.vocab_size = {}: the data's {vocab} tokens padded to a multiple of {VOCAB_MULTIPLE} (set model.vocab_size to choose)",
+                config.model.vocab_size
+            ));
+        }
+        Ok(config)
     }
 
     /// The config, with `default` in place of the tiny config when no file is given.
     fn load_or(&self, default: Config) -> Result<Config> {
+        Config::load_or(self.config.as_deref(), default, &self.overrides())
+    }
+
+    /// `--set` overrides, then those `--steps` and `--data` stand for.
+    fn overrides(&self) -> Vec<String> {
         let mut overrides = self.overrides.clone();
         if let Some(n) = self.steps {
             overrides.push(format!("train.max_steps={n}"));
@@ -112,7 +135,7 @@ impl ConfigArgs {
             let dir = toml::Value::String(dir.display().to_string());
             overrides.push(format!("data.dir={dir}"));
         }
-        Config::load_or(self.config.as_deref(), default, &overrides)
+        overrides
     }
 
     /// "tiny" for the built-in config, else the config file's stem.
@@ -177,6 +200,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Memory(args) => memory::run(args),
+        Command::Config(args) => config::run(args),
         Command::Llc(args) => llc::run(&args),
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),

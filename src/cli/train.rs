@@ -1,6 +1,6 @@
-//! `hgpt train`: a new run, `--resume RUN` or `--init CHECKPOINT`, shown as a
-//! progress bar on a terminal and as log lines otherwise, ending in the run's
-//! summary on stderr.
+//! `hgpt train`: a new run, `--resume RUN` or `--init CHECKPOINT`, shown as a log
+//! line per logged step on stdout (with a progress bar on a terminal), ending in
+//! the run's summary on stderr.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -9,7 +9,11 @@ use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use hgpt::backend::{GpuPrecision, Target};
+use hgpt::bench::{H100_BF16_TFLOPS, flops_per_token};
 use hgpt::checkpoint::Checkpoint;
+use hgpt::config::Config;
+use hgpt::model::ParamLayout;
 use hgpt::observe::Observer;
 use hgpt::train::metrics::{EvalRecord, TrainRecord};
 use hgpt::train::{Summary, TrainObserver};
@@ -39,12 +43,11 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     hgpt::train::signals::install()?;
-    let mut view = TrainView::default();
     let device = args.device.device;
     let summary = if let Some(run) = &args.resume {
         let saved = Checkpoint::open_run(run)?.state.config;
         let config = args.config.load_or(saved)?;
-        hgpt::train::resume(run, &config, device, &mut view)?
+        hgpt::train::resume(run, &config, device, &mut TrainView::new(&config))?
     } else {
         let out = args.out.unwrap_or_else(|| {
             let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
@@ -54,20 +57,61 @@ pub fn run(args: TrainArgs) -> Result<()> {
             Some(init) => {
                 let saved = Checkpoint::open(init)?.state.config;
                 let config = args.config.load_or(saved)?;
+                let mut view = TrainView::new(&config);
                 hgpt::train::fine_tune(init, &config, &out, device, &mut view)?
             }
-            None => hgpt::train::run(&args.config.load()?, &out, device, &mut view)?,
+            None => {
+                let config = args.config.load()?;
+                hgpt::train::run(&config, &out, device, &mut TrainView::new(&config))?
+            }
         }
     };
     print_summary(&summary);
     Ok(())
 }
 
-/// Training as the user sees it: a progress bar on a terminal, log lines otherwise.
-#[derive(Default)]
+/// Training as the user sees it: a line per logged step on stdout, as nanoGPT and
+/// llm.c print them (terminal or not), with a progress bar on stderr when that is
+/// a terminal; notes and validation losses on stderr.
 struct TrainView {
     bar: Option<ProgressBar>,
     max_steps: usize,
+    /// Tokens per optimizer step, and llm.c's model FLOPs per token.
+    tokens_per_step: usize,
+    flops_per_token: f64,
+    /// The MFU denominator, TFLOP/s: H100 dense bf16 on a GPU in bf16, as `hgpt
+    /// bench` has it; None where no fixed peak applies (the CPU, fp32 on a GPU).
+    peak_tflops: Option<f64>,
+}
+
+impl TrainView {
+    fn new(config: &Config) -> TrainView {
+        let t = &config.train;
+        let params = ParamLayout::new(&config.model).total;
+        TrainView {
+            bar: None,
+            max_steps: t.max_steps,
+            tokens_per_step: t.batch_size * t.seq_len * t.grad_accum,
+            flops_per_token: flops_per_token(config, params),
+            peak_tflops: None,
+        }
+    }
+
+    /// The log line of a step, e.g.
+    /// `step    100/300 | loss 2.1234 | lr 3.00e-03 | norm 0.412 | 85.1 ms | 24064 tok/s | MFU -`.
+    fn line(&self, r: &TrainRecord) -> String {
+        let ms = 1e3 * self.tokens_per_step as f64 / r.tokens_per_s;
+        let mfu = self.peak_tflops.map_or("-".into(), |peak| {
+            format!(
+                "{:.1}%",
+                100.0 * self.flops_per_token * r.tokens_per_s / (peak * 1e12)
+            )
+        });
+        format!(
+            "step {:>6}/{} | loss {:.4} | lr {:.2e} | norm {:.3} | {ms:.1} ms | {:.0} tok/s | MFU {mfu}",
+            r.step, self.max_steps, r.train_loss, r.lr, r.grad_norm, r.tokens_per_s
+        )
+    }
 }
 
 impl Observer for TrainView {
@@ -81,8 +125,15 @@ impl Observer for TrainView {
 }
 
 impl TrainObserver for TrainView {
-    fn start(&mut self, first_step: usize, max_steps: usize) {
+    fn start(&mut self, first_step: usize, max_steps: usize, target: Target) {
         self.max_steps = max_steps;
+        self.peak_tflops = match target {
+            Target::Cuda {
+                precision: GpuPrecision::Bf16,
+                ..
+            } => Some(H100_BF16_TFLOPS),
+            _ => None,
+        };
         self.bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(max_steps as u64);
             bar.set_style(
@@ -97,18 +148,19 @@ impl TrainObserver for TrainView {
     }
 
     fn logged(&mut self, r: &TrainRecord) {
+        let line = self.line(r);
+        // A closed stdout (its reader has quit) does not stop training.
+        let print = || {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        };
         match &self.bar {
             Some(bar) => {
+                bar.suspend(print);
                 bar.set_position(r.step as u64);
-                bar.set_message(format!(
-                    "loss {:.4} | lr {:.2e} | {:.0} tok/s",
-                    r.train_loss, r.lr, r.tokens_per_s
-                ));
+                bar.set_message(format!("loss {:.4}", r.train_loss));
             }
-            None => eprintln!(
-                "step {:>6}/{} | loss {:.4} | lr {:.2e} | norm {:.3} | {:.0} tok/s",
-                r.step, self.max_steps, r.train_loss, r.lr, r.grad_norm, r.tokens_per_s
-            ),
+            None => print(),
         }
     }
 

@@ -234,6 +234,24 @@ pub fn prepared_split(dir: &Path, split: &str) -> Result<(Vec<Shard>, Option<Tok
     Ok((open_split(dir, split, entry)?, tokenizer))
 }
 
+/// The vocabulary of the data in `dir`: its tokenizer's, else its manifest's, else
+/// (llm.c's shards alone) one past the largest id in either split.
+pub fn vocab_of(dir: &Path) -> Result<usize> {
+    let (manifest, tokenizer) = open_prepared(dir)?;
+    if let Some(tok) = tokenizer {
+        return Ok(tok.vocab_size());
+    }
+    if let Some(m) = manifest {
+        return Ok(m.vocab_size);
+    }
+    let mut largest = None;
+    for split in ["train", "val"] {
+        let (_, max) = shard::count_tokens(&open_split(dir, split, None)?);
+        largest = largest.max(max.into_iter().flatten().max());
+    }
+    Ok(largest.map_or(0, |m| m as usize + 1))
+}
+
 /// Shards in `dir` as written by `hgpt prepare` or llm.c's scripts.
 pub fn prepared(dir: &Path, spec: &DataSpec) -> Result<Dataset> {
     let (manifest, tokenizer) = open_prepared(dir)?;

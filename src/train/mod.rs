@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::backend::{self, Backend, DeviceChoice};
+use crate::backend::{self, Backend, DeviceChoice, Target};
 use crate::checkpoint::{self, Checkpoint, TrainingSnapshot, compat};
 use crate::config::Config;
 use crate::data::{self, Batch, DataSpec, Dataset};
@@ -147,9 +147,9 @@ impl<B: Backend> Trainer<B> {
 /// (the run's description, resume notes, divergence warnings); the command line
 /// draws a progress bar or prints log lines.
 pub trait TrainObserver: Observer {
-    /// Training runs from `first_step` to `max_steps`; called before any note of the
-    /// run itself.
-    fn start(&mut self, _first_step: usize, _max_steps: usize) {}
+    /// Training runs from `first_step` to `max_steps` on `target`; called before
+    /// any note of the run itself.
+    fn start(&mut self, _first_step: usize, _max_steps: usize, _target: Target) {}
     /// A logged training step, as written to metrics.jsonl.
     fn logged(&mut self, _record: &TrainRecord) {}
     /// A validation loss, as written to metrics.jsonl.
@@ -320,7 +320,7 @@ fn run_trainer<B: Backend>(
     let m = tr.config.model.clone();
     let first_step = tr.step;
     let mut metrics = Metrics::create(&out.join("metrics.jsonl"), first_step)?;
-    observer.start(first_step, t.max_steps);
+    observer.start(first_step, t.max_steps, tr.model.backend.target());
     observer.note(device_line);
     observer.note(&format!(
         "hgpt: {} layers, {} heads, {} channels, {} head, {:.2}M parameters on {}",
