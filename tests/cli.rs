@@ -558,3 +558,72 @@ fn data_sets_the_vocabulary_padded_unless_the_config_names_it() {
     // Without data the built-in byte-level vocabulary stays unpadded.
     assert_eq!(shown(&[], d).model.vocab_size, 257);
 }
+
+/// The `hgpt` command lines in README.md's sh blocks, comments dropped, split into
+/// arguments (double quotes group).
+fn readme_commands() -> Vec<Vec<String>> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let mut in_sh = false;
+    let mut commands = Vec::new();
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_sh = line == "```sh";
+            continue;
+        }
+        let Some(rest) = line.strip_prefix("hgpt ").filter(|_| in_sh) else {
+            continue;
+        };
+        let rest = rest.split(" #").next().unwrap();
+        let args: Vec<String> = rest
+            .split('"')
+            .enumerate()
+            .flat_map(|(i, part)| match i % 2 {
+                1 => vec![part.to_string()],
+                _ => part.split_whitespace().map(str::to_string).collect(),
+            })
+            .collect();
+        commands.push(args);
+    }
+    commands
+}
+
+/// README puts `hgpt` on the PATH before using it; every README example names a
+/// command and flags the binary has, and those that need no run, data or GPU run
+/// as written from the checkout.
+#[test]
+fn readme_examples_name_real_commands_and_flags_and_the_cheap_ones_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let install = readme.find("\ncargo install --path .\n");
+    assert!(
+        install.is_some_and(|i| readme.find("\nhgpt ").is_some_and(|h| i < h)),
+        "README installs hgpt before its first `hgpt` example"
+    );
+    let commands = readme_commands();
+    assert!(commands.len() > 15, "{commands:?}");
+    for args in &commands {
+        let subcommands: Vec<&str> = args
+            .iter()
+            .take_while(|a| !a.starts_with('-'))
+            .take(2)
+            .map(String::as_str)
+            .filter(|a| a.chars().all(|c| c.is_ascii_lowercase()))
+            .collect();
+        let help = hgpt(&[&subcommands[..], &["--help"]].concat(), root);
+        assert!(help.status.success(), "README: hgpt {}", args.join(" "));
+        let help = String::from_utf8(help.stdout).unwrap();
+        for flag in args.iter().filter(|a| a.starts_with("--")) {
+            assert!(
+                help.contains(flag.as_str()),
+                "README: `hgpt {}`: {flag} is not a flag of `hgpt {}`",
+                args.join(" "),
+                subcommands.join(" ")
+            );
+        }
+        if ["config", "memory"].contains(&subcommands[0]) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            succeeds(&args, root);
+        }
+    }
+}
