@@ -415,7 +415,8 @@ fn run_trainer<B: Backend>(
         "{} head, {} layers x {} channels",
         m.head, m.n_layer, m.n_embd
     );
-    plot::plot_losses(&plot_path, &title, &metrics.train, &metrics.eval)?;
+    let entropy = tr.data.unigram_entropy;
+    plot::plot_losses(&plot_path, &title, &metrics.train, &metrics.eval, entropy)?;
     guard.check_end(tr.step, last_checkpoint.as_deref())?;
     let elapsed_s = start.elapsed().as_secs_f64();
     let tokens = ((tr.step - first_step) * t.batch_size * t.seq_len * t.grad_accum) as f64;
