@@ -486,8 +486,15 @@ fn cli_prepares_trains_and_fails_with_one_line() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("prepared prep"), "{err}");
 
-    // The model's vocabulary must hold the tokenizer's.
-    let small = ["--set", "train.batch_size=2", "--set", "train.seq_len=32"];
+    // A vocabulary the config names must hold the tokenizer's.
+    let small = [
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.seq_len=32",
+        "--set",
+        "model.vocab_size=257",
+    ];
     let (code, err) = hgpt(&[&["train", "--data", "prep"][..], &small].concat(), d);
     let line = train_error(code, &err);
     assert!(
@@ -498,6 +505,41 @@ fn cli_prepares_trains_and_fails_with_one_line() {
     let (code, err) = hgpt(&["train", "--data", "missing", "--steps", "1"], d);
     assert!(
         train_error(code, &err).contains("data.dir = missing"),
+        "{err}"
+    );
+}
+
+/// `prepare` warns when validation holds under 1% or over 20% of the tokens, and
+/// when a trained tokenizer could not reach the vocabulary asked for; a share
+/// inside the range and a reachable vocabulary draw no warning.
+#[test]
+fn prepare_warns_of_a_lopsided_validation_share_and_a_short_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let docs = corpus::generate(10, 3_000).join("\n<|endoftext|>\n");
+    std::fs::write(d.join("docs.txt"), docs).unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let args = [&["prepare", "--input", "docs.txt", "--out", out][..], extra].concat();
+        let (code, err) = hgpt(&args, d);
+        assert_eq!(code, 0, "{err}");
+        err
+    };
+    let err = run("half", &["--val-fraction", "0.5"]);
+    assert!(
+        err.contains("warning: validation holds") && err.contains("outside 1-20%"),
+        "{err}"
+    );
+    let err = run(
+        "tenth",
+        &["--val-fraction", "0.1", "--train-tokenizer", "280"],
+    );
+    assert!(!err.contains("warning"), "{err}");
+    let err = run(
+        "big",
+        &["--val-fraction", "0.1", "--train-tokenizer", "100000"],
+    );
+    assert!(
+        err.contains("warning: --train-tokenizer 100000: the input supports only"),
         "{err}"
     );
 }

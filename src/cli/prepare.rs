@@ -68,6 +68,9 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     hgpt::checkpoint::guard::check_output("--out", &options.out, &inputs)?;
     let report = prepare(&options, &progress_bar())?;
     eprintln!("{}", report.summary(&options.out));
+    for warning in &report.warnings {
+        eprintln!("{warning}");
+    }
     Ok(())
 }
 

@@ -56,6 +56,9 @@ pub struct PrepareReport {
     /// Input files with invalid UTF-8.
     pub files_with_invalid_utf8: u64,
     pub seconds: f64,
+    /// What the user should know about the result: a validation share of the
+    /// tokens outside 1-20%, a trained tokenizer short of the vocabulary asked for.
+    pub warnings: Vec<String>,
 }
 
 impl PrepareReport {
@@ -370,6 +373,30 @@ pub fn prepare(opts: &PrepareOptions, progress: &ProgressBar) -> Result<PrepareR
             names()
         );
     }
+    let mut warnings = Vec::new();
+    let val_share = val.tokens as f64 / (train.tokens + val.tokens) as f64;
+    if !(0.01..=0.2).contains(&val_share) {
+        warnings.push(format!(
+            "warning: validation holds {:.1}% of the tokens ({} of {}), outside 1-20%: {} (--val-fraction {} picks documents, not tokens)",
+            100.0 * val_share,
+            val.tokens,
+            train.tokens + val.tokens,
+            if val_share < 0.01 {
+                "its loss will be noisy"
+            } else {
+                "much of the data is not trained on"
+            },
+            opts.val_fraction
+        ));
+    }
+    if let TokenizerSource::Train(asked) = &opts.tokenizer
+        && tokenizer.vocab_size() < *asked
+    {
+        warnings.push(format!(
+            "warning: --train-tokenizer {asked}: the input supports only {} tokens (too little text to learn more merges)",
+            tokenizer.vocab_size()
+        ));
+    }
     tokenizer.save_for_transformers(&opts.out, None)?;
     let manifest = Manifest {
         vocab_size: tokenizer.vocab_size(),
@@ -387,6 +414,7 @@ pub fn prepare(opts: &PrepareOptions, progress: &ProgressBar) -> Result<PrepareR
         manifest,
         files_with_invalid_utf8,
         seconds: start.elapsed().as_secs_f64(),
+        warnings,
     })
 }
 
