@@ -173,6 +173,52 @@ struct DeviceArgs {
     device: DeviceChoice,
 }
 
+/// Seconds between progress lines on a non-terminal stderr: `$HGPT_PROGRESS_SECS`,
+/// default 10.
+fn progress_every() -> std::time::Duration {
+    let secs = std::env::var("HGPT_PROGRESS_SECS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| *s >= 0.0 && s.is_finite())
+        .unwrap_or(10.0);
+    std::time::Duration::from_secs_f64(secs)
+}
+
+/// Where stderr is no terminal (a log file, a job's output), a bar draws nothing:
+/// this prints its progress there instead, one line every [`progress_every`]
+/// (`prepare: 41% (123/300), 12s elapsed, eta 17s`), until the bar is finished.
+fn progress_lines(bar: &indicatif::ProgressBar, what: &'static str) {
+    use std::io::IsTerminal as _;
+    if std::io::stderr().is_terminal() {
+        return;
+    }
+    let (bar, every) = (bar.clone(), progress_every());
+    let poll = every.clamp(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_millis(500),
+    );
+    std::thread::spawn(move || {
+        let mut last = std::time::Instant::now();
+        while !bar.is_finished() {
+            std::thread::sleep(poll);
+            if last.elapsed() < every || bar.is_finished() {
+                continue;
+            }
+            last = std::time::Instant::now();
+            let (pos, len) = (bar.position(), bar.length().unwrap_or(0));
+            if len == 0 {
+                continue;
+            }
+            Stderr.note(&format!(
+                "{what}: {:.0}% ({pos}/{len}), {}s elapsed, eta {}s",
+                100.0 * pos as f64 / len as f64,
+                bar.elapsed().as_secs(),
+                bar.eta().as_secs()
+            ));
+        }
+    });
+}
+
 /// Whether `e` is a write to a stdout whose reader has gone: the end of the
 /// output the reader wanted, not a failure.
 pub fn is_closed_stdout(e: &anyhow::Error) -> bool {

@@ -35,6 +35,9 @@ pub struct PrepareArgs {
     /// Share of documents held out for validation (at least one document)
     #[arg(long, default_value_t = 0.005, value_name = "F")]
     val_fraction: f64,
+    /// Seeds the random choice of validation documents
+    #[arg(long, default_value_t = 1337, value_name = "S")]
+    seed: u64,
     /// Tokens per shard
     #[arg(long, default_value_t = 100_000_000, value_name = "N")]
     shard_tokens: u64,
@@ -57,6 +60,7 @@ impl PrepareArgs {
             jsonl_field: self.jsonl_field,
             tokenizer,
             val_fraction: self.val_fraction,
+            seed: self.seed,
             shard_tokens: self.shard_tokens,
         }
     }
@@ -74,7 +78,8 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     Ok(())
 }
 
-/// A bar over the input bytes, drawn on stderr when it is a terminal.
+/// A bar over the input bytes, drawn on stderr when it is a terminal, else told
+/// as a line now and then.
 fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
@@ -84,5 +89,6 @@ fn progress_bar() -> ProgressBar {
         .expect("valid template"),
     );
     bar.set_message("0k tokens/s");
+    super::progress_lines(&bar, "prepare: input bytes");
     bar
 }
