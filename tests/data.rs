@@ -625,8 +625,5 @@ fn prepare_prints_progress_lines_without_a_terminal() {
     let line = err
         .lines()
         .find(|l| l.starts_with("prepare: input bytes: "));
-    assert!(
-        line.is_some_and(|l| l.contains('%') && l.contains("eta")),
-        "{err}"
-    );
+    assert!(line.is_some_and(|l| l.contains("elapsed")), "{err}");
 }

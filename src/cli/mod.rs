@@ -186,7 +186,8 @@ fn progress_every() -> std::time::Duration {
 
 /// Where stderr is no terminal (a log file, a job's output), a bar draws nothing:
 /// this prints its progress there instead, one line every [`progress_every`]
-/// (`prepare: 41% (123/300), 12s elapsed, eta 17s`), until the bar is finished.
+/// (`prepare: input bytes: 41% (123/300), 12s elapsed, eta 17s`), until the bar
+/// is finished.
 fn progress_lines(bar: &indicatif::ProgressBar, what: &'static str) {
     use std::io::IsTerminal as _;
     if std::io::stderr().is_terminal() {
@@ -205,16 +206,16 @@ fn progress_lines(bar: &indicatif::ProgressBar, what: &'static str) {
                 continue;
             }
             last = std::time::Instant::now();
-            let (pos, len) = (bar.position(), bar.length().unwrap_or(0));
-            if len == 0 {
-                continue;
-            }
-            Stderr.note(&format!(
-                "{what}: {:.0}% ({pos}/{len}), {}s elapsed, eta {}s",
-                100.0 * pos as f64 / len as f64,
-                bar.elapsed().as_secs(),
-                bar.eta().as_secs()
-            ));
+            let (pos, elapsed) = (bar.position(), bar.elapsed().as_secs());
+            Stderr.note(&match bar.length().filter(|&len| len > 0) {
+                Some(len) => format!(
+                    "{what}: {:.0}% ({pos}/{len}), {elapsed}s elapsed, eta {}s",
+                    100.0 * pos as f64 / len as f64,
+                    bar.eta().as_secs()
+                ),
+                // Before the work is sized (prepare training its tokenizer).
+                None => format!("{what}: starting, {elapsed}s elapsed"),
+            });
         }
     });
 }
