@@ -1,11 +1,14 @@
 //! Run configuration: TOML files with sections [model], [train] and [data].
 //!
-//! Unknown keys are errors that name the file, line and key; `--set section.key=value`
-//! overrides any key after the file is read. configs/tiny.toml is built into the
-//! binary and is what `hgpt train` runs with no arguments.
+//! A file names only the keys it changes: they are laid over its `base` (a file,
+//! relative to it, or "tiny"), and with no base over the built-in defaults,
+//! configs/tiny.toml, which is also what `hgpt train` runs with no arguments.
+//! Unknown keys and bad values are errors that name the file, line and key;
+//! `--set section.key=value` overrides any key after the file is read.
 
+use std::collections::BTreeSet;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -191,7 +194,7 @@ impl ModelConfig {
 impl Config {
     /// The built-in tiny configuration.
     pub fn tiny() -> Config {
-        parse(TINY_TOML, "configs/tiny.toml").expect("built-in tiny.toml is valid")
+        toml::from_str(TINY_TOML).expect("built-in tiny.toml is valid")
     }
 
     /// Reads a config file (or the built-in tiny config when `path` is None) and
@@ -203,19 +206,7 @@ impl Config {
     /// As [`Config::load`], with `default` in place of the tiny config when no file
     /// is given (a resumed run starts from its checkpoint's config).
     pub fn load_or(path: Option<&Path>, default: Config, overrides: &[String]) -> Result<Config> {
-        let mut config = match path {
-            None => default,
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read config file {}", p.display()))?;
-                parse(&text, &p.display().to_string())?
-            }
-        };
-        for o in overrides {
-            config = config.with_override(o)?;
-        }
-        config.validate()?;
-        Ok(config)
+        Ok(Resolved::load(path, default, overrides)?.config)
     }
 
     /// Applies one `section.key=value` override. The value is read as TOML (numbers,
@@ -326,42 +317,166 @@ impl Config {
     }
 }
 
-/// Parses config text, turning serde errors into one line naming file, line and key.
-pub fn parse(text: &str, file: &str) -> Result<Config> {
-    toml::from_str(text).map_err(|e| {
-        let msg = e.message().trim().replace('\n', " ");
-        let Some(span) = e.span() else {
-            return anyhow!("{file}: {msg}");
+/// The multiple a vocabulary taken from the data is padded up to: llm.c's 128
+/// (GPT-2's 50257 becomes 50304), so the head's GEMMs run on whole 128-wide
+/// tensor-core tiles; 64 would leave 50304 the same but not every vocabulary. The
+/// padding rows are classes no target names: training drives their probability
+/// towards 0, as in nanoGPT and llm.c, and generation never draws them.
+pub const VOCAB_MULTIPLE: usize = 128;
+
+/// `vocab` rounded up to a multiple of [`VOCAB_MULTIPLE`].
+pub fn padded_vocab(vocab: usize) -> usize {
+    vocab.div_ceil(VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+}
+
+/// A config with the keys that a config file (or its chain of bases) or an
+/// override named, as "section.key": the rest are the built-in defaults.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub config: Config,
+    pub named: BTreeSet<String>,
+}
+
+impl Resolved {
+    /// The config file at `path` layered over its base (`default` when no file is
+    /// given), then the `--set` overrides, validated.
+    pub fn load(path: Option<&Path>, default: Config, overrides: &[String]) -> Result<Resolved> {
+        let mut resolved = match path {
+            None => Resolved {
+                config: default,
+                named: BTreeSet::new(),
+            },
+            Some(p) => read_file(p, &[])?,
         };
-        let line = text[..span.start].matches('\n').count() + 1;
-        let key = &text[span.clone()];
-        // An unknown name in a header line is a section, not a key.
-        let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
-        let line_text = text[line_start..].lines().next().unwrap_or("").trim();
-        if msg.starts_with("unknown field") && line_text.starts_with('[') {
-            let header = line_text.trim_start_matches('[').split(']').next();
-            return anyhow!(
-                "{file}:{line}: unknown section `[{}]` (expected [model], [train] or [data])",
-                header.unwrap_or_default().trim()
+        for o in overrides {
+            resolved.config = resolved.config.with_override(o)?;
+            if let Some((key, _)) = o.split_once('=') {
+                resolved.named.insert(key.trim().to_string());
+            }
+        }
+        resolved.config.validate()?;
+        Ok(resolved)
+    }
+
+    /// Whether a config file or an override named `key` ("section.key").
+    pub fn names(&self, key: &str) -> bool {
+        self.named.contains(key)
+    }
+}
+
+/// Reads config file `path`, its bases resolved relative to its directory;
+/// `chain` holds the (canonical) files that have it as their base.
+fn read_file(path: &Path, chain: &[PathBuf]) -> Result<Resolved> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let chain = match path.canonicalize() {
+        Ok(p) if !chain.contains(&p) => [chain, &[p]].concat(),
+        _ => chain.to_vec(),
+    };
+    layer(&text, &path.display().to_string(), Some(dir), &chain)
+}
+
+/// Parses config text over the built-in defaults (configs/tiny.toml), turning
+/// errors into one line naming file, line and key. Its `base` may only be "tiny":
+/// text that is not a file has no directory to find a base file in.
+pub fn parse(text: &str, file: &str) -> Result<Config> {
+    Ok(layer(text, file, None, &[])?.config)
+}
+
+/// Config text as layers: its `base` (the built-in defaults unless it names
+/// "tiny" or a file, relative to `dir`), with each key the text sets put over it.
+/// Each key is checked as it is put, so an error names its line.
+fn layer(text: &str, file: &str, dir: Option<&Path>, chain: &[PathBuf]) -> Result<Resolved> {
+    let at = |span: std::ops::Range<usize>| {
+        let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+        format!("{file}:{line}")
+    };
+    let doc = toml::de::DeTable::parse(text).map_err(|e| {
+        let msg = e.message().trim().replace('\n', " ");
+        match e.span() {
+            Some(span) => anyhow!("{}: {msg}", at(span)),
+            None => anyhow!("{file}: {msg}"),
+        }
+    })?;
+    let values: toml::Table =
+        toml::from_str(text).map_err(|e| anyhow!("{file}: {}", e.message().trim()))?;
+    let mut resolved = match values.get("base") {
+        None => Resolved {
+            config: Config::tiny(),
+            named: BTreeSet::new(),
+        },
+        Some(toml::Value::String(b)) if b == "tiny" => Resolved {
+            config: Config::tiny(),
+            named: BTreeSet::new(),
+        },
+        Some(toml::Value::String(b)) => {
+            let line = at(doc.get_ref().get("base").expect("parsed").span());
+            let Some(dir) = dir else {
+                bail!(
+                    "{line}: base = \"{b}\": only \"tiny\" can be a base here (not a config file)"
+                );
+            };
+            let path = dir.join(b);
+            let canonical = path.canonicalize().map_err(|e| {
+                anyhow!(
+                    "{line}: base = \"{b}\": cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            if chain.contains(&canonical) {
+                bail!(
+                    "{line}: base = \"{b}\": a cycle ({} is its own base)",
+                    path.display()
+                );
+            }
+            // The base's own errors name its file and line.
+            read_file(&path, chain)?
+        }
+        Some(_) => {
+            let line = at(doc.get_ref().get("base").expect("parsed").span());
+            bail!("{line}: base must be \"tiny\" or a config file's path");
+        }
+    };
+    let mut table = toml::Table::try_from(&resolved.config).expect("config serializes");
+    for (name, section) in doc.get_ref() {
+        let name_str: &str = name.get_ref();
+        if name_str == "base" {
+            continue;
+        }
+        let line = at(name.span());
+        let Some(toml::Value::Table(keys)) = values.get(name_str) else {
+            bail!(
+                "{line}: unknown key `{name_str}` (a config has `base` and sections [model], [train], [data])"
             );
+        };
+        if !table.get(name_str).is_some_and(toml::Value::is_table) {
+            bail!("{line}: unknown section `[{name_str}]` (expected [model], [train] or [data])");
         }
-        // Name unknown keys in full (section.key): find the section header above.
-        if msg.starts_with("unknown field") {
-            let section = text[..span.start]
-                .lines()
-                .rev()
-                .find_map(|l| {
-                    let l = l.trim();
-                    l.strip_prefix('[')
-                        .and_then(|r| r.strip_suffix(']'))
-                        .map(str::to_string)
-                })
-                .map(|s| format!("{s}."))
-                .unwrap_or_default();
-            return anyhow!("{file}:{line}: unknown key `{section}{key}` ({msg})");
+        let toml::de::DeValue::Table(spans) = section.get_ref() else {
+            unreachable!("a table parses as a table")
+        };
+        for (key, value) in keys {
+            let span = spans
+                .iter()
+                .find(|(k, _)| k.get_ref() == key)
+                .map_or(section.span(), |(k, _)| k.span());
+            let line = at(span);
+            let sect = table[name_str].as_table_mut().expect("checked above");
+            if !sect.contains_key(key) {
+                let known: Vec<&str> = sect.keys().map(String::as_str).collect();
+                bail!(
+                    "{line}: unknown key `{name_str}.{key}` (known: {})",
+                    known.join(", ")
+                );
+            }
+            sect.insert(key.clone(), value.clone());
+            resolved.config = Config::deserialize(toml::Value::Table(table.clone()))
+                .map_err(|e| anyhow!("{line}: {name_str}.{key}: {}", e.message().trim()))?;
+            resolved.named.insert(format!("{name_str}.{key}"));
         }
-        anyhow!("{file}:{line}: {msg}")
-    })
+    }
+    Ok(resolved)
 }
 
 fn parse_value(raw: &str) -> toml::Value {

@@ -22,6 +22,8 @@ pub struct Sampler {
     temperature: f32,
     /// Sample only among the k most likely tokens; 0 for all.
     top_k: usize,
+    /// Only ids below this are drawn (see [`Sampler::within`]).
+    vocab: usize,
     rng: ChaCha8Rng,
 }
 
@@ -41,13 +43,23 @@ impl Sampler {
         Sampler {
             temperature,
             top_k,
+            vocab: usize::MAX,
             rng: ChaCha8Rng::seed_from_u64(seed),
         }
     }
 
+    /// Draws only ids below `n`, the tokenizer's vocabulary: a model's vocabulary
+    /// may be padded beyond it (config::padded_vocab), and a padding id is no text.
+    pub fn within(mut self, n: usize) -> Sampler {
+        self.vocab = n;
+        self
+    }
+
     /// The next token: the argmax when the temperature is 0, else a draw from
-    /// softmax(logits / temperature) over the top_k largest logits.
+    /// softmax(logits / temperature) over the top_k largest logits, among the ids
+    /// below the vocabulary given to [`Sampler::within`].
     pub fn next(&mut self, logits: &[f32]) -> u32 {
+        let logits = &logits[..self.vocab.min(logits.len())];
         if self.temperature <= 0.0 {
             return argmax(logits);
         }
@@ -170,7 +182,7 @@ pub fn run(req: &GenerateRequest, out: &mut impl Write, observer: &mut dyn Obser
         observer.note(&format!("seed {seed}"));
         seed
     });
-    let mut sampler = Sampler::new(req.temperature, req.top_k, seed);
+    let mut sampler = Sampler::new(req.temperature, req.top_k, seed).within(tokenizer.vocab_size());
     let stream = Stream {
         tokenizer: &tokenizer,
         prompt: &prompt,

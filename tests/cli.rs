@@ -471,10 +471,11 @@ fn a_batch_larger_than_the_data_is_blamed_on_the_batch() {
     );
 }
 
-/// Five documents all sent to validation by --val-fraction 0.99 are five, not "a
-/// single document".
+/// `--val-fraction 0.99` on five documents keeps one for training (validation is
+/// drawn one document per run of 1/fraction) and says how lopsided the split is,
+/// naming the flag; it never speaks of a "single document".
 #[test]
-fn a_val_fraction_that_leaves_no_training_document_says_so() {
+fn a_val_fraction_that_takes_most_documents_warns_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let docs = ["one", "two", "three", "four", "five"].join("\n<|endoftext|>\n");
     std::fs::write(dir.path().join("docs.txt"), docs).unwrap();
@@ -487,12 +488,18 @@ fn a_val_fraction_that_leaves_no_training_document_says_so() {
         "--val-fraction",
         "0.99",
     ];
-    let line = fails(&args, dir.path());
+    let out = hgpt(&args, dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert!(
-        line.contains("all 5 documents") && line.contains("--val-fraction 0.99"),
-        "{line}"
+        stderr.contains("1 documents") && stderr.contains("4 documents"),
+        "{stderr}"
     );
-    assert!(!line.contains("single document"), "{line}");
+    assert!(
+        stderr.contains("warning: validation holds") && stderr.contains("--val-fraction 0.99"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("single document"), "{stderr}");
 }
 
 /// A negative number after a numeric flag is that flag's value, refused with its
@@ -540,5 +547,263 @@ fn negative_numbers_are_values_refused_with_their_range() {
                 && first.contains("must be a whole number from 0"),
             "{args:?}: {stderr}"
         );
+    }
+}
+
+/// Runs `hgpt config show` with `args` in `dir`, parsed back into a config.
+fn shown(args: &[&str], dir: &Path) -> hgpt::config::Config {
+    let text = succeeds(&[&["config", "show"], args].concat(), dir);
+    toml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The configs in configs/ name only their changes (over the defaults or each
+/// other), and resolve to the values recorded from their complete versions.
+#[test]
+fn shipped_configs_resolve_to_their_recorded_values() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in [
+        "tiny",
+        "gpt2-124m-harmonic",
+        "gpt2-124m-softmax",
+        "gpt2-350m-harmonic",
+    ] {
+        let file = format!("configs/{name}.toml");
+        let got = succeeds(&["config", "show", "--config", &file], root);
+        let want =
+            std::fs::read_to_string(root.join(format!("tests/fixtures/resolved/{name}.toml")))
+                .unwrap();
+        assert_eq!(got, want, "{file} resolves differently");
+    }
+}
+
+#[test]
+fn a_config_file_names_only_the_keys_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lr.toml"), "[train]\nlr = 1e-3\n").unwrap();
+    let mut want = hgpt::config::Config::tiny();
+    want.train.lr = 1e-3;
+    assert_eq!(shown(&["--config", "lr.toml"], dir.path()), want);
+    want.train.seed = 7;
+    let got = shown(
+        &["--config", "lr.toml", "--set", "train.seed=7"],
+        dir.path(),
+    );
+    assert_eq!(got, want, "--set applies over the file");
+    assert_eq!(shown(&[], dir.path()), hgpt::config::Config::tiny());
+}
+
+#[test]
+fn a_base_file_is_found_relative_to_the_config_and_layered_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(
+        sub.join("big.toml"),
+        "[model]\nn_layer = 6\n[train]\nlr = 1e-3\n",
+    )
+    .unwrap();
+    std::fs::write(
+        sub.join("child.toml"),
+        "base = \"big.toml\"\n[train]\nlr = 2e-3\n",
+    )
+    .unwrap();
+    let got = shown(&["--config", "sub/child.toml"], dir.path());
+    assert_eq!((got.model.n_layer, got.train.lr), (6, 2e-3));
+    std::fs::write(dir.path().join("t.toml"), "base = \"tiny\"\n").unwrap();
+    assert_eq!(
+        shown(&["--config", "t.toml"], dir.path()),
+        hgpt::config::Config::tiny()
+    );
+}
+
+#[test]
+fn layered_config_errors_name_the_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases = [
+        (
+            "type.toml",
+            "[train]\n\nlr = \"fast\"\n",
+            "type.toml:3: train.lr",
+        ),
+        (
+            "key.toml",
+            "[train]\nlearning_rate = 1\n",
+            "key.toml:2: unknown key `train.learning_rate`",
+        ),
+        (
+            "section.toml",
+            "[model]\nn_layer = 2\n[extra]\nx = 1\n",
+            "section.toml:3: unknown section `[extra]`",
+        ),
+        ("top.toml", "lr = 1\n", "top.toml:1: unknown key `lr`"),
+        (
+            "missing.toml",
+            "base = \"nope.toml\"\n",
+            "missing.toml:1: base = \"nope.toml\"",
+        ),
+        ("self.toml", "base = \"self.toml\"\n", "a cycle"),
+        ("kind.toml", "base = 3\n", "kind.toml:1: base must be"),
+    ];
+    for (file, text, want) in cases {
+        std::fs::write(d.join(file), text).unwrap();
+        let line = fails(&["config", "show", "--config", file], d);
+        assert!(line.contains(want), "{file}: {line}");
+    }
+    // A cycle through two files is one line too.
+    std::fs::write(d.join("a.toml"), "base = \"b.toml\"\n").unwrap();
+    std::fs::write(d.join("b.toml"), "base = \"a.toml\"\n").unwrap();
+    let line = fails(&["config", "show", "--config", "a.toml"], d);
+    assert!(
+        line.contains("b.toml:1") && line.contains("a cycle"),
+        "{line}"
+    );
+    // Values that parse but make no sense are still refused after layering.
+    std::fs::write(d.join("v.toml"), "[train]\nmin_lr = 1.0\n").unwrap();
+    let line = fails(&["config", "show", "--config", "v.toml"], d);
+    assert!(line.contains("train.min_lr"), "{line}");
+}
+
+/// nanoGPT's and llm.c's habit: one line per logged step on stdout, with the step,
+/// loss, learning rate, gradient norm, time per step, throughput and MFU, whether
+/// or not a terminal is attached (here none is).
+#[test]
+fn train_prints_a_log_line_per_logged_step_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["train", "--steps", "4", "--out", "run"];
+    for o in common::TINY {
+        args.extend(["--set", o]);
+    }
+    args.extend(["--set", "train.log_every=2"]);
+    let stdout = succeeds(&args, dir.path());
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for (line, step) in lines.iter().zip(["2/4", "4/4"]) {
+        let fields: Vec<&str> = line.split(" | ").collect();
+        assert_eq!(fields.len(), 7, "{line}");
+        assert_eq!(
+            fields[0].split_whitespace().collect::<Vec<_>>(),
+            ["step", step]
+        );
+        for (field, name) in fields[1..]
+            .iter()
+            .zip(["loss", "lr", "norm", "ms", "tok/s", "MFU"])
+        {
+            assert!(field.contains(name), "{name} missing in {line}");
+        }
+        let loss: f64 = fields[1].trim_start_matches("loss ").parse().unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "{line}");
+    }
+}
+
+/// `train --data` with a config that leaves model.vocab_size alone takes the
+/// data's vocabulary, padded to a multiple of 128, and says so; a vocabulary the
+/// config names is kept.
+#[test]
+fn data_sets_the_vocabulary_padded_unless_the_config_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let docs = hgpt::data::corpus::generate(3, 20_000).join("\n<|endoftext|>\n");
+    std::fs::write(d.join("docs.txt"), docs).unwrap();
+    succeeds(
+        &[
+            "prepare",
+            "--input",
+            "docs.txt",
+            "--out",
+            "prep",
+            "--train-tokenizer",
+            "300",
+        ],
+        d,
+    );
+    let out = hgpt(&["config", "show", "--data", "prep"], d);
+    assert!(out.status.success());
+    let config: hgpt::config::Config =
+        toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(
+        config.model.vocab_size, 384,
+        "300 padded to a multiple of 128"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("model.vocab_size = 384") && stderr.contains("300"),
+        "{stderr}"
+    );
+    let named = shown(&["--data", "prep", "--set", "model.vocab_size=300"], d);
+    assert_eq!(named.model.vocab_size, 300);
+    std::fs::write(d.join("v.toml"), "[model]\nvocab_size = 320\n").unwrap();
+    let named = shown(&["--data", "prep", "--config", "v.toml"], d);
+    assert_eq!(named.model.vocab_size, 320);
+    // Without data the built-in byte-level vocabulary stays unpadded.
+    assert_eq!(shown(&[], d).model.vocab_size, 257);
+}
+
+/// The `hgpt` command lines in README.md's sh blocks, comments dropped, split into
+/// arguments (double quotes group).
+fn readme_commands() -> Vec<Vec<String>> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let mut in_sh = false;
+    let mut commands = Vec::new();
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_sh = line == "```sh";
+            continue;
+        }
+        let Some(rest) = line.strip_prefix("hgpt ").filter(|_| in_sh) else {
+            continue;
+        };
+        let rest = rest.split(" #").next().unwrap();
+        let args: Vec<String> = rest
+            .split('"')
+            .enumerate()
+            .flat_map(|(i, part)| match i % 2 {
+                1 => vec![part.to_string()],
+                _ => part.split_whitespace().map(str::to_string).collect(),
+            })
+            .collect();
+        commands.push(args);
+    }
+    commands
+}
+
+/// README puts `hgpt` on the PATH before using it; every README example names a
+/// command and flags the binary has, and those that need no run, data or GPU run
+/// as written from the checkout.
+#[test]
+fn readme_examples_name_real_commands_and_flags_and_the_cheap_ones_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let install = readme.find("\ncargo install --path .\n");
+    assert!(
+        install.is_some_and(|i| readme.find("\nhgpt ").is_some_and(|h| i < h)),
+        "README installs hgpt before its first `hgpt` example"
+    );
+    let commands = readme_commands();
+    assert!(commands.len() > 15, "{commands:?}");
+    for args in &commands {
+        let subcommands: Vec<&str> = args
+            .iter()
+            .take_while(|a| !a.starts_with('-'))
+            .take(2)
+            .map(String::as_str)
+            .filter(|a| a.chars().all(|c| c.is_ascii_lowercase()))
+            .collect();
+        let help = hgpt(&[&subcommands[..], &["--help"]].concat(), root);
+        assert!(help.status.success(), "README: hgpt {}", args.join(" "));
+        let help = String::from_utf8(help.stdout).unwrap();
+        for flag in args.iter().filter(|a| a.starts_with("--")) {
+            assert!(
+                help.contains(flag.as_str()),
+                "README: `hgpt {}`: {flag} is not a flag of `hgpt {}`",
+                args.join(" "),
+                subcommands.join(" ")
+            );
+        }
+        if ["config", "memory"].contains(&subcommands[0]) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            succeeds(&args, root);
+        }
     }
 }

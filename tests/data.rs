@@ -19,6 +19,7 @@ fn options(inputs: &[&Path], out: &Path, tokenizer: TokenizerSource) -> PrepareO
         jsonl_field: "text".into(),
         tokenizer,
         val_fraction: 0.2,
+        seed: 1337,
         shard_tokens: 5_000,
     }
 }
@@ -356,8 +357,10 @@ fn prepare_refuses_empty_input_and_counts_invalid_utf8() {
             .summary(&out)
             .contains("replaced 3 invalid UTF-8 sequences in 1 file")
     );
-    let docs = decoded_documents(&out, "val", &Tokenizer::bytes());
-    assert_eq!(docs, vec!["caf\u{FFFD} ok \u{FFFD}\u{FFFD} end"]);
+    let mut docs = decoded_documents(&out, "val", &Tokenizer::bytes());
+    docs.extend(decoded_documents(&out, "train", &Tokenizer::bytes()));
+    docs.sort();
+    assert_eq!(docs, ["caf\u{FFFD} ok \u{FFFD}\u{FFFD} end", "clean text"]);
 
     // A second prepare into the same directory would mix old and new shards.
     let msg = error_of(prepare(
@@ -522,8 +525,15 @@ fn cli_prepares_trains_and_fails_with_one_line() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("prepared prep"), "{err}");
 
-    // The model's vocabulary must hold the tokenizer's.
-    let small = ["--set", "train.batch_size=2", "--set", "train.seq_len=32"];
+    // A vocabulary the config names must hold the tokenizer's.
+    let small = [
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.seq_len=32",
+        "--set",
+        "model.vocab_size=257",
+    ];
     let (code, err) = hgpt(&[&["train", "--data", "prep"][..], &small].concat(), d);
     let line = train_error(code, &err);
     assert!(
@@ -578,4 +588,119 @@ fn unlisted_shards_match_llmc_names_exactly_and_are_listed() {
         msg.contains("x_train_000001_val.bin") && msg.contains("both"),
         "{msg}"
     );
+}
+/// `prepare` warns when validation holds under 1% or over 20% of the tokens, and
+/// when a trained tokenizer could not reach the vocabulary asked for; a share
+/// inside the range and a reachable vocabulary draw no warning.
+#[test]
+fn prepare_warns_of_a_lopsided_validation_share_and_a_short_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let docs = corpus::generate(10, 3_000).join("\n<|endoftext|>\n");
+    std::fs::write(d.join("docs.txt"), docs).unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let args = [&["prepare", "--input", "docs.txt", "--out", out][..], extra].concat();
+        let (code, err) = hgpt(&args, d);
+        assert_eq!(code, 0, "{err}");
+        err
+    };
+    let err = run("half", &["--val-fraction", "0.5"]);
+    assert!(
+        err.contains("warning: validation holds") && err.contains("outside 1-20%"),
+        "{err}"
+    );
+    let err = run(
+        "tenth",
+        &["--val-fraction", "0.1", "--train-tokenizer", "280"],
+    );
+    assert!(!err.contains("warning"), "{err}");
+    let err = run(
+        "big",
+        &["--val-fraction", "0.1", "--train-tokenizer", "100000"],
+    );
+    assert!(
+        err.contains("warning: --train-tokenizer 100000: the input supports only"),
+        "{err}"
+    );
+}
+
+/// `hgpt prepare --out out --seed S` over `docs.txt` in `d`: the manifest.
+fn prepare_seeded(d: &Path, out: &str, fraction: &str, seed: &str) -> serde_json::Value {
+    let args = [
+        "prepare",
+        "--input",
+        "docs.txt",
+        "--out",
+        out,
+        "--val-fraction",
+        fraction,
+        "--seed",
+        seed,
+    ];
+    let (code, err) = hgpt(&args, d);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&std::fs::read_to_string(d.join(out).join("manifest.json")).unwrap())
+        .unwrap()
+}
+
+/// Validation documents are drawn by the seed, not always the first; an input that
+/// ends before the draw still gives validation one document (its last).
+#[test]
+fn prepare_draws_validation_documents_by_the_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let docs = corpus::generate(10, 2_000);
+    std::fs::write(d.join("docs.txt"), docs.join("\n<|endoftext|>\n")).unwrap();
+    let val_tokens: std::collections::BTreeSet<u64> = ["1", "2", "3", "4", "5"]
+        .iter()
+        .map(|seed| {
+            let m = prepare_seeded(d, &format!("s{seed}"), "0.1", seed);
+            assert_eq!(m["val"]["documents"], 1);
+            assert_eq!(m["train"]["documents"], 9);
+            m["val"]["tokens"].as_u64().unwrap()
+        })
+        .collect();
+    assert!(val_tokens.len() > 1, "every seed picked the same document");
+    let again = prepare_seeded(d, "again", "0.1", "1");
+    let first = prepare_seeded(d, "first", "0.1", "1");
+    assert_eq!(again["val"], first["val"], "the same seed, the same split");
+
+    std::fs::write(d.join("docs.txt"), docs[..3].join("\n<|endoftext|>\n")).unwrap();
+    let m = prepare_seeded(d, "short", "0.001", "1");
+    assert_eq!(
+        (
+            m["val"]["documents"].as_u64(),
+            m["train"]["documents"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+}
+
+/// On a stderr that is no terminal, `prepare` tells its progress and ETA in lines.
+#[test]
+fn prepare_prints_progress_lines_without_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let docs = corpus::generate(40, 100_000).join("\n<|endoftext|>\n");
+    std::fs::write(d.join("docs.txt"), docs).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hgpt"))
+        .args([
+            "prepare",
+            "--input",
+            "docs.txt",
+            "--out",
+            "p",
+            "--train-tokenizer",
+            "400",
+        ])
+        .env("HGPT_PROGRESS_SECS", "0")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("prepare: input bytes: "));
+    assert!(line.is_some_and(|l| l.contains("elapsed")), "{err}");
 }

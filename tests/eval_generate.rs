@@ -232,6 +232,31 @@ fn generation_past_the_context_keeps_going() {
     assert!(tokens.iter().all(|&t| t < 257));
 }
 
+/// A vocabulary padded past the tokenizer's (config::padded_vocab) has ids that
+/// are no text: the sampler never draws them, greedy or not, however likely.
+#[test]
+fn padding_ids_are_never_sampled() {
+    let mut logits = vec![0.0f32; 384];
+    logits[300..].fill(50.0); // the padding rows, made the likeliest
+    logits[7] = 1.0;
+    for (temperature, top_k) in [(0.0, 0), (1.0, 0), (1.0, 5), (5.0, 0)] {
+        let mut sampler = Sampler::new(temperature, top_k, 11).within(300);
+        for _ in 0..200 {
+            let t = sampler.next(&logits);
+            assert!(
+                t < 300,
+                "drew padding id {t} at T={temperature}, top_k={top_k}"
+            );
+        }
+    }
+    assert_eq!(Sampler::new(0.0, 0, 0).within(300).next(&logits), 7);
+    assert_eq!(
+        Sampler::new(0.0, 0, 0).next(&logits),
+        300,
+        "unlimited, it would"
+    );
+}
+
 /// `hgpt prepare` of built-in corpus documents into `out` (with `extra` flags).
 fn prepare(dir: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
     let docs = hgpt::data::corpus::generate(5, 6000).join("\n<|endoftext|>\n");

@@ -25,6 +25,7 @@ fn options(input: &Path, out: &Path, field: &str) -> PrepareOptions {
         jsonl_field: field.into(),
         tokenizer: TokenizerSource::Bytes,
         val_fraction: 0.2,
+        seed: 1337,
         shard_tokens: 100_000,
     }
 }

@@ -170,3 +170,64 @@ fn a_run_writes_config_metrics_and_plot() {
     let png = std::fs::read(dir.path().join("loss.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }
+
+/// loss.png draws the unigram entropy as a horizontal line across the plot, and
+/// marks validation points, so even a run with a single one shows it.
+#[test]
+fn loss_plot_draws_the_entropy_line_and_marks_validation_points() {
+    use hgpt::train::metrics::{EvalRecord, TrainRecord};
+    use hgpt::train::plot::{ENTROPY_COLOR, plot_losses};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("loss.png");
+    let train: Vec<TrainRecord> = (1..=50)
+        .map(|step| TrainRecord {
+            step,
+            train_loss: 5.0 - 0.08 * step as f64,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            tokens_per_s: 1.0,
+            elapsed_s: 1.0,
+        })
+        .collect();
+    let eval = [EvalRecord {
+        step: 25,
+        val_loss: 3.2,
+    }];
+    // RGB pixels of the plot with these validation records.
+    let draw = |eval: &[EvalRecord]| {
+        plot_losses(&path, "t", &train, eval, 3.0).unwrap();
+        let file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+        let mut reader = png::Decoder::new(file).read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        let w = info.width as usize;
+        let rows: Vec<Vec<(u8, u8, u8)>> = buf[..info.buffer_size()]
+            .chunks(3 * w)
+            .map(|row| row.chunks(3).map(|p| (p[0], p[1], p[2])).collect())
+            .collect();
+        rows
+    };
+    let count = |rows: &[Vec<(u8, u8, u8)>], c: (u8, u8, u8)| {
+        rows.iter().flatten().filter(|&&p| p == c).count()
+    };
+    let rows = draw(&eval);
+    let w = rows[0].len();
+    let green = (ENTROPY_COLOR.0, ENTROPY_COLOR.1, ENTROPY_COLOR.2);
+    let widest_green_row = rows
+        .iter()
+        .map(|row| row.iter().filter(|&&p| p == green).count())
+        .max()
+        .unwrap();
+    assert!(
+        widest_green_row > w / 2,
+        "no entropy line: {widest_green_row} px"
+    );
+    // A single validation point is a line of one point: only its marker shows.
+    let red = (255, 0, 0);
+    let marked = count(&rows, red) - count(&draw(&[]), red);
+    assert!(
+        marked > 30,
+        "the validation point is not marked: {marked} red px"
+    );
+}

@@ -5,12 +5,11 @@
 //! - `hgpt llc dln --widths ... --rank R`: a deep linear network beside theory;
 //! - `hgpt llc layernorm`: the LayerNorm example with its loss drop.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use hgpt::backend::{self, Backend, DeviceChoice, Target};
 use hgpt::checkpoint::lock::{self, RunLock};
@@ -507,16 +506,17 @@ fn claim_output(dir: &Path) -> Result<RunLock> {
     lock::acquire(dir)
 }
 
-/// A bar over every SGLD step of every chain, drawn only on a terminal.
+/// A bar over every SGLD step of every chain: drawn on a terminal, else told as
+/// a line now and then.
 fn progress_bar(settings: &SgldSettings) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
     let steps = settings.chains * (settings.burnin + settings.draws);
-    ProgressBar::new(steps as u64).with_style(
-        ProgressStyle::with_template("sgld {bar:40} {pos}/{len} steps, eta {eta}")
-            .expect("valid template"),
-    )
+    let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr())
+        .with_style(
+            ProgressStyle::with_template("sgld {bar:40} {pos}/{len} steps, eta {eta}")
+                .expect("valid template"),
+        );
+    super::progress_lines(&bar, "llc sgld steps");
+    bar
 }
 
 /// An estimate as lines for a person: the estimate, the settings, the diagnostics, the warnings.

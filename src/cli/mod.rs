@@ -20,6 +20,7 @@ macro_rules! out {
 }
 
 mod bench;
+mod config;
 mod eval;
 mod export;
 mod generate;
@@ -37,7 +38,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use hgpt::backend::DeviceChoice;
-use hgpt::config::Config;
+use hgpt::config::{Config, Resolved, VOCAB_MULTIPLE, padded_vocab};
 use hgpt::observe::Observer;
 
 #[derive(Parser)]
@@ -58,6 +59,9 @@ enum Command {
     /// Measure training throughput: tokens/s, ms/step, MFU, peak memory (per-op
     /// GEMM efficiency on the CPU)
     Bench(bench::BenchArgs),
+    /// Show the resolved config: a file's keys over its base and the built-in
+    /// defaults, then --set overrides
+    Config(config::ConfigCmdArgs),
     /// Plan the memory of a training step (CPU and GPU, with and without head
     /// chunking) and the largest micro-batch that fits a GPU
     Memory(memory::MemoryArgs),
@@ -98,12 +102,31 @@ struct ConfigArgs {
 }
 
 impl ConfigArgs {
+    /// A new run's config. When it has data but no config file or override names
+    /// `model.vocab_size`, the vocabulary is the data's, padded (and said so).
     fn load(&self) -> Result<Config> {
-        self.load_or(Config::tiny())
+        let resolved = Resolved::load(self.config.as_deref(), Config::tiny(), &self.overrides())?;
+        let named = resolved.names("model.vocab_size");
+        let mut config = resolved.config;
+        if !config.data.dir.is_empty() && !named {
+            let vocab = hgpt::data::vocab_of(std::path::Path::new(&config.data.dir))?;
+            config.model.vocab_size = padded_vocab(vocab);
+            config.validate()?;
+            Stderr.note(&format!(
+                "model.vocab_size = {}: the data's {vocab} tokens padded to a multiple of {VOCAB_MULTIPLE} (set model.vocab_size to choose)",
+                config.model.vocab_size
+            ));
+        }
+        Ok(config)
     }
 
     /// The config, with `default` in place of the tiny config when no file is given.
     fn load_or(&self, default: Config) -> Result<Config> {
+        Config::load_or(self.config.as_deref(), default, &self.overrides())
+    }
+
+    /// `--set` overrides, then those `--steps` and `--data` stand for.
+    fn overrides(&self) -> Vec<String> {
         let mut overrides = self.overrides.clone();
         if let Some(n) = self.steps {
             overrides.push(format!("train.max_steps={n}"));
@@ -113,7 +136,7 @@ impl ConfigArgs {
             let dir = toml::Value::String(dir.display().to_string());
             overrides.push(format!("data.dir={dir}"));
         }
-        Config::load_or(self.config.as_deref(), default, &overrides)
+        overrides
     }
 
     /// "tiny" for the built-in config, else the config file's stem.
@@ -161,6 +184,53 @@ struct DeviceArgs {
     device: DeviceChoice,
 }
 
+/// Seconds between progress lines on a non-terminal stderr: `$HGPT_PROGRESS_SECS`,
+/// default 10.
+fn progress_every() -> std::time::Duration {
+    let secs = std::env::var("HGPT_PROGRESS_SECS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| *s >= 0.0 && s.is_finite())
+        .unwrap_or(10.0);
+    std::time::Duration::from_secs_f64(secs)
+}
+
+/// Where stderr is no terminal (a log file, a job's output), a bar draws nothing:
+/// this prints its progress there instead, one line every [`progress_every`]
+/// (`prepare: input bytes: 41% (123/300), 12s elapsed, eta 17s`), until the bar
+/// is finished.
+fn progress_lines(bar: &indicatif::ProgressBar, what: &'static str) {
+    use std::io::IsTerminal as _;
+    if std::io::stderr().is_terminal() {
+        return;
+    }
+    let (bar, every) = (bar.clone(), progress_every());
+    let poll = every.clamp(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_millis(500),
+    );
+    std::thread::spawn(move || {
+        let mut last = std::time::Instant::now();
+        while !bar.is_finished() {
+            std::thread::sleep(poll);
+            if last.elapsed() < every || bar.is_finished() {
+                continue;
+            }
+            last = std::time::Instant::now();
+            let (pos, elapsed) = (bar.position(), bar.elapsed().as_secs());
+            Stderr.note(&match bar.length().filter(|&len| len > 0) {
+                Some(len) => format!(
+                    "{what}: {:.0}% ({pos}/{len}), {elapsed}s elapsed, eta {}s",
+                    100.0 * pos as f64 / len as f64,
+                    bar.eta().as_secs()
+                ),
+                // Before the work is sized (prepare training its tokenizer).
+                None => format!("{what}: starting, {elapsed}s elapsed"),
+            });
+        }
+    });
+}
+
 /// Whether `e` is a write to a stdout whose reader has gone: the end of the
 /// output the reader wanted, not a failure.
 pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
@@ -188,6 +258,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Memory(args) => memory::run(args),
+        Command::Config(args) => config::run(args),
         Command::Llc(args) => llc::run(&args),
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),

@@ -42,6 +42,9 @@ pub struct PrepareArgs {
         allow_negative_numbers = true
     )]
     val_fraction: f64,
+    /// Seeds the random choice of validation documents
+    #[arg(long, default_value_t = 1337, value_name = "S")]
+    seed: u64,
     /// Tokens per shard
     #[arg(long, default_value_t = 100_000_000, value_name = "N", allow_negative_numbers = true, value_parser = whole::<u64>)]
     shard_tokens: u64,
@@ -64,6 +67,7 @@ impl PrepareArgs {
             jsonl_field: self.jsonl_field,
             tokenizer,
             val_fraction: self.val_fraction,
+            seed: self.seed,
             shard_tokens: self.shard_tokens,
         }
     }
@@ -75,10 +79,14 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     hgpt::checkpoint::guard::check_output("--out", &options.out, &inputs)?;
     let report = prepare(&options, &progress_bar())?;
     eprintln!("{}", report.summary(&options.out));
+    for warning in &report.warnings {
+        eprintln!("{warning}");
+    }
     Ok(())
 }
 
-/// A bar over the input bytes, drawn on stderr when it is a terminal.
+/// A bar over the input bytes, drawn on stderr when it is a terminal, else told
+/// as a line now and then.
 fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
@@ -88,5 +96,6 @@ fn progress_bar() -> ProgressBar {
         .expect("valid template"),
     );
     bar.set_message("0k tokens/s");
+    super::progress_lines(&bar, "prepare: input bytes");
     bar
 }

@@ -1,6 +1,6 @@
-//! `hgpt train`: a new run, `--resume RUN` or `--init CHECKPOINT`, shown as a
-//! progress bar on a terminal and as log lines otherwise, ending in the run's
-//! summary on stderr. Under a launcher (torchrun, srun, mpirun: see
+//! `hgpt train`: a new run, `--resume RUN` or `--init CHECKPOINT`, shown as a log
+//! line per logged step on stdout (with a progress bar on a terminal), ending in
+//! the run's summary on stderr. Under a launcher (torchrun, srun, mpirun: see
 //! `hgpt::dist::launch`) this process is one rank of a run and first meets the
 //! others (`hgpt::dist::rendezvous`); `--ranks N` starts the ranks itself.
 
@@ -13,12 +13,14 @@ use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use hgpt::backend::DeviceChoice;
+use hgpt::backend::{DeviceChoice, GpuPrecision, Target};
+use hgpt::bench::{H100_BF16_TFLOPS, flops_per_token};
 use hgpt::checkpoint::Checkpoint;
 use hgpt::config::Config;
 use hgpt::dist::Place;
 use hgpt::dist::launch::{self, Launch};
 use hgpt::dist::rendezvous::{self, Init, RunId, Timing};
+use hgpt::model::ParamLayout;
 use hgpt::observe::Observer;
 use hgpt::train::metrics::{EvalRecord, TrainRecord};
 use hgpt::train::{Job, Summary, TrainObserver};
@@ -115,8 +117,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
 /// A run in this process alone.
 fn single(args: &TrainArgs) -> Result<()> {
     hgpt::train::signals::install()?;
-    let mut view = TrainView::default();
     let config = config_of(args)?;
+    let mut view = TrainView::new(&config, 1);
     let out = out_dir(args);
     let summary = hgpt::train::run_job(job_of(args, &out), &config, args.device.device, &mut view)?;
     print_summary(&summary);
@@ -222,7 +224,7 @@ fn one_rank(args: &TrainArgs, l: &Launch) -> Result<()> {
         eprintln!("error: {line}");
         std::process::exit(1);
     });
-    let mut view = TrainView::default();
+    let mut view = TrainView::new(&config, place.world);
     let result = train_rank(
         &config,
         job_of(args, &out),
@@ -282,19 +284,60 @@ fn train_rank(
 /// `--ranks N` on the CPU: N thread-ranks in this process.
 fn thread_ranks(args: &TrainArgs, n: usize) -> Result<()> {
     hgpt::train::signals::install()?;
-    let mut view = TrainView::default();
     let config = config_of(args)?;
+    let mut view = TrainView::new(&config, n);
     let out = out_dir(args);
     let summary = hgpt::train::run_threads(job_of(args, &out), &config, n, &mut view)?;
     print_summary(&summary);
     Ok(())
 }
 
-/// Training as the user sees it: a progress bar on a terminal, log lines otherwise.
-#[derive(Default)]
+/// Training as the user sees it: a line per logged step on stdout, as nanoGPT and
+/// llm.c print them (terminal or not), with a progress bar on stderr when that is
+/// a terminal; notes and validation losses on stderr.
 struct TrainView {
     bar: Option<ProgressBar>,
     max_steps: usize,
+    /// Data-parallel ranks (GPUs) sharing the step.
+    ranks: usize,
+    /// Tokens per optimizer step (all ranks), and llm.c's model FLOPs per token.
+    tokens_per_step: usize,
+    flops_per_token: f64,
+    /// The MFU denominator, TFLOP/s: H100 dense bf16 on a GPU in bf16, as `hgpt
+    /// bench` has it; None where no fixed peak applies (the CPU, fp32 on a GPU).
+    peak_tflops: Option<f64>,
+}
+
+impl TrainView {
+    /// The view of a run of `config` on `ranks` data-parallel ranks.
+    fn new(config: &Config, ranks: usize) -> TrainView {
+        let t = &config.train;
+        let params = ParamLayout::new(&config.model).total;
+        TrainView {
+            bar: None,
+            max_steps: t.max_steps,
+            ranks,
+            tokens_per_step: t.batch_size * t.seq_len * t.grad_accum * ranks,
+            flops_per_token: flops_per_token(config, params),
+            peak_tflops: None,
+        }
+    }
+
+    /// The log line of a step, e.g.
+    /// `step    100/300 | loss 2.1234 | lr 3.00e-03 | norm 0.412 | 85.1 ms | 24064 tok/s | MFU -`.
+    fn line(&self, r: &TrainRecord) -> String {
+        let ms = 1e3 * self.tokens_per_step as f64 / r.tokens_per_s;
+        let mfu = self.peak_tflops.map_or("-".into(), |peak| {
+            format!(
+                "{:.1}%",
+                100.0 * self.flops_per_token * r.tokens_per_s / (peak * 1e12 * self.ranks as f64)
+            )
+        });
+        format!(
+            "step {:>6}/{} | loss {:.4} | lr {:.2e} | norm {:.3} | {ms:.1} ms | {:.0} tok/s | MFU {mfu}",
+            r.step, self.max_steps, r.train_loss, r.lr, r.grad_norm, r.tokens_per_s
+        )
+    }
 }
 
 impl Observer for TrainView {
@@ -308,8 +351,15 @@ impl Observer for TrainView {
 }
 
 impl TrainObserver for TrainView {
-    fn start(&mut self, first_step: usize, max_steps: usize) {
+    fn start(&mut self, first_step: usize, max_steps: usize, target: Target) {
         self.max_steps = max_steps;
+        self.peak_tflops = match target {
+            Target::Cuda {
+                precision: GpuPrecision::Bf16,
+                ..
+            } => Some(H100_BF16_TFLOPS),
+            _ => None,
+        };
         self.bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(max_steps as u64);
             bar.set_style(
@@ -324,18 +374,19 @@ impl TrainObserver for TrainView {
     }
 
     fn logged(&mut self, r: &TrainRecord) {
+        let line = self.line(r);
+        // A closed stdout (its reader has quit) does not stop training.
+        let print = || {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        };
         match &self.bar {
             Some(bar) => {
+                bar.suspend(print);
                 bar.set_position(r.step as u64);
-                bar.set_message(format!(
-                    "loss {:.4} | lr {:.2e} | {:.0} tok/s",
-                    r.train_loss, r.lr, r.tokens_per_s
-                ));
+                bar.set_message(format!("loss {:.4}", r.train_loss));
             }
-            None => eprintln!(
-                "step {:>6}/{} | loss {:.4} | lr {:.2e} | norm {:.3} | {:.0} tok/s",
-                r.step, self.max_steps, r.train_loss, r.lr, r.grad_norm, r.tokens_per_s
-            ),
+            None => print(),
         }
     }
 

@@ -309,6 +309,30 @@ pub fn prepared_split(dir: &Path, split: &str) -> Result<(Vec<Shard>, Option<Tok
     Ok((open_split(dir, split, entry)?, tokenizer))
 }
 
+/// The vocabulary of the data in `dir`: its tokenizer's, else its manifest's, else
+/// (llm.c's shards alone) one past the largest id in either split.
+pub fn vocab_of(dir: &Path) -> Result<usize> {
+    let (manifest, tokenizer) = open_prepared(dir)?;
+    if let Some(tok) = tokenizer {
+        return Ok(tok.vocab_size());
+    }
+    if let Some(m) = manifest {
+        return Ok(m.vocab_size);
+    }
+    // Bare shards: their ids say it, up to a bound far above any real tokenizer's
+    // (a stray huge id must not size a count table of gigabytes).
+    const INFER_LIMIT: usize = 1 << 24;
+    let source = format!(
+        "the {INFER_LIMIT} ids a vocabulary is inferred from bare shards within (set model.vocab_size)"
+    );
+    let mut largest = None;
+    for split in ["train", "val"] {
+        let scan = shard::count_tokens(&open_split(dir, split, None)?, INFER_LIMIT, &source)?;
+        largest = largest.max(scan.max.into_iter().flatten().max());
+    }
+    Ok(largest.map_or(0, |m| m as usize + 1))
+}
+
 /// Shards in `dir` as written by `hgpt prepare` or llm.c's scripts.
 pub fn prepared(dir: &Path, spec: &DataSpec) -> Result<Dataset> {
     let (manifest, tokenizer) = open_prepared(dir)?;

@@ -2,9 +2,10 @@
 //!
 //! A reader thread streams document pieces and groups them; each group is encoded
 //! in parallel (rayon, all cores) and written in input order, so memory stays a
-//! few groups whatever the input size. Documents go to validation evenly spaced
-//! (the first one always), the rest to training; each document is preceded by the
-//! end-of-text token, as llm.c's scripts do.
+//! few groups whatever the input size. Of each run of about 1/val_fraction
+//! documents, one drawn at random (seeded) goes to validation, the rest to
+//! training; each document is preceded by the end-of-text token, as llm.c's
+//! scripts do.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -12,6 +13,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::ProgressBar;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::input::{DocumentReader, InputFile, Piece, list_files};
@@ -45,6 +48,8 @@ pub struct PrepareOptions {
     pub tokenizer: TokenizerSource,
     /// Share of documents for validation (at least one document).
     pub val_fraction: f64,
+    /// Seeds the draw of validation documents.
+    pub seed: u64,
     /// Tokens per shard (the last of each split may hold fewer).
     pub shard_tokens: u64,
 }
@@ -56,6 +61,9 @@ pub struct PrepareReport {
     /// Input files with invalid UTF-8.
     pub files_with_invalid_utf8: u64,
     pub seconds: f64,
+    /// What the user should know about the result: a validation share of the
+    /// tokens outside 1-20%, a trained tokenizer short of the vocabulary asked for.
+    pub warnings: Vec<String>,
 }
 
 impl PrepareReport {
@@ -142,10 +150,16 @@ impl SplitWriter {
     }
 }
 
-/// Is document `i` (from 0) a validation document? Every 1/fraction-th is,
-/// starting with the first, so any input of one document or more has one.
-fn is_val(i: u64, fraction: f64) -> bool {
-    ((i + 1) as f64 * fraction).ceil() > (i as f64 * fraction).ceil()
+/// Is document `i` (from 0) a validation document? The documents fall in runs of
+/// about 1/fraction (run k: those with floor(i * fraction) = k), and of each run
+/// one, at a position drawn from `seed` and k, is; so validation spreads over
+/// the whole input, a fraction of it, and the same seed picks the same ones.
+fn is_val(i: u64, fraction: f64, seed: u64) -> bool {
+    let k = (i as f64 * fraction).floor() as u64;
+    let start = (k as f64 / fraction).ceil() as u64;
+    let end = ((k + 1) as f64 / fraction).ceil() as u64;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    i == start + rng.random_range(0..(end - start).max(1))
 }
 
 /// Files `hgpt prepare` writes into its output directory.
@@ -323,6 +337,10 @@ pub fn prepare(opts: &PrepareOptions, progress: &ProgressBar) -> Result<PrepareR
     let (groups, reader) = spawn_reader(files.clone(), &opts.jsonl_field);
     let (mut documents, mut tokens, mut bytes) = (0u64, 0u64, 0u64);
     let mut to_val = false;
+    // Until validation has a document, the newest training document waits here
+    // rather than in a shard: an input that ends before the first run's draw gives
+    // validation that one (at most one document is held, early on).
+    let mut held: Option<Vec<u32>> = None;
     for group in groups {
         let encoded: Vec<Vec<u32>> = group
             .par_iter()
@@ -337,13 +355,18 @@ pub fn prepare(opts: &PrepareOptions, progress: &ProgressBar) -> Result<PrepareR
             .collect();
         for (piece, ids) in group.iter().zip(&encoded) {
             if piece.starts_document {
-                to_val = is_val(documents, opts.val_fraction);
+                if let Some(doc) = held.take() {
+                    train.write(&doc)?;
+                }
+                to_val = is_val(documents, opts.val_fraction, opts.seed);
                 documents += 1;
                 let split = if to_val { &mut val } else { &mut train };
                 split.split.documents += 1;
             }
             if to_val {
                 val.write(ids)?;
+            } else if val.split.documents == 0 {
+                held.get_or_insert_with(Vec::new).extend(ids);
             } else {
                 train.write(ids)?;
             }
@@ -363,6 +386,12 @@ pub fn prepare(opts: &PrepareOptions, progress: &ProgressBar) -> Result<PrepareR
     if documents == 0 {
         bail!("no text in the input ({})", names());
     }
+    if let Some(doc) = held {
+        // Validation drew none: the last document is its one.
+        train.split.documents -= 1;
+        val.split.documents += 1;
+        val.write(&doc)?;
+    }
     let (train, val) = (train.finish()?, val.finish()?);
     if train.documents == 0 && documents > 1 {
         bail!(
@@ -376,6 +405,30 @@ pub fn prepare(opts: &PrepareOptions, progress: &ProgressBar) -> Result<PrepareR
             "the input ({}) is a single document, which went to validation: need at least two (plain text files are one document each unless separated by <|endoftext|>; JSON Lines hold one per line)",
             names()
         );
+    }
+    let mut warnings = Vec::new();
+    let val_share = val.tokens as f64 / (train.tokens + val.tokens) as f64;
+    if !(0.01..=0.2).contains(&val_share) {
+        warnings.push(format!(
+            "warning: validation holds {:.1}% of the tokens ({} of {}), outside 1-20%: {} (--val-fraction {} picks documents, not tokens)",
+            100.0 * val_share,
+            val.tokens,
+            train.tokens + val.tokens,
+            if val_share < 0.01 {
+                "its loss will be noisy"
+            } else {
+                "much of the data is not trained on"
+            },
+            opts.val_fraction
+        ));
+    }
+    if let TokenizerSource::Train(asked) = &opts.tokenizer
+        && tokenizer.vocab_size() < *asked
+    {
+        warnings.push(format!(
+            "warning: --train-tokenizer {asked}: the input supports only {} tokens (too little text to learn more merges)",
+            tokenizer.vocab_size()
+        ));
     }
     tokenizer.save_for_transformers(&opts.out, None)?;
     let manifest = Manifest {
@@ -394,6 +447,7 @@ pub fn prepare(opts: &PrepareOptions, progress: &ProgressBar) -> Result<PrepareR
         manifest,
         files_with_invalid_utf8,
         seconds: start.elapsed().as_secs_f64(),
+        warnings,
     })
 }
 
@@ -402,11 +456,22 @@ mod tests {
     use super::is_val;
 
     #[test]
-    fn validation_documents_are_evenly_spaced_from_the_first() {
-        let picked: Vec<u64> = (0..1000).filter(|&i| is_val(i, 0.01)).collect();
-        assert_eq!(picked.len(), 10);
-        assert_eq!(picked[0], 0);
-        assert!(picked.windows(2).all(|w| w[1] - w[0] == 100));
-        assert!(is_val(0, 1e-9) && !is_val(1, 1e-9));
+    fn one_validation_document_is_drawn_from_each_run_by_the_seed() {
+        let picked = |seed| -> Vec<u64> { (0..1000).filter(|&i| is_val(i, 0.01, seed)).collect() };
+        let a = picked(1);
+        assert_eq!(a.len(), 10);
+        for (k, &i) in a.iter().enumerate() {
+            assert_eq!(i / 100, k as u64, "one in each run of 100: {a:?}");
+        }
+        assert_eq!(a, picked(1), "the same seed picks the same documents");
+        assert_ne!(a, picked(2), "another seed picks others");
+        assert_ne!(a.iter().map(|i| i % 100).collect::<Vec<_>>(), vec![0; 10]);
+        for fraction in [0.3, 0.5, 0.99] {
+            let n = (0..10_000).filter(|&i| is_val(i, fraction, 7)).count();
+            assert!(
+                (n as f64 - 10_000.0 * fraction).abs() <= 1.0,
+                "{fraction}: {n}"
+            );
+        }
     }
 }

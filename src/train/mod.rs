@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::backend::{self, Backend, DeviceChoice};
+use crate::backend::{self, Backend, DeviceChoice, Target};
 use crate::checkpoint::{self, Checkpoint, TrainingSnapshot, compat};
 use crate::config::Config;
 use crate::data::{self, Batch, DataSpec, Dataset};
@@ -230,9 +230,9 @@ impl<B: Backend> Trainer<B> {
 /// (the run's description, resume notes, divergence warnings); the command line
 /// draws a progress bar or prints log lines.
 pub trait TrainObserver: Observer {
-    /// Training runs from `first_step` to `max_steps`; called before any note of the
-    /// run itself.
-    fn start(&mut self, _first_step: usize, _max_steps: usize) {}
+    /// Training runs from `first_step` to `max_steps` on `target`; called before
+    /// any note of the run itself.
+    fn start(&mut self, _first_step: usize, _max_steps: usize, _target: Target) {}
     /// A logged training step, as written to metrics.jsonl.
     fn logged(&mut self, _record: &TrainRecord) {}
     /// A validation loss, as written to metrics.jsonl.
@@ -560,7 +560,7 @@ fn run_trainer<B: Backend>(
     let m = tr.config.model.clone();
     let place = tr.dist.place();
     let first_step = tr.step;
-    observer.start(first_step, t.max_steps);
+    observer.start(first_step, t.max_steps, tr.model.backend.target());
     let mut metrics = match place.is_first() {
         true => Some(Metrics::create(
             &out.join("metrics.jsonl"),
@@ -668,7 +668,8 @@ fn run_trainer<B: Backend>(
             "{} head, {} layers x {} channels",
             m.head, m.n_layer, m.n_embd
         );
-        plot::plot_losses(&plot_path, &title, &mx.train, &mx.eval)?;
+        let entropy = tr.data.unigram_entropy;
+        plot::plot_losses(&plot_path, &title, &mx.train, &mx.eval, entropy)?;
     }
     guard.check_end(tr.step, last_checkpoint.as_deref())?;
     let elapsed_s = start.elapsed().as_secs_f64();

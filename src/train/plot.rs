@@ -1,5 +1,6 @@
-//! loss.png: training and validation loss against step (plotters, with an embedded
-//! DejaVu font so labels render on machines with no fonts installed).
+//! loss.png: training and validation loss, and the data's unigram entropy, against
+//! step (plotters, with an embedded DejaVu font so labels render on machines with
+//! no fonts installed).
 
 use std::path::Path;
 use std::sync::Once;
@@ -20,11 +21,19 @@ pub(crate) fn ensure_font() {
     });
 }
 
+/// The unigram entropy's line: the loss of a model that knows only token
+/// frequencies, which training should fall well below.
+pub const ENTROPY_COLOR: RGBColor = RGBColor(0, 150, 0);
+
+/// Draws training loss (a line), validation loss (a line through marked points, so
+/// a single one shows) and the data's unigram entropy (a horizontal line) against
+/// step. The y range leaves a band above every trace for the legend, drawn there.
 pub fn plot_losses(
     path: &Path,
     title: &str,
     train: &[TrainRecord],
     eval: &[EvalRecord],
+    unigram_entropy: f64,
 ) -> Result<()> {
     ensure_font();
     let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
@@ -33,7 +42,8 @@ pub fn plot_losses(
     let points = train
         .iter()
         .map(|r| (r.step, r.train_loss))
-        .chain(eval.iter().map(|r| (r.step, r.val_loss)));
+        .chain(eval.iter().map(|r| (r.step, r.val_loss)))
+        .chain([(0, unigram_entropy)]);
     let (mut x_max, mut y_min, mut y_max) = (1usize, f64::INFINITY, f64::NEG_INFINITY);
     for (x, y) in points.filter(|p| p.1.is_finite()) {
         x_max = x_max.max(x);
@@ -43,13 +53,18 @@ pub fn plot_losses(
     if !y_min.is_finite() {
         (y_min, y_max) = (0.0, 1.0);
     }
-    let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    let span = (y_max - y_min).max(1e-3);
+    // The legend's three rows take under a quarter of the plot's height: the top
+    // 30% of the range holds no data, so the legend there covers no trace.
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0..x_max, (y_min - pad).max(0.0)..y_max + pad)
+        .build_cartesian_2d(
+            0..x_max,
+            (y_min - 0.05 * span).max(0.0)..y_max + 0.45 * span,
+        )
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
@@ -57,6 +72,16 @@ pub fn plot_losses(
         .y_desc("loss (nats/token)")
         .draw()
         .map_err(|e| err(&e))?;
+    if unigram_entropy.is_finite() {
+        chart
+            .draw_series(LineSeries::new(
+                [(0, unigram_entropy), (x_max, unigram_entropy)],
+                ENTROPY_COLOR.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label(format!("unigram entropy ({unigram_entropy:.3})"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ENTROPY_COLOR));
+    }
     chart
         .draw_series(LineSeries::new(
             train.iter().map(|r| (r.step, r.train_loss)),
@@ -65,16 +90,18 @@ pub fn plot_losses(
         .map_err(|e| err(&e))?
         .label("train")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    let val = || eval.iter().map(|r| (r.step, r.val_loss));
     chart
-        .draw_series(LineSeries::new(
-            eval.iter().map(|r| (r.step, r.val_loss)),
-            RED.stroke_width(2),
-        ))
+        .draw_series(LineSeries::new(val(), RED.stroke_width(2)))
         .map_err(|e| err(&e))?
         .label("validation")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        .legend(|(x, y)| Circle::new((x + 10, y), 4, RED.filled()));
+    chart
+        .draw_series(val().map(|p| Circle::new(p, 4, RED.filled())))
+        .map_err(|e| err(&e))?;
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
