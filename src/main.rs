@@ -29,7 +29,15 @@ fn main() -> ExitCode {
         );
         std::process::exit(101);
     }));
-    match cli::run(cli::Cli::parse()) {
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         // `hgpt generate | head`: the reader has what it wanted.
         Err(e) if cli::is_closed_stdout(&e) => ExitCode::SUCCESS,
@@ -38,4 +46,16 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A clap error as one line: its message and details (a missing argument's name,
+/// a tip), without the usage block and the pointer to --help that follow.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

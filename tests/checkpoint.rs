@@ -827,3 +827,22 @@ fn a_corrupted_byte_in_the_config_of_a_model_header_is_a_format_error() {
         "{line}"
     );
 }
+
+/// A lock that created its directory removes it when nothing else was written
+/// there; a directory that existed, or holds anything else, stays.
+#[test]
+fn a_run_lock_leaves_no_empty_directory_it_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh");
+    drop(hgpt::checkpoint::lock::acquire(&fresh).unwrap());
+    assert!(!fresh.exists());
+    let used = dir.path().join("used");
+    let lock = hgpt::checkpoint::lock::acquire(&used).unwrap();
+    std::fs::write(used.join("config.toml"), "").unwrap();
+    drop(lock);
+    assert!(used.join("config.toml").is_file());
+    let existing = dir.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    drop(hgpt::checkpoint::lock::acquire(&existing).unwrap());
+    assert!(existing.is_dir());
+}

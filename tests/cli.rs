@@ -807,3 +807,26 @@ fn readme_examples_name_real_commands_and_flags_and_the_cheap_ones_run() {
         }
     }
 }
+
+/// What the argument parser refuses is one line too, keeping what names the
+/// culprit (the missing arguments, the flag, the value), without clap's usage
+/// block; --help still prints in full.
+#[test]
+fn argument_errors_are_one_line_naming_the_culprit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["eval"], &["--checkpoint <PATH>", "--data <PATH>"]),
+        (&["train", "--foo"], &["'--foo'"]),
+        (&["bogus"], &["'bogus'"]),
+        (&["train", "--steps", "-3"], &["'-3'", "--steps"]),
+    ];
+    for (args, names) in cases {
+        let line = fails(args, dir.path());
+        for name in names {
+            assert!(line.contains(name), "{args:?}: {line}");
+        }
+        assert!(!line.contains("Usage"), "{args:?}: {line}");
+    }
+    let help = succeeds(&["train", "--help"], dir.path());
+    assert!(help.contains("Usage: hgpt train"), "{help}");
+}

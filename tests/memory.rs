@@ -166,7 +166,8 @@ fn a_config_beyond_the_memory_limit_is_refused_with_both_figures() {
             && line.contains("1.00 GiB is available (HGPT_MEMORY_LIMIT=1G)"),
         "{need}: {line}"
     );
-    assert!(!dir.path().join("run/checkpoints").exists());
+    // Refused before anything was written: no run directory is left behind.
+    assert!(!dir.path().join("run").exists());
     let line = common::fails_env(&args, dir.path(), &[("HGPT_MEMORY_LIMIT", "lots")]);
     assert!(line.contains("HGPT_MEMORY_LIMIT=lots"), "{line}");
 }
