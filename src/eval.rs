@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::backend::{self, Backend, DeviceChoice};
 use crate::checkpoint::{self, Checkpoint};
 use crate::data;
-use crate::data::manifest::TOKENIZER_FILE;
+use crate::data::tokenizer::TOKENIZER_FILE;
 use crate::model::Gpt;
 use crate::observe::Observer;
 

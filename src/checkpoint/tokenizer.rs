@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 
 use super::{Checkpoint, STATE_FILE};
 use crate::data::Tokenizer;
-use crate::data::manifest::TOKENIZER_FILE;
+use crate::data::tokenizer::TOKENIZER_FILE;
 
 /// Writes `tokenizer` into the checkpoint directory `dir`, fsynced.
 pub fn write(tokenizer: &Tokenizer, dir: &Path) -> Result<()> {

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use super::input::InputFile;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// Present while `hgpt prepare` runs; left behind if it was killed.
 pub const INCOMPLETE_FILE: &str = "prepare.incomplete";
 

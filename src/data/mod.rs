@@ -18,8 +18,9 @@ use anyhow::{Context, Result, bail};
 use crate::config::{Config, DataConfig};
 pub use fingerprint::DataIdentity;
 pub use loader::{Batch, Loader, LoaderPosition};
-use manifest::{INCOMPLETE_FILE, MANIFEST_FILE, Manifest, Split, TOKENIZER_FILE};
+use manifest::{INCOMPLETE_FILE, MANIFEST_FILE, Manifest, Split};
 use shard::Shard;
+use tokenizer::TOKENIZER_FILE;
 pub use tokenizer::Tokenizer;
 
 /// Training and validation data, ready for the training loop.

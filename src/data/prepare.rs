@@ -18,11 +18,9 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::input::{DocumentReader, InputFile, Piece, list_files};
-use super::manifest::{
-    INCOMPLETE_FILE, MANIFEST_FILE, Manifest, ShardEntry, Split, TOKENIZER_FILE,
-};
+use super::manifest::{INCOMPLETE_FILE, MANIFEST_FILE, Manifest, ShardEntry, Split};
 use super::shard::{ShardWriter, TokenWidth};
-use super::tokenizer::{TOKENIZER_CONFIG_FILE, Tokenizer};
+use super::tokenizer::{TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Tokenizer};
 
 /// Text per group handed to the encoders at once.
 const GROUP_BYTES: usize = 8 << 20;

@@ -17,6 +17,10 @@ use tokenizers::models::bpe::{BPE, BpeTrainerBuilder, Vocab};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
 
+/// The tokenizer's file, in the Hugging Face tokenizers format, wherever hgpt
+/// keeps one: a prepared directory, a checkpoint, an export.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
 pub const EOT_TEXT: &str = "<|endoftext|>";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 /// End-of-text tokens of common tokenizers, tried in order for a tokenizer.json.
@@ -239,7 +243,7 @@ impl Tokenizer {
     /// Writes tokenizer.json and tokenizer_config.json ([`Self::transformers_config`])
     /// into `dir`, so that `AutoTokenizer.from_pretrained(dir)` loads them.
     pub fn save_for_transformers(&self, dir: &Path, model_max_length: Option<usize>) -> Result<()> {
-        self.save(&dir.join(super::manifest::TOKENIZER_FILE))?;
+        self.save(&dir.join(TOKENIZER_FILE))?;
         let path = dir.join(TOKENIZER_CONFIG_FILE);
         let text = serde_json::to_string_pretty(&self.transformers_config(model_max_length))
             .expect("JSON serializes")

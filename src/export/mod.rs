@@ -34,7 +34,7 @@ use tensors::Encoded;
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub use crate::data::tokenizer::TOKENIZER_FILE;
 pub const CARD_FILE: &str = "README.md";
 const SHARD_INDEX_FILE: &str = "model.safetensors.index.json";
 
