@@ -465,7 +465,8 @@ fn set_aside_branch(run: &Path, step: usize, observer: &mut dyn TrainObserver) -
     let lines = metrics::set_aside_after(&log, step, &abandoned.dir.join("metrics.jsonl"))?;
     let steps: Vec<String> = abandoned.steps.iter().map(usize::to_string).collect();
     observer.note(&format!(
-        "resuming at step {step}: the later checkpoints (steps {}) and {lines} metrics.jsonl line(s) after step {step} are kept aside in {}",
+        "resuming at step {step}: the later checkpoints ({} {}) and {lines} metrics.jsonl line(s) after step {step} are kept aside in {}",
+        if steps.len() == 1 { "step" } else { "steps" },
         steps.join(", "),
         abandoned.dir.display()
     ));
