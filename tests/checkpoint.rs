@@ -846,3 +846,157 @@ fn a_run_lock_leaves_no_empty_directory_it_created() {
     drop(hgpt::checkpoint::lock::acquire(&existing).unwrap());
     assert!(existing.is_dir());
 }
+
+/// The `abandoned-*` directories under `run`'s checkpoints.
+fn abandoned_dirs(run: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("abandoned-")
+        })
+        .collect()
+}
+
+/// The one `abandoned-*` directory under `run`'s checkpoints.
+fn abandoned_dir(run: &Path) -> PathBuf {
+    let dirs = abandoned_dirs(run);
+    assert_eq!(dirs.len(), 1, "one abandoned directory: {dirs:?}");
+    dirs[0].clone()
+}
+
+/// The steps of metrics.jsonl's lines that hold `key`, in file order.
+fn logged_steps(run: &Path, key: &str) -> Vec<u64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get(key).is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn resume_from_an_earlier_step_retrains_bit_for_bit_keeping_the_later_branch_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = d.join("run");
+    let every = [
+        "train.checkpoint_every=2",
+        "train.keep_last=10",
+        "train.eval_every=2",
+    ];
+    succeeds(&strs(&train_args(6, "run", &every)), d);
+    let original_log = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let original_losses = losses(&run);
+    // The parameters and moments (the file's metadata is in no fixed order).
+    let step6 = |dir: &Path| {
+        let ckpt = Checkpoint::open(&dir.join("step_00000006")).unwrap();
+        (ckpt.read_params().unwrap(), ckpt.read_moments().unwrap())
+    };
+    let original_step6 = step6(&run.join("checkpoints"));
+
+    let out = hgpt(
+        &[
+            "train",
+            "--resume",
+            "run",
+            "--from-step",
+            "2",
+            "--steps",
+            "6",
+        ],
+        d,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let aside = abandoned_dir(&run);
+    assert!(
+        stderr.contains("resuming at step 2: the later checkpoints (steps 4, 6)")
+            && stderr.contains(&*aside.file_name().unwrap().to_string_lossy()),
+        "{stderr}"
+    );
+    // The branch retrained from step 2 is the one the run took the first time.
+    assert_eq!(losses(&run), original_losses);
+    assert!(step6(&run.join("checkpoints")) == original_step6);
+    // Each step is logged once: the abandoned branch's lines after step 2 are gone.
+    assert_eq!(logged_steps(&run, "train_loss"), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(logged_steps(&run, "val_loss"), [2, 4, 6]);
+    // Nothing is lost: the later checkpoints and the whole log are kept aside.
+    assert!(step6(&aside) == original_step6);
+    assert!(
+        aside
+            .join("step_00000004")
+            .join(checkpoint::STATE_FILE)
+            .is_file()
+    );
+    assert_eq!(
+        std::fs::read(aside.join("metrics.jsonl")).unwrap(),
+        original_log
+    );
+    let kept: Vec<usize> = checkpoint::list(&run).unwrap().into_keys().collect();
+    assert_eq!(kept, [2, 4, 6]);
+    assert_eq!(
+        checkpoint::latest(&run).unwrap(),
+        run.join("checkpoints").join("step_00000006")
+    );
+}
+
+#[test]
+fn resume_names_a_kept_checkpoint_by_its_directory_and_refuses_a_step_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = d.join("run");
+    let mut args = train_args(
+        4,
+        "run",
+        &["train.checkpoint_every=2", "train.keep_last=10"],
+    );
+    args.extend(["--device", "cpu", "--ranks", "2"].map(String::from));
+    succeeds(&strs(&args), d);
+
+    let line = fails(&["train", "--resume", "run", "--from-step", "3"], d);
+    assert!(
+        line.contains("no checkpoint at step 3; the kept steps are 2, 4"),
+        "{line}"
+    );
+    let line = fails(
+        &[
+            "train",
+            "--resume",
+            "run/checkpoints/step_00000002",
+            "--from-step",
+            "4",
+        ],
+        d,
+    );
+    assert!(line.contains("--from-step is 4"), "{line}");
+    let out = hgpt(&["train", "--from-step", "2", "--steps", "4"], d);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+    assert!(abandoned_dirs(&run).is_empty(), "refusals move nothing");
+
+    // Two thread-ranks: rank 0 alone sets the later checkpoint aside.
+    let out = hgpt(
+        &[
+            "train",
+            "--resume",
+            "run/checkpoints/step_00000002",
+            "--steps",
+            "4",
+            "--device",
+            "cpu",
+            "--ranks",
+            "2",
+        ],
+        d,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming at step 2"), "{stderr}");
+    assert!(abandoned_dir(&run).join("step_00000004").is_dir());
+    assert_eq!(logged_steps(&run, "train_loss"), [1, 2, 3, 4]);
+}

@@ -17,6 +17,7 @@
 //! the training loop: the trainer makes the snapshot and restores itself from a
 //! [`Checkpoint`].
 
+pub mod abandon;
 pub mod atomic;
 pub mod compat;
 pub mod guard;
@@ -55,6 +56,18 @@ pub fn checkpoints_dir(run: &Path) -> PathBuf {
 
 pub fn step_dir_name(step: usize) -> String {
     format!("step_{step:08}")
+}
+
+/// The run and step of a step directory `RUN/checkpoints/step_N` (what `--resume`
+/// may name instead of `RUN --from-step N`); None for any other path.
+pub fn run_and_step_of(path: &Path) -> Option<(PathBuf, usize)> {
+    let step = parse_step_dir_name(path.file_name()?.to_str()?)?;
+    let parent = path.parent()?;
+    let run = match parent.parent() {
+        Some(run) if !run.as_os_str().is_empty() => run,
+        _ => Path::new("."),
+    };
+    (parent.file_name()? == "checkpoints").then(|| (run.to_path_buf(), step))
 }
 
 fn parse_step_dir_name(name: &str) -> Option<usize> {
@@ -352,13 +365,29 @@ impl Checkpoint {
 
     /// The latest checkpoint of a run directory (what --resume continues).
     pub fn open_run(run: &Path) -> Result<Checkpoint> {
-        if !checkpoints_dir(run).is_dir() {
-            bail!(
-                "{}: not a run directory with checkpoints (no checkpoints/ inside)",
-                run.display()
-            );
-        }
+        check_run_dir(run)?;
         Checkpoint::open(&latest(run)?)
+    }
+
+    /// Checkpoint `step` of a run directory (what `--resume RUN --from-step N`
+    /// continues); a step with no checkpoint is refused listing the kept ones.
+    pub fn open_step(run: &Path, step: usize) -> Result<Checkpoint> {
+        check_run_dir(run)?;
+        let kept = list(run)?;
+        match kept.get(&step) {
+            Some(dir) => Checkpoint::open(dir),
+            None => {
+                let steps: Vec<String> = kept.keys().map(usize::to_string).collect();
+                bail!(
+                    "{}: no checkpoint at step {step}; the kept steps are {}",
+                    run.display(),
+                    match steps.is_empty() {
+                        true => "none".to_string(),
+                        false => steps.join(", "),
+                    }
+                )
+            }
+        }
     }
 
     /// The model, on `backend`, with the checkpoint's parameters.
@@ -410,6 +439,17 @@ impl Checkpoint {
         }
         Ok(())
     }
+}
+
+/// Refuses a path that is not a run directory with checkpoints.
+fn check_run_dir(run: &Path) -> Result<()> {
+    if !checkpoints_dir(run).is_dir() {
+        bail!(
+            "{}: not a run directory with checkpoints (no checkpoints/ inside)",
+            run.display()
+        );
+    }
+    Ok(())
 }
 
 /// The config in a tensor file's metadata. hgpt wrote it from a valid config, so one

@@ -1,4 +1,4 @@
-//! `hgpt train`: a new run, `--resume RUN` or `--init CHECKPOINT`, shown as a log
+//! `hgpt train`: a new run, `--resume RUN [--from-step N]` or `--init CHECKPOINT`, shown as a log
 //! line per logged step on stdout (with a progress bar on a terminal), ending in
 //! the run's summary on stderr. Under a launcher (torchrun, srun, mpirun: see
 //! `hgpt::dist::launch`) this process is one rank of a run and first meets the
@@ -39,8 +39,14 @@ pub struct TrainArgs {
     /// Continue the run in RUN from its latest checkpoint, exactly as if it had
     /// never stopped. Its config is the checkpoint's, with --config/--set/--steps
     /// changes allowed only to keys that do not change the model or the data
+    /// (RUN may also be a kept checkpoint, RUN/checkpoints/step_N: --from-step N)
     #[arg(long, value_name = "RUN")]
     resume: Option<PathBuf>,
+    /// With --resume: continue from the kept checkpoint of step N instead of the
+    /// latest. Later checkpoints and metrics.jsonl lines are moved aside into
+    /// RUN/checkpoints/abandoned-<UTC time>/, never deleted
+    #[arg(long, value_name = "N", requires = "resume")]
+    from_step: Option<usize>,
     /// Start a new run from the parameters of a checkpoint (fine-tuning, e.g. of an
     /// imported model), with a fresh optimizer at step 0. Its config is the
     /// checkpoint's, with any --config/--set/--steps/--data change but to the model
@@ -83,7 +89,8 @@ fn parse_seconds(s: &str) -> Result<f64> {
     }
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+pub fn run(mut args: TrainArgs) -> Result<()> {
+    resume_from_step_dir(&mut args)?;
     let env: HashMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
@@ -114,6 +121,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
 }
 
+/// `--resume RUN/checkpoints/step_N` read as `--resume RUN --from-step N`.
+fn resume_from_step_dir(args: &mut TrainArgs) -> Result<()> {
+    let Some(path) = &args.resume else {
+        return Ok(());
+    };
+    let Some((run, step)) = hgpt::checkpoint::run_and_step_of(path) else {
+        return Ok(());
+    };
+    if let Some(n) = args.from_step.filter(|&n| n != step) {
+        bail!(
+            "--resume {} is the checkpoint of step {step}, but --from-step is {n}: give one of them",
+            path.display()
+        );
+    }
+    args.resume = Some(run);
+    args.from_step = Some(step);
+    Ok(())
+}
+
 /// A run in this process alone.
 fn single(args: &TrainArgs) -> Result<()> {
     hgpt::train::signals::install()?;
@@ -128,7 +154,10 @@ fn single(args: &TrainArgs) -> Result<()> {
 /// What the arguments ask of the run in `out` (see [`out_dir`]).
 fn job_of<'a>(args: &'a TrainArgs, out: &'a Path) -> Job<'a> {
     match &args.resume {
-        Some(run) => Job::Resume { run },
+        Some(run) => Job::Resume {
+            run,
+            from: args.from_step,
+        },
         None => Job::New {
             out,
             init: args.init.as_deref(),
@@ -140,7 +169,11 @@ fn job_of<'a>(args: &'a TrainArgs, out: &'a Path) -> Job<'a> {
 /// command line's changes.
 fn config_of(args: &TrainArgs) -> Result<Config> {
     if let Some(run) = &args.resume {
-        args.config.load_or(Checkpoint::open_run(run)?.state.config)
+        let ckpt = match args.from_step {
+            Some(step) => Checkpoint::open_step(run, step)?,
+            None => Checkpoint::open_run(run)?,
+        };
+        args.config.load_or(ckpt.state.config)
     } else if let Some(init) = &args.init {
         args.config.load_or(Checkpoint::open(init)?.state.config)
     } else {

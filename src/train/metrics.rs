@@ -109,6 +109,39 @@ fn set_aside_damaged(path: &Path, damaged: &[usize]) -> Result<String> {
     ))
 }
 
+/// Sets aside the lines of metrics.jsonl after `step` (a branch of the run that
+/// will not go on): the original is copied to `aside`, and the file keeps every
+/// line but those whose step is past `step`. Returns how many lines went.
+pub fn set_aside_after(path: &Path, step: usize, aside: &Path) -> Result<usize> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    #[derive(Deserialize)]
+    struct Step {
+        step: usize,
+    }
+    let later = |l: &&[u8]| serde_json::from_slice::<Step>(l).is_ok_and(|r| r.step > step);
+    let mut kept = Vec::with_capacity(bytes.len());
+    let mut moved = 0;
+    for (_, line) in lines(&bytes) {
+        match later(&line) {
+            true => moved += 1,
+            false => {
+                kept.extend_from_slice(line);
+                kept.push(b'\n');
+            }
+        }
+    }
+    if moved > 0 {
+        std::fs::copy(path, aside)
+            .with_context(|| format!("cannot copy {} to {}", path.display(), aside.display()))?;
+        crate::checkpoint::atomic::replace_file(path, &kept)?;
+    }
+    Ok(moved)
+}
+
 pub struct Metrics {
     file: BufWriter<File>,
     pub train: Vec<TrainRecord>,

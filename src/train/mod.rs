@@ -271,10 +271,13 @@ pub enum Job<'a> {
         out: &'a Path,
         init: Option<&'a Path>,
     },
-    /// Continue the run in `run` from its latest checkpoint under the config, which
-    /// may differ from the checkpoint's only in training keys that steer the loop
-    /// (see [`compat::check_resume`]); the differences are reported.
-    Resume { run: &'a Path },
+    /// Continue the run in `run` from its latest checkpoint, or from the kept
+    /// checkpoint of step `from`, under the config, which may differ from the
+    /// checkpoint's only in training keys that steer the loop (see
+    /// [`compat::check_resume`]); the differences are reported. Resuming from an
+    /// earlier step sets the later checkpoints and metrics.jsonl lines aside (see
+    /// [`checkpoint::abandon`]), once every check has passed.
+    Resume { run: &'a Path, from: Option<usize> },
 }
 
 /// Trains `config` from scratch on the device `device` picks, writing into `out`.
@@ -310,7 +313,7 @@ pub fn resume(
     device: DeviceChoice,
     observer: &mut dyn TrainObserver,
 ) -> Result<Summary> {
-    run_job(Job::Resume { run }, config, device, observer)
+    run_job(Job::Resume { run, from: None }, config, device, observer)
 }
 
 /// `job` as the only rank of its group, on the device `device` picks.
@@ -405,13 +408,16 @@ fn execute(
             }
             run_trainer(tr, out, &device_line, None, observer)
         }
-        Job::Resume { run } => {
+        Job::Resume { run, from } => {
             // A missing directory is not created (open_run names the problem).
             let _lock = match place.is_first() && run.is_dir() {
                 true => Some(checkpoint::lock::acquire(run)?),
                 false => None,
             };
-            let ckpt = Checkpoint::open_run(run)?;
+            let ckpt = match from {
+                Some(step) => Checkpoint::open_step(run, step)?,
+                None => Checkpoint::open_run(run)?,
+            };
             let changes = compat::check_resume(&ckpt.state.config, config)?;
             let (backend, device_line) = open()?;
             let data = data::load(&spec)?;
@@ -436,6 +442,9 @@ fn execute(
                 ));
             }
             if place.is_first() {
+                if let Some(step) = from {
+                    set_aside_branch(run, step, observer)?;
+                }
                 write_config(config, run)?;
             }
             let mut tr = Trainer::in_group(config, backend, data, dist)?;
@@ -443,6 +452,25 @@ fn execute(
             run_trainer(tr, run, &device_line, Some(ckpt.dir.clone()), observer)
         }
     }
+}
+
+/// Sets aside what `run` holds after `step`, the branch that resuming at `step`
+/// abandons: its checkpoints and metrics.jsonl lines, kept together in one
+/// abandoned directory, said on the observer.
+fn set_aside_branch(run: &Path, step: usize, observer: &mut dyn TrainObserver) -> Result<()> {
+    let Some(abandoned) = checkpoint::abandon::after(run, step)? else {
+        return Ok(());
+    };
+    let log = run.join("metrics.jsonl");
+    let lines = metrics::set_aside_after(&log, step, &abandoned.dir.join("metrics.jsonl"))?;
+    let steps: Vec<String> = abandoned.steps.iter().map(usize::to_string).collect();
+    observer.note(&format!(
+        "resuming at step {step}: the later checkpoints ({} {}) and {lines} metrics.jsonl line(s) after step {step} are kept aside in {}",
+        if steps.len() == 1 { "step" } else { "steps" },
+        steps.join(", "),
+        abandoned.dir.display()
+    ));
+    Ok(())
 }
 
 /// Takes `out` for a new run: its lock, after checking that it holds no
