@@ -18,5 +18,6 @@ pub mod llc;
 pub mod memory;
 pub mod model;
 pub mod observe;
+pub mod plot;
 pub mod probe;
 pub mod train;

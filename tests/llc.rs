@@ -1,6 +1,6 @@
 //! The LLC estimator: Aoyagi's formula, the sampler on deep linear networks against
 //! it, SGLD's invariants, the LayerNorm example's spike, the GPT target, and the
-//! command line's errors.
+//! command line's errors, and the plots' marks and legends.
 
 mod common;
 
@@ -17,7 +17,7 @@ use hgpt::model::Gpt;
 use hgpt::train::Trainer;
 use indicatif::ProgressBar;
 
-use common::hgpt;
+use common::{assert_legends_cover_no_trace, count_color, hgpt, png_rows};
 
 /// Runs hgpt expecting a usage error; returns its single stderr line.
 fn fails(args: &[&str]) -> String {
@@ -642,4 +642,97 @@ fn llc_into_a_locked_output_directory_fails_at_once_naming_the_holder() {
     let pid = format!("pid {}", std::process::id());
     assert!(line.contains(&pid) && line.contains("hgpt.lock"), "{line}");
     assert!(secs < 10.0, "failed after {secs:.1}s: it estimated first");
+}
+
+/// An estimate from two hand-made chains: 20 burn-in steps falling from the loss at
+/// w* (1.0) to each chain's level, then 20 draws alternating 0.01 about it (so the
+/// halves' means agree and the chains count as levelled).
+fn estimate_at_levels(levels: [f64; 2]) -> llc::LlcEstimate {
+    let mut s = settings(2, 20, 1e-3, 1.0, 10.0);
+    s.burnin = 20;
+    let traces = levels
+        .iter()
+        .map(|&level| llc::sampler::ChainTrace {
+            losses: (0..40)
+                .map(|i| {
+                    let t = (i as f64 / 20.0).min(1.0);
+                    1.0 + t * (level - 1.0) + if i % 2 == 0 { 0.01 } else { -0.01 }
+                })
+                .collect(),
+            init_losses: vec![1.0; 20],
+            diverged_at: None,
+            epsilon: 1e-3,
+        })
+        .collect();
+    llc::LlcEstimate::new(traces, s, 10, 4, 0.0)
+}
+
+/// llc.png marks a chain's mean over the draws with the warning colour only when
+/// the estimate carries a warning; its legend sits above every trace and marker.
+#[test]
+fn llc_plot_marks_an_estimate_with_a_warning_and_its_legend_covers_no_trace() {
+    use llc::plot::{WARNING_COLOR, chain_color, plot_traces};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("llc.png");
+    let rgb = |c: plotters::style::RGBColor| (c.0, c.1, c.2);
+    let (warning, chains) = (
+        rgb(WARNING_COLOR),
+        [rgb(chain_color(0)), rgb(chain_color(1))],
+    );
+    let mut traces = chains.to_vec();
+    // Chain 1 ends highest, so without a band kept for it the legend would cover it.
+    for (levels, warned) in [([1.2, 1.5], false), ([0.6, 1.5], true)] {
+        let est = estimate_at_levels(levels);
+        assert_eq!(!est.trustworthy(), warned, "{:?}", est.warnings);
+        plot_traces(&path, "t", &est).unwrap();
+        let rows = png_rows(&path);
+        let marked = count_color(&rows, warning);
+        if warned {
+            // Two markers and the legend's sample, each a triangle of size 7.
+            assert!(
+                marked > 60,
+                "the warned estimate is not marked: {marked} px"
+            );
+            traces.push(warning);
+        } else {
+            assert_eq!(marked, 0, "a healthy estimate is marked as warned");
+        }
+        assert_legends_cover_no_trace(&rows, 1, &traces);
+    }
+}
+
+/// llc_over_training.png marks exactly the estimates that carry a warning, and
+/// neither panel's legend covers its trace.
+#[test]
+fn llc_over_training_plot_marks_warned_estimates_and_its_legends_cover_no_trace() {
+    use llc::plot::{LLC_COLOR, StepPoint, TRAIN_LOSS_COLOR, WARNING_COLOR, plot_over_training};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("llc_over_training.png");
+    let rgb = |c: plotters::style::RGBColor| (c.0, c.1, c.2);
+    let warning = rgb(WARNING_COLOR);
+    let train_loss: Vec<(usize, f64)> = (0..=30).map(|s| (s, 2.0 + s as f64 / 30.0)).collect();
+    let draw = |warned: &[usize]| {
+        // The LLC rises to its last checkpoint: both traces end at their panel's top.
+        let points: Vec<StepPoint> = (0..4)
+            .map(|i| StepPoint {
+                step: 10 * i,
+                llc: 1.0 + i as f64,
+                llc_std: 0.1,
+                warned: warned.contains(&i),
+            })
+            .collect();
+        plot_over_training(&path, "t", &points, &train_loss).unwrap();
+        png_rows(&path)
+    };
+    let rows = draw(&[]);
+    assert_eq!(count_color(&rows, warning), 0, "no estimate is warned");
+    let traces = [rgb(LLC_COLOR), rgb(TRAIN_LOSS_COLOR)];
+    assert_legends_cover_no_trace(&rows, 2, &traces);
+    let one = count_color(&draw(&[1]), warning);
+    let two = count_color(&draw(&[1, 2]), warning);
+    assert!(one > 20, "the warned estimate is not marked: {one} px");
+    // The legend's sample is drawn once; each warned estimate adds a marker.
+    assert!(two > one + 20, "a second warned estimate is not marked");
+    let rows = draw(&[1, 3]);
+    assert_legends_cover_no_trace(&rows, 2, &[traces[0], traces[1], warning]);
 }

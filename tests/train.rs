@@ -12,6 +12,8 @@ use hgpt::train::optim::{Optimizer, clip_scale};
 use hgpt::train::schedule::learning_rate;
 use hgpt::train::{self, Trainer};
 
+use common::{assert_legends_cover_no_trace, count_color, png_rows};
+
 /// The tiny config shrunk so a test trains in a second or two.
 fn small(head: &str) -> Config {
     common::config(common::SMALL, &[&format!("model.head={head}")])
@@ -172,7 +174,8 @@ fn a_run_writes_config_metrics_and_plot() {
 }
 
 /// loss.png draws the unigram entropy as a horizontal line across the plot, and
-/// marks validation points, so even a run with a single one shows it.
+/// marks validation points, so even a run with a single one shows it; its legend
+/// covers none of them.
 #[test]
 fn loss_plot_draws_the_entropy_line_and_marks_validation_points() {
     use hgpt::train::metrics::{EvalRecord, TrainRecord};
@@ -196,20 +199,7 @@ fn loss_plot_draws_the_entropy_line_and_marks_validation_points() {
     // RGB pixels of the plot with these validation records.
     let draw = |eval: &[EvalRecord]| {
         plot_losses(&path, "t", &train, eval, 3.0).unwrap();
-        let file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
-        let mut reader = png::Decoder::new(file).read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        assert_eq!(info.color_type, png::ColorType::Rgb);
-        let w = info.width as usize;
-        let rows: Vec<Vec<(u8, u8, u8)>> = buf[..info.buffer_size()]
-            .chunks(3 * w)
-            .map(|row| row.chunks(3).map(|p| (p[0], p[1], p[2])).collect())
-            .collect();
-        rows
-    };
-    let count = |rows: &[Vec<(u8, u8, u8)>], c: (u8, u8, u8)| {
-        rows.iter().flatten().filter(|&&p| p == c).count()
+        png_rows(&path)
     };
     let rows = draw(&eval);
     let w = rows[0].len();
@@ -225,9 +215,10 @@ fn loss_plot_draws_the_entropy_line_and_marks_validation_points() {
     );
     // A single validation point is a line of one point: only its marker shows.
     let red = (255, 0, 0);
-    let marked = count(&rows, red) - count(&draw(&[]), red);
+    let marked = count_color(&rows, red) - count_color(&draw(&[]), red);
     assert!(
         marked > 30,
         "the validation point is not marked: {marked} red px"
     );
+    assert_legends_cover_no_trace(&rows, 1, &[green, red, (0, 0, 255)]);
 }

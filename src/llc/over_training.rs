@@ -75,6 +75,7 @@ impl LlcLog {
                 step: r.step,
                 llc: r.estimate,
                 llc_std: r.std,
+                warned: !r.warnings.is_empty(),
             })
             .collect();
         plot_over_training(png, title, &points, train_loss)

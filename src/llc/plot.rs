@@ -1,41 +1,49 @@
 //! Pictures of an LLC estimate: per-chain loss traces (llc.png), and LLC beside the
-//! training loss over a run's steps (llc_over_training.png).
+//! training loss over a run's steps (llc_over_training.png). An estimate that
+//! carries a warning (see [`LlcEstimate::warnings`]) is marked with an orange
+//! triangle, and each legend sits in the band its y range keeps above the traces.
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use plotters::prelude::*;
 
 use super::estimate::LlcEstimate;
-use crate::train::plot::ensure_font;
+use super::stats::mean;
+use crate::plot::{draw_err, draw_legend, ensure_font, range_with_legend_band};
 
-fn draw_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> anyhow::Error + '_ {
-    move |e| anyhow!("cannot draw {}: {e}", path.display())
+/// The marker's colour for an estimate with a warning: no chain's colour.
+pub const WARNING_COLOR: RGBColor = RGBColor(255, 140, 0);
+/// The LLC's line and error bars in llc_over_training.png.
+pub const LLC_COLOR: RGBColor = RED;
+/// The training loss's line in llc_over_training.png.
+pub const TRAIN_LOSS_COLOR: RGBColor = BLUE;
+const WARNING_LABEL: &str = "estimate with a warning";
+
+/// Chain `c`'s colour in llc.png.
+pub fn chain_color(c: usize) -> RGBColor {
+    let (r, g, b) = Palette99::COLORS[c % Palette99::COLORS.len()];
+    RGBColor(r, g, b)
 }
 
-/// (min, max) of the finite values, padded; (0, 1) when there are none.
-fn y_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values
-        .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-            (lo.min(v), hi.max(v))
-        });
-    if !lo.is_finite() {
-        return (0.0, 1.0);
-    }
-    let pad = ((hi - lo) * 0.05).max(1e-9);
-    (lo - pad, hi + pad)
+fn warning_marker<C>(at: C) -> TriangleMarker<C, i32> {
+    TriangleMarker::new(at, 7, WARNING_COLOR.filled())
 }
 
 /// Each chain's L_B(w) against SGLD step, the burn-in shaded, the mean loss at w*
-/// as a dashed line.
+/// as a dashed line, and each chain's mean over the draws marked halfway through
+/// them: the estimate is nbeta times its height over the dashed line. The marks
+/// are warning triangles when the estimate carries a warning, and a chain that
+/// diverged gets one where it stopped.
 pub fn plot_traces(path: &Path, title: &str, est: &LlcEstimate) -> Result<()> {
     ensure_font();
     let err = draw_err(path);
     let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let steps = est.settings.burnin + est.settings.draws;
-    let (y_lo, y_hi) = y_range(
+    let burnin = est.settings.burnin;
+    let steps = burnin + est.settings.draws;
+    let warned = !est.trustworthy();
+    let (y_lo, y_hi) = range_with_legend_band(
         est.traces
             .iter()
             .flat_map(|t| t.losses.iter().copied())
@@ -57,14 +65,13 @@ pub fn plot_traces(path: &Path, title: &str, est: &LlcEstimate) -> Result<()> {
         .map_err(|e| err(&e))?;
     chart
         .draw_series([Rectangle::new(
-            [(0, y_lo), (est.settings.burnin, y_hi)],
+            [(0, y_lo), (burnin, y_hi)],
             BLACK.mix(0.06).filled(),
         )])
         .map_err(|e| err(&e))?
         .label("burn-in")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], BLACK.mix(0.1).filled()));
     for (c, trace) in est.traces.iter().enumerate() {
-        let color = Palette99::pick(c).to_rgba();
         chart
             .draw_series(LineSeries::new(
                 trace
@@ -73,7 +80,7 @@ pub fn plot_traces(path: &Path, title: &str, est: &LlcEstimate) -> Result<()> {
                     .enumerate()
                     .filter(|(_, l)| l.is_finite())
                     .map(|(s, &l)| (s, l)),
-                color,
+                chain_color(c),
             ))
             .map_err(|e| err(&e))?;
     }
@@ -87,12 +94,51 @@ pub fn plot_traces(path: &Path, title: &str, est: &LlcEstimate) -> Result<()> {
         .map_err(|e| err(&e))?
         .label("loss at w*")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
+    // (chain, mean loss of its draws) where finite; a diverged chain's is not.
+    let means: Vec<(usize, f64)> = est
+        .traces
+        .iter()
+        .map(|t| mean(t.draws(burnin)))
+        .enumerate()
+        .filter(|(_, m)| m.is_finite())
+        .collect();
+    let middle = burnin + est.settings.draws / 2;
+    if warned {
+        let stops = est
+            .traces
+            .iter()
+            .filter(|t| t.diverged_at.is_some())
+            .filter_map(|t| {
+                t.losses
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .find(|(_, l)| l.is_finite())
+                    .map(|(s, &l)| (s, l))
+            });
+        chart
+            .draw_series(
+                means
+                    .iter()
+                    .map(|&(_, m)| (middle, m))
+                    .chain(stops)
+                    .map(warning_marker),
+            )
+            .map_err(|e| err(&e))?
+            .label(WARNING_LABEL)
+            .legend(|(x, y)| warning_marker((x + 10, y)));
+    } else {
+        chart
+            .draw_series(
+                means
+                    .iter()
+                    .map(|&(c, m)| Circle::new((middle, m), 5, chain_color(c).filled())),
+            )
+            .map_err(|e| err(&e))?
+            .label("a chain's mean over the draws")
+            .legend(|(x, y)| Circle::new((x + 10, y), 5, BLACK));
+    }
+    draw_legend(&mut chart).map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
@@ -102,10 +148,12 @@ pub struct StepPoint {
     pub step: usize,
     pub llc: f64,
     pub llc_std: f64,
+    /// Whether the estimate carries a warning.
+    pub warned: bool,
 }
 
 /// Two panels on a shared step axis: the training loss above, the LLC (with ± std
-/// bars) below.
+/// bars, and a warning triangle on each estimate that carries a warning) below.
 pub fn plot_over_training(
     path: &Path,
     title: &str,
@@ -128,7 +176,7 @@ pub fn plot_over_training(
         .unwrap_or(0)
         .max(1);
 
-    let (lo, hi) = y_range(train_loss.iter().map(|p| p.1));
+    let (lo, hi) = range_with_legend_band(train_loss.iter().map(|p| p.1));
     let mut chart = ChartBuilder::on(&top)
         .margin(12)
         .x_label_area_size(30)
@@ -141,10 +189,16 @@ pub fn plot_over_training(
         .draw()
         .map_err(|e| err(&e))?;
     chart
-        .draw_series(LineSeries::new(train_loss.iter().copied(), &BLUE))
-        .map_err(|e| err(&e))?;
+        .draw_series(LineSeries::new(
+            train_loss.iter().copied(),
+            TRAIN_LOSS_COLOR,
+        ))
+        .map_err(|e| err(&e))?
+        .label("training loss")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], TRAIN_LOSS_COLOR));
+    draw_legend(&mut chart).map_err(|e| err(&e))?;
 
-    let (lo, hi) = y_range(
+    let (lo, hi) = range_with_legend_band(
         llc.iter()
             .flat_map(|p| [p.llc - p.llc_std, p.llc + p.llc_std]),
     );
@@ -164,17 +218,32 @@ pub fn plot_over_training(
     chart
         .draw_series(LineSeries::new(
             finite.iter().map(|p| (p.step, p.llc)),
-            &RED,
+            LLC_COLOR,
         ))
-        .map_err(|e| err(&e))?;
+        .map_err(|e| err(&e))?
+        .label("LLC ± std")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], LLC_COLOR));
     chart
         .draw_series(finite.iter().map(|p| {
             PathElement::new(
                 vec![(p.step, p.llc - p.llc_std), (p.step, p.llc + p.llc_std)],
-                RED,
+                LLC_COLOR,
             )
         }))
         .map_err(|e| err(&e))?;
+    if finite.iter().any(|p| p.warned) {
+        chart
+            .draw_series(
+                finite
+                    .iter()
+                    .filter(|p| p.warned)
+                    .map(|p| warning_marker((p.step, p.llc))),
+            )
+            .map_err(|e| err(&e))?
+            .label(WARNING_LABEL)
+            .legend(|(x, y)| warning_marker((x + 10, y)));
+    }
+    draw_legend(&mut chart).map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }

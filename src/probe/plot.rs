@@ -3,15 +3,11 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use plotters::prelude::*;
 
 use super::text::TextReport;
-use crate::train::plot::ensure_font;
-
-fn draw_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> anyhow::Error + '_ {
-    move |e| anyhow!("cannot draw {}: {e}", path.display())
-}
+use crate::plot::{draw_err, ensure_font};
 
 /// (lo, hi) of `values`, padded by 8% (or by 1 when they are all equal).
 fn padded(values: impl Iterator<Item = f64>) -> (f64, f64) {

@@ -164,3 +164,80 @@ pub fn losses(run: &Path) -> Vec<(u64, f64)> {
     }
     by_step.into_iter().collect()
 }
+
+/// An RGB pixel.
+pub type Rgb = (u8, u8, u8);
+
+/// The pixels of an RGB PNG file, row by row from the top.
+pub fn png_rows(path: &Path) -> Vec<Vec<Rgb>> {
+    let file = std::io::BufReader::new(std::fs::File::open(path).unwrap());
+    let mut reader = png::Decoder::new(file).read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    let w = info.width as usize;
+    buf[..info.buffer_size()]
+        .chunks(3 * w)
+        .map(|row| row.chunks(3).map(|p| (p[0], p[1], p[2])).collect())
+        .collect()
+}
+
+/// How many pixels of `rows` are exactly `color`.
+pub fn count_color(rows: &[Vec<Rgb>], color: Rgb) -> usize {
+    rows.iter().flatten().filter(|&&p| p == color).count()
+}
+
+/// A rectangle of pixels, edges included: (left, top, right, bottom).
+pub type PixelBox = (usize, usize, usize, usize);
+
+/// The legends of a plot: black one-pixel outlines of rectangles at least 40 px
+/// wide and 10 px high (an axis is one line, a glyph is smaller).
+pub fn legend_boxes(rows: &[Vec<Rgb>]) -> Vec<PixelBox> {
+    const BLACK: Rgb = (0, 0, 0);
+    // Horizontal black runs of 40 px or more: (left, right) -> rows holding one.
+    let mut runs: std::collections::BTreeMap<(usize, usize), Vec<usize>> = Default::default();
+    for (y, row) in rows.iter().enumerate() {
+        let mut x = 0;
+        while x < row.len() {
+            let start = x;
+            while x < row.len() && row[x] == BLACK {
+                x += 1;
+            }
+            if x - start >= 40 {
+                runs.entry((start, x - 1)).or_default().push(y);
+            }
+            x += 1;
+        }
+    }
+    let mut boxes = Vec::new();
+    for ((left, right), ys) in runs {
+        for pair in ys.windows(2) {
+            let (top, bottom) = (pair[0], pair[1]);
+            let side = |x: usize| (top..=bottom).all(|y| rows[y][x] == BLACK);
+            if bottom - top >= 10 && side(left) && side(right) {
+                boxes.push((left, top, right, bottom));
+            }
+        }
+    }
+    boxes
+}
+
+/// Asserts that the plot has `expected` legends, and that in the band of rows
+/// each spans (from 10 px above it) no pixel outside it has a trace's colour.
+pub fn assert_legends_cover_no_trace(rows: &[Vec<Rgb>], expected: usize, traces: &[Rgb]) {
+    let boxes = legend_boxes(rows);
+    assert_eq!(boxes.len(), expected, "legends found: {boxes:?}");
+    for &(left, top, right, bottom) in &boxes {
+        let strip = top.saturating_sub(10);
+        for (y, row) in rows.iter().enumerate().take(bottom + 1).skip(strip) {
+            for (x, p) in row.iter().enumerate() {
+                let inside = (left..=right).contains(&x) && (top..=bottom).contains(&y);
+                assert!(
+                    inside || !traces.contains(p),
+                    "a trace ({p:?}) at ({x}, {y}) in the strip of the legend at {:?}",
+                    (left, top, right, bottom)
+                );
+            }
+        }
+    }
+}
