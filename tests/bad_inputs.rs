@@ -45,7 +45,7 @@ const CATEGORIES: &[(&str, &str, &[&str])] = &[
     ),
     (
         "Hugging Face export and import",
-        "imports of foreign configs and tensors, outputs already taken, missing checkpoints, bad licenses",
+        "imports of foreign configs and tensors or non-finite weights, outputs already taken, missing checkpoints, bad licenses",
         &["hf.rs", "hf_card.rs"],
     ),
     (

@@ -871,3 +871,33 @@ fn commands_name_bad_input_in_one_line() {
     let line = fails(&["export", "--checkpoint", "nowhere", "--out", "hf"], d);
     assert!(line.contains("nowhere"), "{line}");
 }
+
+/// A model holding NaN or infinity is refused on import, naming the first tensor
+/// (and layer) that does, and nothing is written.
+#[test]
+fn import_refuses_non_finite_weights_naming_the_tensor() {
+    let m = ModelConfig {
+        vocab_size: 257,
+        ..small(HeadChoice::Harmonic, true)
+    };
+    let mut params = model(&m, 3).read_params();
+    let layout = hgpt::model::ParamLayout::new(&m);
+    let qkvw = layout
+        .tensors
+        .iter()
+        .find(|t| t.name.contains("c_attn.weight"))
+        .unwrap();
+    // Layer 1's attention weight, then a later infinity.
+    params[qkvw.offset + qkvw.layer_len() + 5] = f32::NAN;
+    *params.last_mut().unwrap() = f32::INFINITY;
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    export::export(&hf, &m, &params, &Tokenizer::bytes(), Dtype::F32).unwrap();
+    let out = dir.path().join("ck");
+    let err = import_error_of(export::import_checkpoint(&hf, &out));
+    assert!(
+        err.contains("2 weights are not finite") && err.contains("h.1.attn.c_attn.weight"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

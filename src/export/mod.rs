@@ -193,6 +193,24 @@ pub fn import_checkpoint(hf: &Path, out: &Path) -> Result<String> {
     }
     let (model, tokenizer) = import(hf)?;
     let m = model.config.model;
+    // A model holding NaN or infinity would train and generate nothing but that.
+    if let Some(i) = model.params.iter().position(|x| !x.is_finite()) {
+        let layout = ParamLayout::new(&m);
+        let t = layout
+            .tensors
+            .iter()
+            .find(|t| (t.offset..t.offset + t.len()).contains(&i))
+            .expect("the layout covers every parameter");
+        let layer_len = t.layer_len().max(1);
+        let bad = model.params.iter().filter(|x| !x.is_finite()).count();
+        bail!(
+            "{}: {bad} weights are not finite, the first ({}) in {}: refusing to import it",
+            hf.display(),
+            model.params[i],
+            t.name
+                .replace("{}", &((i - t.offset) / layer_len).to_string())
+        );
+    }
     // The run config the checkpoint records: hgpt's defaults for training, with
     // sequences no longer than the model's context. `train --init` overrides them.
     let mut config = Config::tiny();
