@@ -86,11 +86,10 @@ impl<B: Backend> Trainer<B> {
         dist: Box<dyn Collective>,
     ) -> Result<Trainer<B>> {
         compat::check_data(&data, &config.model, None)?;
-        let world = dist.place().world;
-        crate::memory::ensure_step_fits(config, config.train.batch_size, world, &backend)?;
+        let place = dist.place();
+        crate::memory::ensure_step_fits(config, config.train.batch_size, place.world, &backend)?;
         let model = Gpt::new(backend, &config.model);
         model.init(config.train.seed);
-        let place = dist.place();
         let shards = dist::shards(model.num_params(), place.world);
         let optimizer = Optimizer::new(&model, shards[place.rank].clone());
         Ok(Trainer {
