@@ -24,7 +24,9 @@
 #   both heads, `hgpt bench --profile` against tools/torch_ref.py (torch.compile, its
 #   warm-up bounded: past TORCH_TIMEOUT, default 100 s, a head is redone in eager mode
 #   and marked so) through tools/bench_vs_torch.sh: the four rows, the two ratios and
-#   each head's ten longest ops against their floors, into the summary.
+#   each head's ten longest ops against their floors, into the summary; then the
+#   largest micro-batch `hgpt memory` promises for the GPU's free memory, run for two
+#   steps, its peak against the plan.
 #
 # Every step runs under `timeout --kill-after=10`, clipped to the budget left; no step
 # starts with under 20 s left. Runs, checkpoints and the kernel cache stay in /tmp.
@@ -321,6 +323,30 @@ if [[ " $STAGES " == *" 5 "* ]]; then
     # The table itself: from the rows' header to the end of the report.
     sed -n '/tokens\/s *ms\/step/,/^reports:/p' "$log" | grep -v '^reports:' | tee -a "$SUMMARY"
     pack
+
+    # The largest micro-batch the memory plan promises for the GPU's free memory (less
+    # 1 GiB for the context and cuBLASLt) must run, its peak near the plan.
+    largest() {
+        local free_mib gib b
+        free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits | head -n1)
+        gib=$(awk -v m="$free_mib" 'BEGIN { printf "%.2f", m / 1024 - 1 }')
+        b=$("$BIN/hgpt" memory --config configs/gpt2-124m-harmonic.toml --gpu-memory "$gib" --json |
+            python3 -c 'import json, sys; print(json.load(sys.stdin)["fits"][0]["largest_micro_batch"])')
+        echo "free $free_mib MiB; the plan fits micro-batch $b in $gib GiB"
+        "$BIN/hgpt" bench --device cuda --config configs/gpt2-124m-harmonic.toml --micro-batch "$b" \
+            --steps 2 --warmup 1 --json --set train.grad_accum=1 \
+            --set data.builtin_train_bytes=4000000 --set data.builtin_val_bytes=200000
+    }
+    export -f largest
+    run largest-micro-batch 150 largest
+    detail=$(grep -m1 -o 'fits micro-batch [0-9]*' "$log")
+    peak=$(grep -o '"peak_memory_mib": *[0-9.e+-]*' "$log" | head -n1 | sed 's/.*: *//')
+    planned=$(grep -o '"planned_memory_mib": *[0-9.e+-]*' "$log" | head -n1 | sed 's/.*: *//')
+    if [ -n "$peak" ] && [ -n "$planned" ]; then
+        detail="$detail: peak $peak MiB, plan $planned MiB ($(awk -v p="$peak" -v q="$planned" \
+            'BEGIN { printf "%+.2f%%", 100 * (p - q) / q }'))"
+    fi
+    row "$detail"
 fi
 
 say "total $((SECONDS - start))s; failed steps (stages 0-4): $failed"
