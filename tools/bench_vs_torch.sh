@@ -11,7 +11,7 @@
 #   ARGS go to both tools: --config F, --set k=v, --micro-batch B, --steps N,
 #   --warmup W, --device cuda|cpu, --peak-tflops X.
 #   e.g. tools/bench_vs_torch.sh --device cuda --config configs/gpt2-124m-harmonic.toml \
-#            --micro-batch 16 --steps 10 --warmup 3 --set train.grad_accum=1
+#            --micro-batch 64 --steps 10 --warmup 3 --set train.grad_accum=1
 # Environment: HGPT (default .devbin/hgpt if there, else target/release/hgpt),
 # HGPT_ARGS (more arguments for hgpt bench alone, e.g. --profile), PYTHON (a Python
 # with torch; default python3), TORCH_TIMEOUT (seconds for each torch_ref.py run,

@@ -313,7 +313,8 @@ fi
 
 # ---------------------------------------------------------------- stage 5
 if [[ " $STAGES " == *" 5 "* ]]; then
-    PERF_ARGS=(--device cuda --config configs/gpt2-124m-harmonic.toml --micro-batch 16
+    # Micro-batch 64 (65,536 tokens a step), the shape of docs/DESIGN.md 6.1's predictions.
+    PERF_ARGS=(--device cuda --config configs/gpt2-124m-harmonic.toml --micro-batch 64
         --steps 10 --warmup 3 --set train.grad_accum=1
         --set data.builtin_train_bytes=4000000 --set data.builtin_val_bytes=200000)
     run perf-vs-torch 420 with HGPT="$BIN/hgpt" HGPT_ARGS=--profile OUT="$WORK/perf" \
@@ -335,7 +336,7 @@ if [[ " $STAGES " == *" 5 "* ]]; then
         echo "free $free_mib MiB; the plan fits micro-batch $b in $gib GiB"
         "$BIN/hgpt" bench --device cuda --config configs/gpt2-124m-harmonic.toml --micro-batch "$b" \
             --steps 2 --warmup 1 --json --set train.grad_accum=1 \
-            --set data.builtin_train_bytes=4000000 --set data.builtin_val_bytes=200000
+            --set data.builtin_train_bytes=4000000 --set data.builtin_val_bytes=400000
     }
     export -f largest
     run largest-micro-batch 150 largest
