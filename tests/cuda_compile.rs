@@ -101,8 +101,9 @@ fn bf16_flash_kernels_at_gpt2_shape_reach_their_occupancy_targets_on_sm90() {
         .unwrap();
     let report = resources::report(family, "sm_90").unwrap();
     let sm90 = SmLimits::of_arch("sm_90").unwrap();
+    // On a line of its own, after the harness's `test NAME ... `.
     println!(
-        "{:<40} {:>4} {:>9} {:>7} {:>7} {:>9}",
+        "\n{:<40} {:>4} {:>9} {:>7} {:>7} {:>9}",
         "kernel (sm_90, T 1024)", "HS", "registers", "spills", "shared", "blocks/SM"
     );
     let mut short = Vec::new();

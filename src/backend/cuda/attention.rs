@@ -47,13 +47,27 @@ pub fn flash_kernels(precision: GpuPrecision, hs: usize) -> FlashKernels {
             backward_smem: 4 * hs * (2 * 65 + 2 * 33),
         },
         // bf16 tiles with head dims padded to hp: [rows][hp + 8] or [hp][cols + 8].
+        // The kernels' accumulators hold 64 dims (hp64) or 128 (hp128).
         GpuPrecision::Bf16 => {
             let hp = hs.next_multiple_of(16);
             let l = hp + 8;
+            let (forward, dkdv, dq) = if hs <= 64 {
+                (
+                    "flash_attention_forward_bf16_hp64",
+                    "flash_attention_backward_dkdv_bf16_hp64",
+                    "flash_attention_backward_dq_bf16_hp64",
+                )
+            } else {
+                (
+                    "flash_attention_forward_bf16_hp128",
+                    "flash_attention_backward_dkdv_bf16_hp128",
+                    "flash_attention_backward_dq_bf16_hp128",
+                )
+            };
             FlashKernels {
-                forward: "flash_attention_forward_bf16",
-                dkdv: "flash_attention_backward_dkdv_bf16",
-                dq: "flash_attention_backward_dq_bf16",
+                forward,
+                dkdv,
+                dq,
                 threads: 128,
                 forward_smem: 2 * (128 * l + 72 * hp),
                 backward_smem: 2 * (192 * l + 80 * hp) + 256,
