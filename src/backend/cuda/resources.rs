@@ -261,7 +261,7 @@ ptxas info    : Used 24 registers, used 0 barriers, 1024 bytes smem, 384 bytes c
         assert_eq!(at(169, 128, 0).blocks, 2);
         assert_eq!(at(128, 128, 0).blocks, 4);
         assert_eq!(
-            at(32, 256, 0),
+            at(24, 256, 0),
             Occupancy {
                 blocks: 8,
                 limit: Limit::Threads
