@@ -346,15 +346,18 @@ extern "C" __launch_bounds__(256) __global__ void flash_attention_backward_dq(
 // accumulator entries (rows g and g + 8; columns 2c and 2c + 1) of each 16 x 8 slice,
 // so a row's statistics are reduced over the 4 lanes of a quad, and an accumulator tile
 // becomes the A operand of the next product without leaving registers. Head dims are
-// zero-padded to HP, a multiple of 16 (HS <= 128). Tiles sit in shared memory as bf16,
+// zero-padded to HP, a multiple of 16 (HS <= 128). Each kernel is a template on HPMAX,
+// the most head dims it holds: its accumulators (o, dk and dv, dq) are HPMAX / 8 slices
+// and its products at most HPMAX / 16 steps, so registers are sized for the head, not
+// for the largest one. The host runs the hp64 kernels for HS <= 64 (GPT-2) and the
+// hp128 ones above; tests/cuda_compile.rs holds the hp64 ones to their occupancy on
+// sm_90 (forward and dq 4 blocks per SM, dkdv 3). Tiles sit in shared memory as bf16,
 // [rows][HP + 8], or [HP][cols + 8] where a product needs the other index fastest; the
 // padding keeps fragment loads free of bank conflicts. Dynamic shared memory, bytes,
 // with L = HP + 8: forward 2 (128 L + 72 HP), backward 2 (192 L + 80 HP) + 256; at
 // HS 64, 27.6 KB and 38.1 KB; at HS 128, 53 KB and 73 KB.
 
-#define FB_ROWS 64         // rows a block owns, 16 per warp
-#define FB_MAX_KSTEPS 8    // head dims in steps of 16: HP <= 128
-#define FB_MAX_SLICES 16   // head dims in slices of 8
+#define FB_ROWS 64  // rows a block owns, 16 per warp
 
 typedef __nv_bfloat16 bf16;
 
@@ -394,15 +397,16 @@ __device__ void load_bf16(bf16* dst, int row_step, int dim_step, int rows, const
     }
 }
 
-// acc[n] += the n-th 16 x 8 slice of A B, over k_steps steps of 16: A is the warp's 16
-// rows from r0 of a [rows][lda] tile, B is read from a tile holding B^T as [N 8][ldb].
-template <int N>
+// acc[n] += the n-th 16 x 8 slice of A B, over k_steps <= KMAX steps of 16: A is the
+// warp's 16 rows from r0 of a [rows][lda] tile, B is read from a tile holding B^T as
+// [N 8][ldb].
+template <int KMAX, int N>
 __device__ __forceinline__ void mma_tile_tile(float (&acc)[N][4], const bf16* a_tile, int lda,
                                               int r0, const bf16* bt_tile, int ldb,
                                               int k_steps) {
     const int g = (threadIdx.x % 32) / 4, c = threadIdx.x % 4;
 #pragma unroll
-    for (int kk = 0; kk < FB_MAX_KSTEPS; kk++) {
+    for (int kk = 0; kk < KMAX; kk++) {
         if (kk >= k_steps) break;
         const bf16* pa = a_tile + (r0 + g) * lda + 16 * kk + 2 * c;
         const unsigned a[4] = {bf16_pair(pa), bf16_pair(pa + 8 * lda), bf16_pair(pa + 8),
@@ -416,15 +420,15 @@ __device__ __forceinline__ void mma_tile_tile(float (&acc)[N][4], const bf16* a_
     }
 }
 
-// acc[n] += the n-th 16 x 8 slice of A B for n < slices: A from registers (K steps of
-// 16, see to_a_operand), B read from a tile holding B^T as [slices 8][ldb].
-template <int K>
-__device__ __forceinline__ void mma_regs_tile(float (&acc)[FB_MAX_SLICES][4], int slices,
+// acc[n] += the n-th 16 x 8 slice of A B for n < slices <= S: A from registers (K steps
+// of 16, see to_a_operand), B read from a tile holding B^T as [slices 8][ldb].
+template <int S, int K>
+__device__ __forceinline__ void mma_regs_tile(float (&acc)[S][4], int slices,
                                               const unsigned (&a)[K][4], const bf16* bt_tile,
                                               int ldb) {
     const int g = (threadIdx.x % 32) / 4, c = threadIdx.x % 4;
 #pragma unroll
-    for (int n = 0; n < FB_MAX_SLICES; n++) {
+    for (int n = 0; n < S; n++) {
         if (n >= slices) break;
 #pragma unroll
         for (int kk = 0; kk < K; kk++) {
@@ -450,12 +454,13 @@ __device__ __forceinline__ void to_a_operand(unsigned (&a)[N / 2][4], const floa
 
 // Writes the warp's accumulator rows (r0 + g, r0 + g + 8 from row0) below T, dims below
 // HS, times factor[0] and factor[1], to dst[row stride + d].
-__device__ void store_slices(float* dst, long long stride, const float (&acc)[FB_MAX_SLICES][4],
+template <int S>
+__device__ void store_slices(float* dst, long long stride, const float (&acc)[S][4],
                              const float factor[2], int row0, int T, int HS) {
     const int g = (threadIdx.x % 32) / 4, c = threadIdx.x % 4;
     const int r0 = row0 + 16 * (threadIdx.x / 32);
 #pragma unroll
-    for (int n = 0; n < FB_MAX_SLICES; n++) {
+    for (int n = 0; n < S; n++) {
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int t = r0 + g + 8 * (e / 2), d = 8 * n + 2 * c + e % 2;
@@ -474,9 +479,11 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v + __shfl_xor_sync(FULL_MASK, v, 2);
 }
 
-extern "C" __launch_bounds__(128) __global__ void flash_attention_forward_bf16(
-    float* y, float* lse, const float* qkv, int T, int NH, int HS, float scale) {
-    extern __shared__ float smem[];
+template <int HPMAX>
+__device__ __forceinline__ void forward_bf16(float* smem, float* y, float* lse,
+                                             const float* qkv, int T, int NH, int HS,
+                                             float scale) {
+    constexpr int SLICES = HPMAX / 8, KSTEPS = HPMAX / 16;
     const int HP = (HS + 15) / 16 * 16, ld = HP + 8;
     bf16* q_tile = reinterpret_cast<bf16*>(smem);  // [64][ld] the block's queries
     bf16* k_tile = q_tile + FB_ROWS * ld;          // [64][ld] a tile of keys
@@ -489,9 +496,9 @@ extern "C" __launch_bounds__(128) __global__ void flash_attention_forward_bf16(
     load_bf16(q_tile, ld, 1, FB_ROWS, q, 3 * C, q0, T, HS, HP);
 
     const int t_row[2] = {q0 + r0 + g, q0 + r0 + g + 8};  // this lane's two query rows
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, o[FB_MAX_SLICES][4];
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, o[SLICES][4];
 #pragma unroll
-    for (int n = 0; n < FB_MAX_SLICES; n++) {
+    for (int n = 0; n < SLICES; n++) {
 #pragma unroll
         for (int e = 0; e < 4; e++) o[n][e] = 0.0f;
     }
@@ -507,7 +514,7 @@ extern "C" __launch_bounds__(128) __global__ void flash_attention_forward_bf16(
 #pragma unroll
             for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
         }
-        mma_tile_tile(s, q_tile, ld, r0, k_tile, ld, HP / 16);
+        mma_tile_tile<KSTEPS>(s, q_tile, ld, r0, k_tile, ld, HP / 16);
         // Online softmax. l keeps this lane's share of each row sum (the quad adds them
         // at the end); m is the row's max over the quad.
         float tile_max[2] = {-INFINITY, -INFINITY};
@@ -537,7 +544,7 @@ extern "C" __launch_bounds__(128) __global__ void flash_attention_forward_bf16(
             }
         }
 #pragma unroll
-        for (int n = 0; n < FB_MAX_SLICES; n++) {
+        for (int n = 0; n < SLICES; n++) {
 #pragma unroll
             for (int e = 0; e < 4; e++) o[n][e] *= rescale[e / 2];
         }
@@ -556,10 +563,12 @@ extern "C" __launch_bounds__(128) __global__ void flash_attention_forward_bf16(
     store_slices(y + (long long)b * T * C + h * HS, C, o, inv_l, q0, T, HS);
 }
 
-extern "C" __launch_bounds__(128) __global__ void flash_attention_backward_dkdv_bf16(
-    float* dqkv, const float* dy, const float* qkv, const float* lse, const float* D, int T,
-    int NH, int HS, float scale) {
-    extern __shared__ float smem[];
+template <int HPMAX>
+__device__ __forceinline__ void backward_dkdv_bf16(float* smem, float* dqkv, const float* dy,
+                                                   const float* qkv, const float* lse,
+                                                   const float* D, int T, int NH, int HS,
+                                                   float scale) {
+    constexpr int SLICES = HPMAX / 8, KSTEPS = HPMAX / 16;
     const int HP = (HS + 15) / 16 * 16, ld = HP + 8;
     float* lse_tile = smem;                                 // [32] the queries' lse
     float* d_tile = lse_tile + 32;                          // [32] and D
@@ -579,9 +588,9 @@ extern "C" __launch_bounds__(128) __global__ void flash_attention_backward_dkdv_
     load_bf16(v_tile, ld, 1, FB_ROWS, q + 2 * C, 3 * C, k0, T, HS, HP);
 
     const int key[2] = {k0 + r0 + g, k0 + r0 + g + 8};  // this lane's two key rows
-    float dk[FB_MAX_SLICES][4], dv[FB_MAX_SLICES][4];
+    float dk[SLICES][4], dv[SLICES][4];
 #pragma unroll
-    for (int n = 0; n < FB_MAX_SLICES; n++) {
+    for (int n = 0; n < SLICES; n++) {
 #pragma unroll
         for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.0f;
     }
@@ -605,8 +614,8 @@ extern "C" __launch_bounds__(128) __global__ void flash_attention_backward_dkdv_
 #pragma unroll
             for (int e = 0; e < 4; e++) p[n][e] = ds[n][e] = 0.0f;
         }
-        mma_tile_tile(p, k_tile, ld, r0, q_tile, ld, HP / 16);    // k.q
-        mma_tile_tile(ds, v_tile, ld, r0, dy_tile, ld, HP / 16);  // v.dy = dP
+        mma_tile_tile<KSTEPS>(p, k_tile, ld, r0, q_tile, ld, HP / 16);    // k.q
+        mma_tile_tile<KSTEPS>(ds, v_tile, ld, r0, dy_tile, ld, HP / 16);  // v.dy = dP
 #pragma unroll
         for (int n = 0; n < 4; n++) {
 #pragma unroll
@@ -629,10 +638,12 @@ extern "C" __launch_bounds__(128) __global__ void flash_attention_backward_dkdv_
     store_slices(dk_out + C, 3 * C, dv, one, k0, T, HS);
 }
 
-extern "C" __launch_bounds__(128) __global__ void flash_attention_backward_dq_bf16(
-    float* dqkv, const float* dy, const float* qkv, const float* lse, const float* D, int T,
-    int NH, int HS, float scale) {
-    extern __shared__ float smem[];
+template <int HPMAX>
+__device__ __forceinline__ void backward_dq_bf16(float* smem, float* dqkv, const float* dy,
+                                                 const float* qkv, const float* lse,
+                                                 const float* D, int T, int NH, int HS,
+                                                 float scale) {
+    constexpr int SLICES = HPMAX / 8, KSTEPS = HPMAX / 16;
     const int HP = (HS + 15) / 16 * 16, ld = HP + 8;
     bf16* q_tile = reinterpret_cast<bf16*>(smem);  // [64][ld] the block's queries
     bf16* dy_tile = q_tile + FB_ROWS * ld;         // [64][ld] and their dy
@@ -648,14 +659,14 @@ extern "C" __launch_bounds__(128) __global__ void flash_attention_backward_dq_bf
     load_bf16(dy_tile, ld, 1, FB_ROWS, dy + (long long)b * T * C + h * HS, C, q0, T, HS, HP);
 
     const int t_row[2] = {q0 + r0 + g, q0 + r0 + g + 8};  // this lane's two query rows
-    float lse_t[2], d_t[2], dq[FB_MAX_SLICES][4];
+    float lse_t[2], d_t[2], dq[SLICES][4];
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         lse_t[i] = t_row[i] < T ? lse[(long long)bh * T + t_row[i]] : 0.0f;
         d_t[i] = t_row[i] < T ? D[(long long)bh * T + t_row[i]] : 0.0f;
     }
 #pragma unroll
-    for (int n = 0; n < FB_MAX_SLICES; n++) {
+    for (int n = 0; n < SLICES; n++) {
 #pragma unroll
         for (int e = 0; e < 4; e++) dq[n][e] = 0.0f;
     }
@@ -672,8 +683,8 @@ extern "C" __launch_bounds__(128) __global__ void flash_attention_backward_dq_bf
 #pragma unroll
             for (int e = 0; e < 4; e++) p[n][e] = ds[n][e] = 0.0f;
         }
-        mma_tile_tile(p, q_tile, ld, r0, k_tile, ld, HP / 16);    // q.k
-        mma_tile_tile(ds, dy_tile, ld, r0, v_tile, ld, HP / 16);  // dy.v = dP
+        mma_tile_tile<KSTEPS>(p, q_tile, ld, r0, k_tile, ld, HP / 16);    // q.k
+        mma_tile_tile<KSTEPS>(ds, dy_tile, ld, r0, v_tile, ld, HP / 16);  // dy.v = dP
 #pragma unroll
         for (int n = 0; n < 4; n++) {
 #pragma unroll
@@ -688,4 +699,52 @@ extern "C" __launch_bounds__(128) __global__ void flash_attention_backward_dq_bf
 
     const float one[2] = {1.0f, 1.0f};
     store_slices(dqkv + (long long)b * T * 3 * C + h * HS, 3 * C, dq, one, q0, T, HS);
+}
+
+// The kernels, one per padded head size: HS <= 64 runs the hp64 ones, whose
+// accumulators hold 64 dims (8 slices of 8), 64 < HS <= 128 the hp128 ones. Written out
+// rather than by macro, so their names can be read from the source. Each declares the
+// dynamic shared memory (in C linkage, as every kernel here does) and hands it on. The
+// hp64 ones ask ptxas for their occupancy targets (4, 3 and 4 blocks of 128 threads per
+// SM: at most 128, 168 and 128 registers). ptxas fits them without spilling (checked by
+// tests/cuda_compile.rs), so a change that needs more registers shows as spills rather
+// than as a silent loss of occupancy.
+extern "C" __launch_bounds__(128, 4) __global__ void flash_attention_forward_bf16_hp64(
+    float* y, float* lse, const float* qkv, int T, int NH, int HS, float scale) {
+    extern __shared__ float smem[];
+    forward_bf16<64>(smem, y, lse, qkv, T, NH, HS, scale);
+}
+
+extern "C" __launch_bounds__(128) __global__ void flash_attention_forward_bf16_hp128(
+    float* y, float* lse, const float* qkv, int T, int NH, int HS, float scale) {
+    extern __shared__ float smem[];
+    forward_bf16<128>(smem, y, lse, qkv, T, NH, HS, scale);
+}
+
+extern "C" __launch_bounds__(128, 3) __global__ void flash_attention_backward_dkdv_bf16_hp64(
+    float* dqkv, const float* dy, const float* qkv, const float* lse, const float* D, int T,
+    int NH, int HS, float scale) {
+    extern __shared__ float smem[];
+    backward_dkdv_bf16<64>(smem, dqkv, dy, qkv, lse, D, T, NH, HS, scale);
+}
+
+extern "C" __launch_bounds__(128) __global__ void flash_attention_backward_dkdv_bf16_hp128(
+    float* dqkv, const float* dy, const float* qkv, const float* lse, const float* D, int T,
+    int NH, int HS, float scale) {
+    extern __shared__ float smem[];
+    backward_dkdv_bf16<128>(smem, dqkv, dy, qkv, lse, D, T, NH, HS, scale);
+}
+
+extern "C" __launch_bounds__(128, 4) __global__ void flash_attention_backward_dq_bf16_hp64(
+    float* dqkv, const float* dy, const float* qkv, const float* lse, const float* D, int T,
+    int NH, int HS, float scale) {
+    extern __shared__ float smem[];
+    backward_dq_bf16<64>(smem, dqkv, dy, qkv, lse, D, T, NH, HS, scale);
+}
+
+extern "C" __launch_bounds__(128) __global__ void flash_attention_backward_dq_bf16_hp128(
+    float* dqkv, const float* dy, const float* qkv, const float* lse, const float* D, int T,
+    int NH, int HS, float scale) {
+    extern __shared__ float smem[];
+    backward_dq_bf16<128>(smem, dqkv, dy, qkv, lse, D, T, NH, HS, scale);
 }

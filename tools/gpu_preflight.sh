@@ -3,7 +3,9 @@
 # run needs that a CPU can check, so no device time is spent on it.
 #   1. the binaries, built from HEAD into .devbin/ (tools/build_devbin.sh);
 #   2. the newest glibc symbol version they need (the device's glibc must be as new);
-#   3. every kernel family compiles through NVRTC for sm_80 and sm_90 (cuda_compile);
+#   3. every kernel family compiles through NVRTC for sm_80 and sm_90 (cuda_compile),
+#      no kernel spills, and the bf16 flash kernels reach their occupancy; prints their
+#      ptxas resource table (registers, spills, shared memory, blocks per SM on sm_90);
 #   4. the parity tests are listed, and fail rather than pass where no GPU opens;
 #   5. the CPU half of the LLC comparison: a tiny checkpoint trained on the CPU and its
 #      estimate at a fixed step size, into .devbin/llc-tiny (gpu_check.sh compares the
@@ -41,11 +43,13 @@ result glibc OK "newest symbol version needed: $newest (Ubuntu 22.04 has 2.35, 2
 
 echo "== 3. NVRTC"
 source tools/cuda_env.sh
-if CI=true HGPT_CACHE=$(mktemp -d) .devbin/tests/cuda_compile --test-threads=1 >/tmp/hgpt-preflight-nvrtc.log 2>&1; then
+if CI=true HGPT_CACHE=$(mktemp -d) .devbin/tests/cuda_compile --test-threads=1 --nocapture \
+        >/tmp/hgpt-preflight-nvrtc.log 2>&1; then
     result nvrtc OK "$(grep -o 'test result: .*' /tmp/hgpt-preflight-nvrtc.log | cut -d';' -f1)"
 else
     result nvrtc FAIL "see /tmp/hgpt-preflight-nvrtc.log"
 fi
+grep -E '^(kernel \(sm_90|flash_attention_)' /tmp/hgpt-preflight-nvrtc.log
 
 echo "== 4. parity tests without a GPU"
 listed=$(.devbin/tests/cuda_parity --list --include-ignored 2>/dev/null | grep -c ': test$')

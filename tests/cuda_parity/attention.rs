@@ -94,7 +94,8 @@ pub fn check_attention(x: &mut Both, b: usize, t: usize, nh: usize, hs: usize) -
 }
 
 /// Flash attention against the CPU's T x T attention: T = 1, T around and past the
-/// kernels' tiles (64 rows, 32 columns), head sizes from 8 to the largest, 128.
+/// kernels' tiles (64 rows, 32 columns), head sizes from 5 to the largest, 128: in bf16
+/// mode both instantiations, hp64 (HS <= 64: 5, 8, 16, 40, 64) and hp128 (80, 128).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn flash_attention_matches_the_cpu() {
@@ -112,6 +113,8 @@ fn flash_attention_matches_the_cpu() {
             (2, 33, 1, 5),
             (1, 257, 2, 64),
             (1, 130, 1, 128),
+            (1, 97, 2, 40),
+            (2, 70, 1, 80),
         ] {
             check_attention(&mut x, b, t, nh, hs);
         }

@@ -1,7 +1,8 @@
 // cuda/flash_attention.cu on the CPU emulator (emu.h) against an f64 reference: the
 // forward pass (y, lse), the backward preprocess (D) and the dkdv and dq passes, in the
-// fp32 SIMT and the bf16 tensor-core versions, launched as src/backend/cuda/attention.rs
-// launches them. Prints one line per check; exits non-zero if any fails.
+// fp32 SIMT and the bf16 tensor-core versions (both instantiations, hp64 for HS <= 64 and
+// hp128 above), launched as src/backend/cuda/attention.rs launches them. Prints one line
+// per check; exits non-zero if any fails.
 #include "emu.h"
 EMU_DYNAMIC_SHARED(smem);
 #include "../../cuda/common.cuh"
@@ -75,11 +76,13 @@ typedef void (*Forward)(float*, float*, const float*, int, int, int, float);
 typedef void (*Backward)(float*, const float*, const float*, const float*, const float*, int,
                          int, int, float);
 
-// One precision's kernels, threads per block and shared memory (as attention.rs has them).
+// One set of kernels, the head sizes attention.rs runs it for (min_hs < HS <= max_hs),
+// its threads per block and shared memory (as attention.rs has them).
 struct Kernels {
     const char* name;
     Forward forward;
     Backward dkdv, dq;
+    int min_hs, max_hs;
     int threads;
     size_t (*forward_smem)(int HS);
     size_t (*backward_smem)(int HS);
@@ -88,15 +91,36 @@ struct Kernels {
 
 static const Kernels FP32 = {
     "fp32", flash_attention_forward, flash_attention_backward_dkdv, flash_attention_backward_dq,
-    256, [](int hs) { return (size_t)4 * hs * (65 + 2 * 33); },
+    0, 128, 256, [](int hs) { return (size_t)4 * hs * (65 + 2 * 33); },
     [](int hs) { return (size_t)4 * hs * (2 * 65 + 2 * 33); }, 1e-4};
 
 static size_t bf16_padded(int hs) { return (hs + 15) / 16 * 16; }
-static const Kernels BF16 = {
-    "bf16", flash_attention_forward_bf16, flash_attention_backward_dkdv_bf16,
-    flash_attention_backward_dq_bf16, 128,
-    [](int hs) { return 2 * (128 * (bf16_padded(hs) + 8) + 72 * bf16_padded(hs)); },
-    [](int hs) { return 2 * (192 * (bf16_padded(hs) + 8) + 80 * bf16_padded(hs)) + 256; }, 2e-2};
+static size_t bf16_forward_smem(int hs) {
+    return 2 * (128 * (bf16_padded(hs) + 8) + 72 * bf16_padded(hs));
+}
+static size_t bf16_backward_smem(int hs) {
+    return 2 * (192 * (bf16_padded(hs) + 8) + 80 * bf16_padded(hs)) + 256;
+}
+static const Kernels BF16_HP64 = {"bf16 hp64",
+                                  flash_attention_forward_bf16_hp64,
+                                  flash_attention_backward_dkdv_bf16_hp64,
+                                  flash_attention_backward_dq_bf16_hp64,
+                                  0,
+                                  64,
+                                  128,
+                                  bf16_forward_smem,
+                                  bf16_backward_smem,
+                                  2e-2};
+static const Kernels BF16_HP128 = {"bf16 hp128",
+                                   flash_attention_forward_bf16_hp128,
+                                   flash_attention_backward_dkdv_bf16_hp128,
+                                   flash_attention_backward_dq_bf16_hp128,
+                                   64,
+                                   128,
+                                   128,
+                                   bf16_forward_smem,
+                                   bf16_backward_smem,
+                                   2e-2};
 
 // Runs the four kernels on random inputs and compares every output with the reference.
 static bool check(const Kernels& k, Shape s, emu::Order order) {
@@ -152,13 +176,16 @@ static bool check(const Kernels& k, Shape s, emu::Order order) {
 
 int main() {
     // T across the 64-row and 32-column tile edges; HS odd, one mma step, padded to the
-    // next step, the maximum.
+    // next step, short of 64 (hp64, padded), 64 (hp64, full), past 64 (hp128, padded),
+    // the maximum.
     const Shape shapes[] = {{2, 1, 2, 16},  {1, 63, 1, 64},  {1, 64, 2, 5},  {1, 65, 1, 64},
-                            {1, 100, 1, 16}, {1, 130, 2, 24}, {1, 40, 1, 128}};
+                            {1, 100, 1, 16}, {1, 130, 2, 24}, {1, 97, 1, 40}, {1, 70, 1, 80},
+                            {1, 40, 1, 128}};
     int failures = 0;
-    for (const Kernels* k : {&FP32, &BF16})
+    for (const Kernels* k : {&FP32, &BF16_HP64, &BF16_HP128})
         for (Shape s : shapes)
-            for (emu::Order order : {emu::FORWARD, emu::REVERSE, emu::SHUFFLED})
-                failures += !check(*k, s, order);
+            if (k->min_hs < s.HS && s.HS <= k->max_hs)
+                for (emu::Order order : {emu::FORWARD, emu::REVERSE, emu::SHUFFLED})
+                    failures += !check(*k, s, order);
     return failures != 0;
 }

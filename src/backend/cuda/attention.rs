@@ -10,15 +10,16 @@ use crate::backend::{AttnShape, Mat, Span};
 /// Rows a flash attention block owns (FA_ROWS and FB_ROWS in cuda/flash_attention.cu).
 const FLASH_ROWS: usize = 64;
 
-/// The flash attention kernels of one precision, with their threads per block and
-/// bytes of shared memory (cuda/flash_attention.cu gives the tiles behind the sizes).
-struct Flash {
-    forward: &'static str,
-    dkdv: &'static str,
-    dq: &'static str,
-    threads: u32,
-    forward_smem: usize,
-    backward_smem: usize,
+/// The flash attention kernels for one precision and head size, with their threads
+/// per block and bytes of dynamic shared memory (cuda/flash_attention.cu gives the
+/// tiles behind the sizes).
+pub struct FlashKernels {
+    pub forward: &'static str,
+    pub dkdv: &'static str,
+    pub dq: &'static str,
+    pub threads: u32,
+    pub forward_smem: usize,
+    pub backward_smem: usize,
 }
 
 /// Floats of attention state kept per layer for the backward pass: each row's
@@ -27,41 +28,55 @@ pub fn attention_state_len(b: usize, t: usize, nh: usize) -> usize {
     b * nh * t
 }
 
-impl CudaBackend {
-    /// The flash attention kernels for head size `hs`: fp32 SIMT math in fp32 mode,
-    /// bf16 tensor cores in bf16 mode.
-    fn flash(&self, hs: usize) -> Flash {
-        assert!(
-            hs <= MAX_HEAD_SIZE,
-            "flash attention supports head sizes up to {MAX_HEAD_SIZE}, not {hs}"
-        );
-        match self.precision {
-            // fp32 tiles [HS][rows + 1]: the block's 64 rows of one tensor (forward) or
-            // two (backward), and 32 streamed rows of two.
-            GpuPrecision::Fp32 => Flash {
-                forward: "flash_attention_forward",
-                dkdv: "flash_attention_backward_dkdv",
-                dq: "flash_attention_backward_dq",
-                threads: 256,
-                forward_smem: 4 * hs * (65 + 2 * 33),
-                backward_smem: 4 * hs * (2 * 65 + 2 * 33),
-            },
-            // bf16 tiles with head dims padded to hp: [rows][hp + 8] or [hp][cols + 8].
-            GpuPrecision::Bf16 => {
-                let hp = hs.next_multiple_of(16);
-                let l = hp + 8;
-                Flash {
-                    forward: "flash_attention_forward_bf16",
-                    dkdv: "flash_attention_backward_dkdv_bf16",
-                    dq: "flash_attention_backward_dq_bf16",
-                    threads: 128,
-                    forward_smem: 2 * (128 * l + 72 * hp),
-                    backward_smem: 2 * (192 * l + 80 * hp) + 256,
-                }
+/// The flash attention kernels for head size `hs`: fp32 SIMT math in fp32 mode, bf16
+/// tensor cores in bf16 mode.
+pub fn flash_kernels(precision: GpuPrecision, hs: usize) -> FlashKernels {
+    assert!(
+        hs <= MAX_HEAD_SIZE,
+        "flash attention supports head sizes up to {MAX_HEAD_SIZE}, not {hs}"
+    );
+    match precision {
+        // fp32 tiles [HS][rows + 1]: the block's 64 rows of one tensor (forward) or
+        // two (backward), and 32 streamed rows of two.
+        GpuPrecision::Fp32 => FlashKernels {
+            forward: "flash_attention_forward",
+            dkdv: "flash_attention_backward_dkdv",
+            dq: "flash_attention_backward_dq",
+            threads: 256,
+            forward_smem: 4 * hs * (65 + 2 * 33),
+            backward_smem: 4 * hs * (2 * 65 + 2 * 33),
+        },
+        // bf16 tiles with head dims padded to hp: [rows][hp + 8] or [hp][cols + 8].
+        // The kernels' accumulators hold 64 dims (hp64) or 128 (hp128).
+        GpuPrecision::Bf16 => {
+            let hp = hs.next_multiple_of(16);
+            let l = hp + 8;
+            let (forward, dkdv, dq) = if hs <= 64 {
+                (
+                    "flash_attention_forward_bf16_hp64",
+                    "flash_attention_backward_dkdv_bf16_hp64",
+                    "flash_attention_backward_dq_bf16_hp64",
+                )
+            } else {
+                (
+                    "flash_attention_forward_bf16_hp128",
+                    "flash_attention_backward_dkdv_bf16_hp128",
+                    "flash_attention_backward_dq_bf16_hp128",
+                )
+            };
+            FlashKernels {
+                forward,
+                dkdv,
+                dq,
+                threads: 128,
+                forward_smem: 2 * (128 * l + 72 * hp),
+                backward_smem: 2 * (192 * l + 80 * hp) + 256,
             }
         }
     }
+}
 
+impl CudaBackend {
     /// One launch of a tiled flash attention kernel: a block per (batch row, head) of
     /// the `bh` and tile of 64 rows of the `t`.
     fn flash_launch(
@@ -92,7 +107,7 @@ pub(super) fn attention_forward(
     let (out, qkv) = (out.span, qkv.span);
     let hs = c / nh;
     assert_eq!(state.len, b * nh * t, "attention state size");
-    let flash = be.flash(hs);
+    let flash = flash_kernels(be.precision, hs);
     be.flash_launch(
         flash.forward,
         b * nh,
@@ -126,7 +141,7 @@ pub(super) fn attention_backward(
     let hs = c / nh;
     let rows = b * t * nh;
     assert_eq!(state.len, rows, "attention state size");
-    let flash = be.flash(hs);
+    let flash = flash_kernels(be.precision, hs);
     let row_dots = be.scratch(Slot::AttRowDots, 4 * rows);
     let dy = be.ptr(dout);
     be.launch_rows(

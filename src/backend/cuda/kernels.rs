@@ -113,8 +113,15 @@ fn options(arch: &str) -> Result<Vec<String>> {
 
 /// Compiles one family with NVRTC for `arch` (e.g. "sm_90") to CUBIN.
 pub fn compile(family: &Family, arch: &str) -> Result<Compiled> {
+    compile_with(family, arch, &[])
+}
+
+/// As `compile`, with `extra` options after the usual ones (the resource report adds
+/// `-Xptxas -v`, which fills the log; the usual compile's log stays empty).
+pub fn compile_with(family: &Family, arch: &str, extra: &[&str]) -> Result<Compiled> {
     libs::require(Lib::Nvrtc)?;
-    let opts = options(arch)?;
+    let mut opts = options(arch)?;
+    opts.extend(extra.iter().map(|o| o.to_string()));
     let src = CString::new(family.program()).expect("kernel source has no NUL");
     let name = CString::new(format!("{}.cu", family.name)).expect("no NUL");
     let prog = nvrtc::create_program(&src, Some(&name))

@@ -2,7 +2,9 @@
 //! NVRTC, GEMMs through cuBLASLt.
 //!
 //! - `libs`: finding libcuda, libnvrtc, libcublasLt and the CUDA headers at run time.
-//! - `kernels`: the cuda/*.cu families, NVRTC compilation to CUBIN, the disk cache.
+//! - `kernels`: the cuda/*.cu families, NVRTC compilation to CUBIN, the disk cache;
+//!   `resources`: ptxas's per-kernel report (registers, spills, shared memory) and the
+//!   occupancy it allows.
 //! - `gemm` (and `gemm_shape`, its arithmetic): row-major GEMMs through cuBLASLt (fp32
 //!   or bf16 operands, fp32 output, optionally finished by a bias, GELU or
 //!   GELU-derivative epilogue).
@@ -49,6 +51,7 @@ mod memory;
 mod ops;
 mod profile;
 mod reduce;
+pub mod resources;
 mod scratch;
 mod shadow;
 mod update;
@@ -68,7 +71,7 @@ use kernels::{Arg, Kernels};
 use libs::Lib;
 use shadow::Shadow;
 
-pub use attention::attention_state_len;
+pub use attention::{FlashKernels, attention_state_len, flash_kernels};
 pub use memory::DeviceMem;
 use scratch::{SLOTS, Slot};
 pub use scratch::{step_scratch, training_slot_bytes};
