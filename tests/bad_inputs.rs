@@ -35,7 +35,7 @@ const CATEGORIES: &[(&str, &str, &[&str])] = &[
     ),
     (
         "LLC",
-        "bad step sizes, chains, ranks and temperatures, missing checkpoints and runs, locked outputs",
+        "bad step sizes, chains, ranks and temperatures, missing checkpoints and runs, locked outputs, models side by side beyond the memory",
         &["llc.rs"],
     ),
     (

@@ -174,15 +174,6 @@ fn a_config_beyond_the_memory_limit_is_refused_with_both_figures() {
     assert!(line.contains("HGPT_MEMORY_LIMIT=lots"), "{line}");
 }
 
-/// A model of a few million parameters (TINY's training, 512 channels), so that
-/// its plans differ in the GiB a refusal prints.
-const WIDE: &[&str] = &[
-    "model.n_embd=512",
-    "model.n_head=8",
-    "model.n_layer=2",
-    "model.harmonic_exponent=512",
-];
-
 /// `hgpt train --device cpu --ranks 2` holds both ranks in one process: under a
 /// cap that one unsharded rank fits but the two sharded ranks together do not,
 /// the run is refused in one line naming the two ranks, their combined need and
@@ -190,14 +181,14 @@ const WIDE: &[&str] = &[
 #[test]
 fn two_cpu_thread_ranks_are_checked_together_against_the_host() {
     let dir = tempfile::tempdir().unwrap();
-    let config = common::config(common::TINY, WIDE);
+    let config = common::config(common::TINY, common::WIDE);
     let b = config.train.batch_size;
     let (one, each) = (
         plan(&config, b, Target::Cpu, 1).total_bytes,
         plan(&config, b, Target::Cpu, 2).total_bytes,
     );
     assert!(one < 2 * each, "one rank alone would already be refused");
-    let mut args = common::train_args(1, "run", WIDE);
+    let mut args = common::train_args(1, "run", common::WIDE);
     args.extend(["--device", "cpu", "--ranks", "2"].map(String::from));
     let args = common::strs(&args);
     let cap = one.to_string();
@@ -226,7 +217,7 @@ fn two_cpu_thread_ranks_are_checked_together_against_the_host() {
 /// the rank of 4. On the host, 4 ranks are held together and refused.
 #[test]
 fn a_gpu_rank_is_checked_with_its_shard_and_the_host_with_every_rank() {
-    let config = common::config(common::TINY, WIDE);
+    let config = common::config(common::TINY, common::WIDE);
     let b = config.train.batch_size;
     let gpu = Target::Cuda {
         precision: GpuPrecision::Bf16,

@@ -118,6 +118,15 @@ pub const SMALL: &[&str] = &[
     "data.builtin_val_bytes=5000",
 ];
 
+/// Overrides (after [`TINY`]) for a model of a few million parameters, 512
+/// channels wide, whose memory plans differ in the GiB a refusal prints.
+pub const WIDE: &[&str] = &[
+    "model.n_embd=512",
+    "model.n_head=8",
+    "model.n_layer=2",
+    "model.harmonic_exponent=512",
+];
+
 /// The built-in tiny config with `base` then `extra` applied as `--set` would
 /// apply them (later ones win); `base` is [`TINY`] or [`SMALL`].
 pub fn config(base: &[&str], extra: &[&str]) -> Config {
