@@ -565,18 +565,8 @@ fn llc_of_a_run_checks_the_models_it_samples_side_by_side_together() {
     let limit = (2 * each - 1).to_string();
     let env = [("RAYON_NUM_THREADS", "2"), ("HGPT_MEMORY_LIMIT", &limit)];
     let line = common::fails_env(&args, d, &env);
-    let gib = hgpt::memory::gib;
-    let need = format!(
-        "for 2 checkpoints sampled side by side (2 x {:.2} GiB) needs {:.2} GiB",
-        gib(each),
-        gib(2 * each)
-    );
-    assert!(
-        line.contains("does not fit")
-            && line.contains(&need)
-            && line.contains(&format!("(HGPT_MEMORY_LIMIT={limit})")),
-        "{need}: {line}"
-    );
+    let held = "for 2 checkpoints sampled side by side";
+    common::assert_refuses_two_held(&line, held, each, &limit);
     assert!(!d.join("run/llc.jsonl").exists());
     let limit = (2 * each).to_string();
     let env = [("RAYON_NUM_THREADS", "2"), ("HGPT_MEMORY_LIMIT", &limit)];

@@ -193,17 +193,7 @@ fn two_cpu_thread_ranks_are_checked_together_against_the_host() {
     let args = common::strs(&args);
     let cap = one.to_string();
     let line = common::fails_env(&args, dir.path(), &[("HGPT_MEMORY_LIMIT", &cap)]);
-    let need = format!(
-        "for 2 ranks on this host (2 x {:.2} GiB) needs {:.2} GiB",
-        gib(each),
-        gib(2 * each)
-    );
-    assert!(
-        line.contains("does not fit")
-            && line.contains(&need)
-            && line.contains(&format!("(HGPT_MEMORY_LIMIT={cap})")),
-        "{need}: {line}"
-    );
+    common::assert_refuses_two_held(&line, "for 2 ranks on this host", each, &cap);
     assert!(!dir.path().join("run").exists());
     let cap = (2 * each).to_string();
     let out = common::hgpt_env(&args, dir.path(), &[("HGPT_MEMORY_LIMIT", &cap)]);
