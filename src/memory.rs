@@ -19,7 +19,9 @@
 //! available ([`available`]): on the GPU what the driver reports free, on the host
 //! the least of /proc/meminfo's MemAvailable, the cgroup's room (limit less usage)
 //! and `HGPT_MEMORY_LIMIT` (a cap the user sets, e.g. `8G`), so a size that cannot
-//! fit ends in one line giving both figures instead of an allocation failure.
+//! fit ends in one line giving both figures instead of an allocation failure. The
+//! check counts every step one memory holds at once ([`Held`]): a GPU rank's own
+//! shard on its GPU; all of a CPU group's thread-ranks together on the host.
 
 use anyhow::{Result, bail};
 use serde::Serialize;
@@ -405,15 +407,15 @@ pub fn ensure_fits(need: f64, what: &str, available: Option<&Available>) -> Resu
 }
 
 /// A lower bound, in f64 (no overflow), on the bytes a training step of `config`
-/// at micro-batch `b` holds: parameters, gradients and both moments of the
-/// embeddings and the layers' weights, one residual per layer and position, and
-/// the tokens.
-fn step_lower_bound(config: &Config, b: usize) -> f64 {
+/// at micro-batch `b`, as one rank of `ranks`, holds: parameters, gradients and
+/// the rank's share of both moments of the embeddings and the layers' weights, one
+/// residual per layer and position, and the tokens.
+fn step_lower_bound(config: &Config, b: usize, ranks: usize) -> f64 {
     let m = &config.model;
     let (v, c, l) = (m.vocab_size as f64, m.n_embd as f64, m.n_layer as f64);
     let n = b as f64 * config.train.seq_len as f64;
     let params = v * c + m.block_size as f64 * c + l * 12.0 * c * c;
-    16.0 * params + 4.0 * n * c * l + 8.0 * n
+    (8.0 + 8.0 / ranks as f64) * params + 4.0 * n * c * l + 8.0 * n
 }
 
 /// What a training step of `config` at micro-batch `b` is, for the user.
@@ -429,30 +431,78 @@ fn step_what(config: &Config, b: usize, qualifier: &str) -> String {
 /// per-layer lists could not be held, nor its sums be kept from overflowing.
 pub fn ensure_plannable(config: &Config, b: usize) -> Result<()> {
     ensure_fits(
-        step_lower_bound(config, b),
+        step_lower_bound(config, b, 1),
         &step_what(config, b, " (at least)"),
         None,
     )
 }
 
+/// Steps held at once in one memory: `copies` plans, each of one rank of `ranks`
+/// data-parallel ranks (its 1/`ranks` shard of the moments), said as `label` after
+/// the step in a refusal (e.g. "for 2 ranks on this host"; empty for one step).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Held {
+    pub copies: usize,
+    pub ranks: usize,
+    pub label: String,
+}
+
+impl Held {
+    /// One rank of a group of `ranks` on `target`: a GPU holds its rank alone; the
+    /// host holds every rank of the group, whose plans add up (the CPU backend's
+    /// ranks are threads of one process: `hgpt train --device cpu --ranks N`).
+    pub fn rank_of(ranks: usize, target: Target) -> Held {
+        let (copies, label) = match (ranks, target) {
+            (1, _) => (1, String::new()),
+            (_, Target::Cpu) => (ranks, format!(" for {ranks} ranks on this host")),
+            (_, Target::Cuda { .. }) => (1, format!(" as one rank of {ranks} on its GPU")),
+        };
+        Held {
+            copies,
+            ranks,
+            label,
+        }
+    }
+}
+
+/// Refuses the training steps `held` holds of `config` at micro-batch `b`, on
+/// `target`, beyond `available` (see [`plan`]; `hgpt memory` shows it item by
+/// item): one line naming the steps, how many are held at once, and both figures.
+pub fn ensure_held_fits(
+    config: &Config,
+    b: usize,
+    held: &Held,
+    target: Target,
+    available: Option<&Available>,
+) -> Result<()> {
+    let copies = held.copies as f64;
+    let bound = copies * step_lower_bound(config, b, held.ranks);
+    if bound > BEYOND_ANY_MACHINE {
+        let what = step_what(config, b, &format!("{} (at least)", held.label));
+        return ensure_fits(bound, &what, available);
+    }
+    let each = plan(config, b, target, held.ranks).total_bytes;
+    let label = match held.copies {
+        1 => held.label.clone(),
+        n => format!("{} ({n} x {:.2} GiB)", held.label, gib(each)),
+    };
+    ensure_fits(
+        copies * each as f64,
+        &step_what(config, b, &label),
+        available,
+    )
+}
+
 /// Refuses a training step of `config` at micro-batch `b`, as one of `ranks`
-/// data-parallel ranks, that cannot fit in the memory available to `backend` (see
-/// [`plan`]; `hgpt memory` shows it item by item).
+/// data-parallel ranks, that cannot fit in the memory available to `backend`
+/// together with what the group holds beside it there ([`Held::rank_of`]).
 pub fn ensure_step_fits<B: Backend + ?Sized>(
     config: &Config,
     b: usize,
     ranks: usize,
     backend: &B,
 ) -> Result<()> {
-    let available = available(backend)?;
-    let bound = step_lower_bound(config, b);
-    if bound > BEYOND_ANY_MACHINE {
-        return ensure_fits(
-            bound,
-            &step_what(config, b, " (at least)"),
-            available.as_ref(),
-        );
-    }
-    let need = plan(config, b, backend.target(), ranks).total_bytes;
-    ensure_fits(need as f64, &step_what(config, b, ""), available.as_ref())
+    let target = backend.target();
+    let held = Held::rank_of(ranks, target);
+    ensure_held_fits(config, b, &held, target, available(backend)?.as_ref())
 }

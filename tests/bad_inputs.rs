@@ -25,7 +25,7 @@ const CATEGORIES: &[(&str, &str, &[&str])] = &[
     ),
     (
         "sizes and memory",
-        "models, batches and corpora beyond the memory available, malformed HGPT_MEMORY_LIMIT",
+        "models, batches, ranks held together and corpora beyond the memory available, malformed HGPT_MEMORY_LIMIT",
         &["memory.rs"],
     ),
     (
@@ -35,7 +35,7 @@ const CATEGORIES: &[(&str, &str, &[&str])] = &[
     ),
     (
         "LLC",
-        "bad step sizes, chains, ranks and temperatures, missing checkpoints and runs, locked outputs",
+        "bad step sizes, chains, ranks and temperatures, missing checkpoints and runs, locked outputs, models side by side beyond the memory",
         &["llc.rs"],
     ),
     (

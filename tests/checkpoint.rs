@@ -60,21 +60,8 @@ fn resume_continues_bit_for_bit() {
 fn resume_on_prepared_shards_matches_the_run_never_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let docs = data::corpus::generate(3, 30_000).join("\n<|endoftext|>\n");
-    std::fs::write(dir.path().join("docs.txt"), docs).unwrap();
-    succeeds(
-        &[
-            "prepare",
-            "--input",
-            "docs.txt",
-            "--out",
-            "prep",
-            "--val-fraction",
-            "0.1",
-            "--train-tokenizer",
-            "300",
-        ],
-        dir.path(),
-    );
+    let tokenizer = ["--val-fraction", "0.1", "--train-tokenizer", "300"];
+    common::prepare_corpus(dir.path(), &docs, "prep", &tokenizer);
     // The learning rate is constant, so stopping at 4 of 9 steps changes nothing.
     let bpe = ["model.vocab_size=300"];
     let mut args = train_args(9, "whole", &bpe);

@@ -478,19 +478,8 @@ fn a_batch_larger_than_the_data_is_blamed_on_the_batch() {
 fn a_val_fraction_that_takes_most_documents_warns_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let docs = ["one", "two", "three", "four", "five"].join("\n<|endoftext|>\n");
-    std::fs::write(dir.path().join("docs.txt"), docs).unwrap();
-    let args = [
-        "prepare",
-        "--input",
-        "docs.txt",
-        "--out",
-        "prep",
-        "--val-fraction",
-        "0.99",
-    ];
-    let out = hgpt(&args, dir.path());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let prepared = common::prepare_corpus(dir.path(), &docs, "prep", &["--val-fraction", "0.99"]);
+    let stderr = prepared.stderr;
     assert!(
         stderr.contains("1 documents") && stderr.contains("4 documents"),
         "{stderr}"
@@ -704,19 +693,7 @@ fn data_sets_the_vocabulary_padded_unless_the_config_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let docs = hgpt::data::corpus::generate(3, 20_000).join("\n<|endoftext|>\n");
-    std::fs::write(d.join("docs.txt"), docs).unwrap();
-    succeeds(
-        &[
-            "prepare",
-            "--input",
-            "docs.txt",
-            "--out",
-            "prep",
-            "--train-tokenizer",
-            "300",
-        ],
-        d,
-    );
+    common::prepare_corpus(d, &docs, "prep", &["--train-tokenizer", "300"]);
     let out = hgpt(&["config", "show", "--data", "prep"], d);
     assert!(out.status.success());
     let config: hgpt::config::Config =

@@ -512,17 +512,8 @@ fn cli_prepares_trains_and_fails_with_one_line() {
     assert!(err.starts_with("error: no input text in empty"), "{err}");
 
     let input = input.to_str().unwrap();
-    let args = [
-        "prepare",
-        "--input",
-        input,
-        "--out",
-        "prep",
-        "--train-tokenizer",
-        "300",
-    ];
-    let (code, err) = hgpt(&args, d);
-    assert_eq!(code, 0, "{err}");
+    let tokenizer = ["--train-tokenizer", "300"];
+    let err = common::prepare_env(d, input, "prep", &tokenizer, &[]).stderr;
     assert!(err.contains("prepared prep"), "{err}");
 
     // A vocabulary the config names must hold the tokenizer's.
@@ -597,13 +588,7 @@ fn prepare_warns_of_a_lopsided_validation_share_and_a_short_vocabulary() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let docs = corpus::generate(10, 3_000).join("\n<|endoftext|>\n");
-    std::fs::write(d.join("docs.txt"), docs).unwrap();
-    let run = |out: &str, extra: &[&str]| {
-        let args = [&["prepare", "--input", "docs.txt", "--out", out][..], extra].concat();
-        let (code, err) = hgpt(&args, d);
-        assert_eq!(code, 0, "{err}");
-        err
-    };
+    let run = |out: &str, extra: &[&str]| common::prepare_corpus(d, &docs, out, extra).stderr;
     let err = run("half", &["--val-fraction", "0.5"]);
     assert!(
         err.contains("warning: validation holds") && err.contains("outside 1-20%"),
@@ -626,21 +611,8 @@ fn prepare_warns_of_a_lopsided_validation_share_and_a_short_vocabulary() {
 
 /// `hgpt prepare --out out --seed S` over `docs.txt` in `d`: the manifest.
 fn prepare_seeded(d: &Path, out: &str, fraction: &str, seed: &str) -> serde_json::Value {
-    let args = [
-        "prepare",
-        "--input",
-        "docs.txt",
-        "--out",
-        out,
-        "--val-fraction",
-        fraction,
-        "--seed",
-        seed,
-    ];
-    let (code, err) = hgpt(&args, d);
-    assert_eq!(code, 0, "{err}");
-    serde_json::from_str(&std::fs::read_to_string(d.join(out).join("manifest.json")).unwrap())
-        .unwrap()
+    let extra = ["--val-fraction", fraction, "--seed", seed];
+    common::prepare_env(d, "docs.txt", out, &extra, &[]).manifest()
 }
 
 /// Validation documents are drawn by the seed, not always the first; an input that
@@ -683,22 +655,9 @@ fn prepare_prints_progress_lines_without_a_terminal() {
     let d = dir.path();
     let docs = corpus::generate(40, 100_000).join("\n<|endoftext|>\n");
     std::fs::write(d.join("docs.txt"), docs).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hgpt"))
-        .args([
-            "prepare",
-            "--input",
-            "docs.txt",
-            "--out",
-            "p",
-            "--train-tokenizer",
-            "400",
-        ])
-        .env("HGPT_PROGRESS_SECS", "0")
-        .current_dir(d)
-        .output()
-        .unwrap();
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "{err}");
+    let tokenizer = ["--train-tokenizer", "400"];
+    let env = [("HGPT_PROGRESS_SECS", "0")];
+    let err = common::prepare_env(d, "docs.txt", "p", &tokenizer, &env).stderr;
     let line = err
         .lines()
         .find(|l| l.starts_with("prepare: input bytes: "));

@@ -260,20 +260,8 @@ fn padding_ids_are_never_sampled() {
 /// `hgpt prepare` of built-in corpus documents into `out` (with `extra` flags).
 fn prepare(dir: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
     let docs = hgpt::data::corpus::generate(5, 6000).join("\n<|endoftext|>\n");
-    std::fs::write(dir.join("docs.txt"), docs).unwrap();
-    let mut args = vec![
-        "prepare",
-        "--input",
-        "docs.txt",
-        "--out",
-        out,
-        "--val-fraction",
-        "0.2",
-    ];
-    args.extend(extra);
-    succeeds(&args, dir);
-    let manifest = std::fs::read_to_string(dir.join(out).join("manifest.json")).unwrap();
-    serde_json::from_str(&manifest).unwrap()
+    let extra = [&["--val-fraction", "0.2"][..], extra].concat();
+    common::prepare_corpus(dir, &docs, out, &extra).manifest()
 }
 
 #[test]

@@ -226,19 +226,8 @@ fn prepare_and_export_tokenizers_carry_the_same_roles() {
     let docs: Vec<String> = (0..40)
         .map(|i| format!("Document {i}: the cat sat on the mat, and then it sat again."))
         .collect();
-    std::fs::write(d.join("a.txt"), docs.join("\n<|endoftext|>\n")).unwrap();
-    succeeds(
-        &[
-            "prepare",
-            "--input",
-            "a.txt",
-            "--out",
-            "data",
-            "--val-fraction",
-            "0.2",
-        ],
-        d,
-    );
+    let text = docs.join("\n<|endoftext|>\n");
+    common::prepare_corpus(d, &text, "data", &["--val-fraction", "0.2"]);
     succeeds(&strs(&train_args(1, "run", &["data.dir=data"])), d);
     succeeds(&["export", "--checkpoint", "run", "--out", "hf"], d);
     let prepared = read_json(&d.join("data").join("tokenizer_config.json"));

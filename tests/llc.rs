@@ -545,6 +545,40 @@ fn llc_of_every_checkpoint_of_a_run_and_of_one() {
     assert_eq!(w["chain_estimates"], v["chain_estimates"]);
 }
 
+/// `llc --run` on two CPU threads samples a run's two checkpoints side by side,
+/// a model each: a memory that holds one model but not both is refused in one
+/// line naming the two, their need and the limit, before anything is estimated;
+/// exactly their need is enough.
+#[test]
+fn llc_of_a_run_checks_the_models_it_samples_side_by_side_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let every = ["train.checkpoint_every=1"];
+    let wide = [common::WIDE, &every].concat();
+    common::succeeds(&common::strs(&common::train_args(2, "run", &wide)), d);
+    let config = common::config(common::TINY, &wide);
+    let b = config.train.batch_size;
+    let each = hgpt::memory::plan(&config, b, hgpt::memory::Target::Cpu, 1).total_bytes;
+    let args = [
+        "llc", "--run", "run", "--device", "cpu", "--chains", "1", "--draws", "2", "--json",
+    ];
+    let limit = (2 * each - 1).to_string();
+    let env = [("RAYON_NUM_THREADS", "2"), ("HGPT_MEMORY_LIMIT", &limit)];
+    let line = common::fails_env(&args, d, &env);
+    let held = "for 2 checkpoints sampled side by side";
+    common::assert_refuses_two_held(&line, held, each, &limit);
+    assert!(!d.join("run/llc.jsonl").exists());
+    let limit = (2 * each).to_string();
+    let env = [("RAYON_NUM_THREADS", "2"), ("HGPT_MEMORY_LIMIT", &limit)];
+    let out = common::hgpt_env(&args, d, &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+}
+
 #[test]
 fn bad_arguments_give_one_line() {
     let line = fails(&["llc", "--checkpoint", "no/such/step_00000100"]);

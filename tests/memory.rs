@@ -10,7 +10,9 @@ use hgpt::backend::GpuPrecision;
 use hgpt::backend::cpu::CpuBackend;
 use hgpt::config::Config;
 use hgpt::data;
-use hgpt::memory::{Target, gib, largest_micro_batch, parse_size, plan};
+use hgpt::memory::{
+    Available, Held, Target, ensure_held_fits, gib, largest_micro_batch, parse_size, plan,
+};
 use hgpt::train::Trainer;
 
 fn small(sets: &[&str]) -> Config {
@@ -170,6 +172,82 @@ fn a_config_beyond_the_memory_limit_is_refused_with_both_figures() {
     assert!(!dir.path().join("run").exists());
     let line = common::fails_env(&args, dir.path(), &[("HGPT_MEMORY_LIMIT", "lots")]);
     assert!(line.contains("HGPT_MEMORY_LIMIT=lots"), "{line}");
+}
+
+/// `hgpt train --device cpu --ranks 2` holds both ranks in one process: under a
+/// cap that one unsharded rank fits but the two sharded ranks together do not,
+/// the run is refused in one line naming the two ranks, their combined need and
+/// the cap, before anything is written; at exactly their combined need it trains.
+#[test]
+fn two_cpu_thread_ranks_are_checked_together_against_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(common::TINY, common::WIDE);
+    let b = config.train.batch_size;
+    let (one, each) = (
+        plan(&config, b, Target::Cpu, 1).total_bytes,
+        plan(&config, b, Target::Cpu, 2).total_bytes,
+    );
+    assert!(one < 2 * each, "one rank alone would already be refused");
+    let mut args = common::train_args(1, "run", common::WIDE);
+    args.extend(["--device", "cpu", "--ranks", "2"].map(String::from));
+    let args = common::strs(&args);
+    let cap = one.to_string();
+    let line = common::fails_env(&args, dir.path(), &[("HGPT_MEMORY_LIMIT", &cap)]);
+    common::assert_refuses_two_held(&line, "for 2 ranks on this host", each, &cap);
+    assert!(!dir.path().join("run").exists());
+    let cap = (2 * each).to_string();
+    let out = common::hgpt_env(&args, dir.path(), &[("HGPT_MEMORY_LIMIT", &cap)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+}
+
+/// A GPU rank of a data-parallel group holds only its shard of the moments: a
+/// memory between its sharded plan and the unsharded one takes it, as one rank
+/// of 4, but refuses a lone rank; just under the sharded plan, the refusal names
+/// the rank of 4. On the host, 4 ranks are held together and refused.
+#[test]
+fn a_gpu_rank_is_checked_with_its_shard_and_the_host_with_every_rank() {
+    let config = common::config(common::TINY, common::WIDE);
+    let b = config.train.batch_size;
+    let gpu = Target::Cuda {
+        precision: GpuPrecision::Bf16,
+        cc_major: 9,
+    };
+    let (sharded, whole) = (
+        plan(&config, b, gpu, 4).total_bytes,
+        plan(&config, b, gpu, 1).total_bytes,
+    );
+    let limit = |bytes: usize| Available {
+        bytes,
+        source: "a test's limit".into(),
+    };
+    let check = |ranks: usize, target: Target, bytes: usize| {
+        ensure_held_fits(
+            &config,
+            b,
+            &Held::rank_of(ranks, target),
+            target,
+            Some(&limit(bytes)),
+        )
+        .map_err(|e| e.to_string())
+    };
+    let between = (sharded + whole) / 2;
+    assert!(sharded < between && between < whole);
+    assert_eq!(check(4, gpu, between), Ok(()));
+    assert_eq!(check(4, gpu, sharded), Ok(()));
+    let line = check(1, gpu, between).unwrap_err();
+    assert!(
+        line.contains(&format!("needs {:.2} GiB", gib(whole))),
+        "{line}"
+    );
+    assert!(
+        !line.contains("rank"),
+        "a lone rank is named as none: {line}"
+    );
+    let line = check(4, gpu, sharded - 1).unwrap_err();
+    assert!(line.contains("as one rank of 4 on its GPU needs"), "{line}");
+    let line = check(4, Target::Cpu, between).unwrap_err();
+    assert!(line.contains("for 4 ranks on this host (4 x"), "{line}");
 }
 
 /// Sizes no machine holds end in one line from every command that allocates them,

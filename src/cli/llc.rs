@@ -22,6 +22,7 @@ use hgpt::llc::layernorm_mlp::{self, LayerNormMlp, Schedule};
 use hgpt::llc::over_training::{LlcLog, StepLlc};
 use hgpt::llc::sampler::{NBeta, SgldSettings};
 use hgpt::llc::{aoyagi, estimate, gpt, write_outputs};
+use hgpt::memory::Held;
 use hgpt::model::Gpt;
 
 use super::{DeviceArgs, whole};
@@ -327,20 +328,40 @@ fn run_layernorm(args: &LayerNormArgs) -> Result<()> {
     Ok(())
 }
 
-/// The model of `config` on the backend `device` asks for (saying which on stderr),
-/// for estimating one checkpoint after another without reopening the device;
-/// refused before allocating if its step at `batch_size` cannot fit (the training
-/// plan bounds SGLD's: an anchor in place of the two moments).
-fn open_model(
+/// The backend `device` asks for (saying which on stderr), and how many models of
+/// `config` will be alive on it at once (`models` of its target), each sampling
+/// batches of `batch_size`, once they fit in its memory together (checked before
+/// anything is allocated). An estimate's model holds what a training step holds
+/// but for the two moments, where it holds its anchor w* (and on a GPU in bf16 its
+/// shadow) and on the host the parameters read from its checkpoint: the training
+/// plan bounds it.
+fn open_for_models(
     device: DeviceChoice,
     config: &Config,
     batch_size: usize,
-) -> Result<Gpt<Box<dyn Backend>>> {
+    models: impl FnOnce(Target) -> usize,
+) -> Result<(Box<dyn Backend>, usize)> {
     let (backend, device_line) =
         backend::open(device, config.train.precision, config.model.head_size())?;
-    hgpt::memory::ensure_step_fits(config, batch_size, 1, &backend)?;
+    let models = models(backend.target());
+    let held = Held {
+        copies: models,
+        ranks: 1,
+        label: match models {
+            1 => String::new(),
+            n => format!(" for {n} checkpoints sampled side by side"),
+        },
+    };
+    let available = hgpt::memory::available(&backend)?;
+    hgpt::memory::ensure_held_fits(
+        config,
+        batch_size,
+        &held,
+        backend.target(),
+        available.as_ref(),
+    )?;
     eprintln!("{device_line}");
-    Ok(Gpt::new(backend, &config.model))
+    Ok((backend, models))
 }
 
 fn run_checkpoint(args: &LlcArgs, path: &Path) -> Result<()> {
@@ -357,8 +378,9 @@ fn run_checkpoint(args: &LlcArgs, path: &Path) -> Result<()> {
     let _lock = claim_output(&out)?;
     let params = ckpt.read_params()?;
     let data = gpt::training_data(&config, batch_size, Some(&ckpt.state))?;
-    let mut model = open_model(args.device.device, &config, batch_size)?;
-    model.write_params(&params);
+    // One checkpoint: one model alive.
+    let (backend, _) = open_for_models(args.device.device, &config, batch_size, |_| 1)?;
+    let mut model = Gpt::with_params(backend, &config.model, &params);
     let progress = progress_bar(&settings);
     let seq_len = config.train.seq_len;
     let est = gpt::estimate_on(
@@ -395,16 +417,22 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
     let (batch_size, settings) = args
         .sgld
         .settings(&Defaults::gpt(config.train.batch_size))?;
-    let mut model = open_model(args.device.device, &config, batch_size)?;
+    // On the CPU, checkpoints are estimated side by side (on two cores two at once
+    // beat one after another; BENCHMARKS.md has the figures), each on a model of
+    // its own; a GPU takes them in turn. A group of one (on the GPU, or the last
+    // of an odd count) runs on the run's one model, made when first needed, after
+    // the side-by-side models are gone: at most `side_by_side` models live at once.
+    let side_by_side = |target| match target {
+        Target::Cpu => rayon::current_num_threads().min(steps.len()),
+        Target::Cuda { .. } => 1,
+    };
+    let (backend, side_by_side) =
+        open_for_models(args.device.device, &config, batch_size, side_by_side)?;
+    let mut idle = Some(backend);
+    let mut lone: Option<Gpt<Box<dyn Backend>>> = None;
     let out = args.out.clone().unwrap_or_else(|| run.to_path_buf());
     let _lock = claim_output(&out)?;
     let mut log = LlcLog::create(&out.join("llc.jsonl"))?;
-    // On the CPU, checkpoints are estimated side by side (on two cores two at once
-    // beat one after another; BENCHMARKS.md has the figures); a GPU takes them in turn.
-    let side_by_side = match model.backend.target() {
-        Target::Cpu => rayon::current_num_threads(),
-        Target::Cuda { .. } => 1,
-    };
     for group in steps.chunks(side_by_side) {
         let mut jobs = Vec::with_capacity(group.len());
         for (_, dir) in group {
@@ -424,10 +452,14 @@ fn run_run(args: &LlcArgs, run: &Path) -> Result<()> {
         progress.set_length(progress.length().unwrap_or(0) * jobs.len() as u64);
         let estimates = if jobs.len() == 1 {
             let (params, data) = jobs.pop().expect("one job");
+            let model = lone.get_or_insert_with(|| {
+                let backend = idle.take().expect("the backend waits for the lone model");
+                Gpt::new(backend, &config.model)
+            });
             model.write_params(&params);
             let seq_len = config.train.seq_len;
             vec![gpt::estimate_on(
-                &mut model, data.train, batch_size, seq_len, &settings, &progress,
+                model, data.train, batch_size, seq_len, &settings, &progress,
             )]
         } else {
             gpt::estimate_side_by_side(jobs, &config, batch_size, &settings, &progress)

@@ -32,6 +32,7 @@ use crate::checkpoint::{self, Checkpoint, TrainingSnapshot, compat};
 use crate::config::Config;
 use crate::data::{self, Batch, DataSpec, Dataset};
 use crate::dist::{self, Collective, Place, Solo};
+use crate::memory;
 use crate::model::Gpt;
 use crate::observe::Observer;
 use divergence::DivergenceGuard;
@@ -77,8 +78,10 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// A freshly initialised model on `backend` as a rank of `dist`'s group, `data`
-    /// loaded for that rank (`DataSpec { rank, world, .. }`). Every rank initialises
-    /// from the same seed, so all start with the same parameters.
+    /// loaded for that rank (`DataSpec { rank, world, .. }`), refused before anything
+    /// is allocated if the step, with what the group holds beside it in the same
+    /// memory, cannot fit ([`memory::Held::rank_of`]). Every rank initialises from
+    /// the same seed, so all start with the same parameters.
     pub fn in_group(
         config: &Config,
         backend: B,
@@ -87,7 +90,7 @@ impl<B: Backend> Trainer<B> {
     ) -> Result<Trainer<B>> {
         compat::check_data(&data, &config.model, None)?;
         let place = dist.place();
-        crate::memory::ensure_step_fits(config, config.train.batch_size, place.world, &backend)?;
+        memory::ensure_step_fits(config, config.train.batch_size, place.world, &backend)?;
         let model = Gpt::new(backend, &config.model);
         model.init(config.train.seed);
         let shards = dist::shards(model.num_params(), place.world);
@@ -336,6 +339,17 @@ pub fn run_threads(
     ranks: usize,
     observer: &mut dyn TrainObserver,
 ) -> Result<Summary> {
+    // The ranks share this host: their plans are checked together, once, before
+    // any rank starts (each rank's own check in `execute` then passes).
+    let held = memory::Held::rank_of(ranks, Target::Cpu);
+    let host = memory::host_available()?;
+    memory::ensure_held_fits(
+        config,
+        config.train.batch_size,
+        &held,
+        Target::Cpu,
+        host.as_ref(),
+    )?;
     let open = || open_backend(DeviceChoice::Cpu, config);
     dist::threads::run(
         ranks,
@@ -360,8 +374,9 @@ pub fn run_rank(
 
 /// Runs `job` as the rank `dist` places: every rank loads its slice of the data and
 /// the checkpoint it starts from; rank 0 alone checks, locks and writes the run
-/// directory. `open` opens the backend and checks that a step fits in its memory,
-/// before the data is read (a step that cannot fit is refused first).
+/// directory. `open` opens the backend; a step, as one rank of the group, is
+/// checked against its memory ([`memory::ensure_step_fits`]) before the data is
+/// read or the run directory written (a step that cannot fit is refused first).
 fn execute(
     job: Job,
     config: &Config,
@@ -386,7 +401,7 @@ fn execute(
                 true => Some(claim_new_run(config, out, init.as_ref(), observer)?),
                 false => None,
             };
-            let (backend, device_line) = open()?;
+            let (backend, device_line) = open_fitting(open, config, place)?;
             let data = data::load(&spec)?;
             let params = match &init {
                 Some(ckpt) => {
@@ -418,7 +433,7 @@ fn execute(
                 None => Checkpoint::open_run(run)?,
             };
             let changes = compat::check_resume(&ckpt.state.config, config)?;
-            let (backend, device_line) = open()?;
+            let (backend, device_line) = open_fitting(open, config, place)?;
             let data = data::load(&spec)?;
             let data_notes = compat::check_same_data(&ckpt.state, config, &data)?;
             compat::check_data(&data, &config.model, Some(&ckpt.state)).context("cannot resume")?;
@@ -524,13 +539,21 @@ fn with_canonical_data_dir(config: &Config) -> Config {
     config
 }
 
-/// The backend `device` and the config's precision and head size ask for, once a
-/// training step of `config` is known to fit in its memory (before the data is
-/// read or a run directory written).
+/// The backend `device` and the config's precision and head size ask for.
 fn open_backend(device: DeviceChoice, config: &Config) -> Result<(Box<dyn Backend>, String)> {
-    let (backend, line) = backend::open(device, config.train.precision, config.model.head_size())?;
-    // One rank's whole optimizer state: the trainer checks its own shard again.
-    crate::memory::ensure_step_fits(config, config.train.batch_size, 1, &backend)?;
+    backend::open(device, config.train.precision, config.model.head_size())
+}
+
+/// The backend `open` gives, once a training step of `config`, as the rank `place`
+/// of its group, is known to fit in its memory (the check [`Trainer::in_group`]
+/// makes again before allocating, here before the data is read).
+fn open_fitting(
+    open: impl FnOnce() -> Result<(Box<dyn Backend>, String)>,
+    config: &Config,
+    place: Place,
+) -> Result<(Box<dyn Backend>, String)> {
+    let (backend, line) = open()?;
+    memory::ensure_step_fits(config, config.train.batch_size, place.world, &backend)?;
     Ok((backend, line))
 }
 

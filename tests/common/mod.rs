@@ -6,7 +6,7 @@
 
 pub mod reference;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use hgpt::config::Config;
@@ -84,6 +84,64 @@ pub fn fails_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> String {
     lines[0].to_string()
 }
 
+/// Asserts that `line` refuses two steps of `each` bytes held at once (`held`
+/// says how, e.g. "for 2 ranks on this host") under `HGPT_MEMORY_LIMIT=cap`,
+/// naming them, their need and the cap.
+pub fn assert_refuses_two_held(line: &str, held: &str, each: usize, cap: &str) {
+    let gib = hgpt::memory::gib;
+    let need = format!(
+        "{held} (2 x {:.2} GiB) needs {:.2} GiB",
+        gib(each),
+        gib(2 * each)
+    );
+    assert!(
+        line.contains("does not fit")
+            && line.contains(&need)
+            && line.contains(&format!("(HGPT_MEMORY_LIMIT={cap})")),
+        "{need}: {line}"
+    );
+}
+
+/// A directory `hgpt prepare` wrote, and what it said on stderr.
+pub struct Prepared {
+    pub dir: PathBuf,
+    pub stderr: String,
+}
+
+impl Prepared {
+    /// Its manifest.json.
+    pub fn manifest(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.dir.join("manifest.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// Runs `hgpt prepare --input INPUT --out OUT` in `dir` with `extra` flags and
+/// `env` variables, expecting success.
+pub fn prepare_env(
+    dir: &Path,
+    input: &str,
+    out: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Prepared {
+    let args = [&["prepare", "--input", input, "--out", out][..], extra].concat();
+    let output = hgpt_env(&args, dir, env);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "hgpt {args:?} failed: {stderr}");
+    Prepared {
+        dir: dir.join(out),
+        stderr,
+    }
+}
+
+/// Writes `text` to docs.txt in `dir` and prepares it into `dir/out` with `extra`
+/// flags, expecting success.
+pub fn prepare_corpus(dir: &Path, text: &str, out: &str, extra: &[&str]) -> Prepared {
+    std::fs::write(dir.join("docs.txt"), text).unwrap();
+    prepare_env(dir, "docs.txt", out, extra, &[])
+}
+
 /// `--set` overrides for a 1-layer, 32-channel model on a little built-in text,
 /// logging every step, with a constant learning rate (so a run's losses do not
 /// depend on max_steps).
@@ -116,6 +174,15 @@ pub const SMALL: &[&str] = &[
     "train.batch_size=4",
     "data.builtin_train_bytes=20000",
     "data.builtin_val_bytes=5000",
+];
+
+/// Overrides (after [`TINY`]) for a model of a few million parameters, 512
+/// channels wide, whose memory plans differ in the GiB a refusal prints.
+pub const WIDE: &[&str] = &[
+    "model.n_embd=512",
+    "model.n_head=8",
+    "model.n_layer=2",
+    "model.harmonic_exponent=512",
 ];
 
 /// The built-in tiny config with `base` then `extra` applied as `--set` would
