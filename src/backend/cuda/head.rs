@@ -111,7 +111,6 @@ impl CudaBackend {
     /// the head: with `losses` (indexed from row 0 of the head, as `targets` are) each
     /// row's loss, and its lse into `lse` (0: not wanted); with `losses` 0, the logits
     /// in place of the dot products.
-    #[allow(clippy::too_many_arguments)]
     fn head_lse(
         &self,
         x: &HeadInputs,
@@ -356,7 +355,14 @@ impl HeadSteps for Steps<'_> {
         let scale = self.grads.filter(|_| grads).map(|(_, _, scale)| scale);
         let lse = if scale.is_some() { self.chunk.lse } else { 0 };
         let (be, x, v) = (self.be, &self.x, self.v);
-        be.head_lse(x, (self.chunk.dots, r0, rows), lse, self.losses, self.targets, v);
+        be.head_lse(
+            x,
+            (self.chunk.dots, r0, rows),
+            lse,
+            self.losses,
+            self.targets,
+            v,
+        );
         if let Some(scale) = scale {
             be.head_grad(x, self.chunk, (r0, rows), self.targets, v, scale);
         }
