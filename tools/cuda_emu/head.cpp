@@ -260,10 +260,9 @@ static bool check_pass(const Rows& r, const Head& k, int chunk, bool orders) {
     len += snprintf(errs + len, sizeof errs - len, ", bf16: G wrong %lld%s%s", g16_wrong,
                     d_kept ? "" : ", D overwritten", sums_same ? "" : ", sums differ");
     if (orders) {
-        bool same = true;
-        for (bool bf : {false, true})
-            same &= same_bits_in_every_order(
-                [&](emu::Order o) { return run_pass(r, k, bf, chunk, o).bits(); });
+        // fp32's: bf16's G is fp32's rounded and its sums are fp32's (checked above).
+        const bool same = same_bits_in_every_order(
+            [&](emu::Order o) { return run_pass(r, k, false, chunk, o).bits(); });
         ok &= same;
         snprintf(errs + len, sizeof errs - len, ", %s bits in every order",
                  same ? "same" : "DIFFERENT");
@@ -365,8 +364,10 @@ int main() {
                     failures += !check_lse(*r, {false, 0, vec4}, logits, order);
                     for (float n : exps) failures += !check_lse(*r, {true, n, vec4}, logits, order);
                 }
-            failures += !check_pass(*r, {false, 0, vec4}, 36, true);
-            for (float n : exps) failures += !check_pass(*r, {true, n, vec4}, 36, true);
+            // The same bits in every order where there are sums across threads and
+            // blocks: the harmonic head's (softmax's G is one value per element).
+            failures += !check_pass(*r, {false, 0, vec4}, 36, false);
+            for (float n : exps) failures += !check_pass(*r, {true, n, vec4}, 36, n == 8);
         }
     // One chunk of all rows, and chunks of one row.
     failures += !check_pass(mid, {true, 8, true}, 45, false);
@@ -380,13 +381,12 @@ int main() {
         failures += !check_add_scaled(13, 100, true, 2, order);
     }
     // GPT-2's vocabulary, unpadded and padded to a multiple of 64: many strides per
-    // thread, many column tiles; one order keeps it quick.
+    // thread, many column tiles; one order and one head each keep it quick.
     for (int V : {50257, 50304}) {
         const Rows large = make_rows(V, 4);
         const bool vec4 = V % 4 == 0;
         failures += !check_lse(large, {true, 8, vec4}, false, emu::SHUFFLED);
-        failures += !check_pass(large, {false, 0, vec4}, 4, false);
-        failures += !check_pass(large, {true, 8, vec4}, 4, false);
+        failures += !check_pass(large, {!vec4, 8, vec4}, 4, false);
     }
     return failures != 0;
 }
