@@ -7,7 +7,9 @@
 //   lse = logsumexp(z) (online: one running max and sum per thread, merged across the
 //   block);  loss = lse - z_y;  q_i = exp(z_i - lse) - [i = y]
 //   G_i = scale q_i (softmax), or scale dL/ds_i = -(n/2) q_i / s_i * scale (harmonic, 0
-//   where s was clamped, i.e. where the unclamped distance was <= eps)
+//   where s was clamped, i.e. where the unclamped distance was <= eps). s is the
+//   distance computed for z, in a register (the CPU reference, which keeps one row,
+//   recovers it from z; the two agree to a few ulps).
 //
 // Two kernels, neither storing z or probabilities in the loss and gradient modes:
 //
@@ -30,9 +32,10 @@
 //
 // Bytes per element of the chunk's R x V dot products, bf16 mode: the GEMM writes D (4),
 // head_lse reads it (4), head_grad reads it (4) and writes the bf16 G (2), the two GEMMs
-// read that (2 + 2): 18 for both heads (the partials are 1/32 and 1/128 of that or less).
-// The single-pass row kernel this replaced stored z and an fp32 G for both heads (30
-// bytes harmonic, 22 softmax). fp32 mode: 4 + 4 + 4 + 4 (G over D) + 4 + 4 = 24.
+// read that (2 + 2): 18 for both heads, plus about 0.3 for the harmonic partials (8
+// bytes per column per 32 rows, 8 per row per 128 columns). Storing z and an fp32 G
+// besides, as one kernel per row would, costs 30 harmonic and 22 softmax. fp32 mode:
+// 4 + 4 + 4 + 4 (G over D) + 4 + 4 = 24.
 // (A 200 KB row of D rarely survives in L2 between the two kernels at GPT-2's sizes, so
 // its second read counts as DRAM traffic.)
 //
