@@ -27,8 +27,8 @@ pub(super) fn grad_tiles(rows: usize, v: usize, vec4: bool) -> (usize, usize) {
     (rows.div_ceil(GRAD_TILE_ROWS), v.div_ceil(32 * width))
 }
 
-/// Whether the head's kernels may move float4s over rows of `v` floats starting at
-/// `ptrs` (every row 16-byte aligned; the bf16 G's rows are then 8-byte aligned).
+/// Whether the head's kernels may move float4s over rows of `v` floats (or bf16s)
+/// starting at `ptrs`: every row then starts 16-byte aligned (8 for bf16).
 fn vec4(v: usize, ptrs: &[u64]) -> bool {
     v.is_multiple_of(4) && aligned16(ptrs)
 }
@@ -43,6 +43,14 @@ struct Chunk {
     lse: u64,
     rowpart: u64,
     colpart: u64,
+}
+
+impl Chunk {
+    /// Whether `head_grad` moves float4s over the chunk's rows of `v`, and so how it
+    /// tiles them (`grad_tiles`).
+    fn vec4(&self, v: usize) -> bool {
+        vec4(v, &[self.dots, self.g16])
+    }
 }
 
 /// `p + bytes`, keeping a null pointer null (optional kernel inputs).
@@ -161,7 +169,7 @@ impl CudaBackend {
             rowpart,
             colpart,
         } = chunk;
-        let vec4 = vec4(v, &[dots]);
+        let vec4 = chunk.vec4(v);
         let (rtiles, ctiles) = grad_tiles(rows, v, vec4);
         let g32 = if g16 == 0 { dots } else { 0 };
         self.launch(
@@ -263,7 +271,7 @@ pub(super) fn head_loss(
             chunk.g16 = be.scratch(Slot::HeadG16, 2 * ch * v);
         }
         if x.harmonic {
-            let (rtiles, ctiles) = grad_tiles(ch, v, vec4(v, &[dots]));
+            let (rtiles, ctiles) = grad_tiles(ch, v, chunk.vec4(v));
             chunk.rowpart = be.scratch(Slot::HeadRowPartials, 4 * ctiles * ch);
             chunk.colpart = be.scratch(Slot::HeadColPartials, 4 * rtiles * v);
             rowsum = be.scratch(Slot::HeadRowsum, 4 * ch);
@@ -394,7 +402,7 @@ impl HeadSteps for Steps<'_> {
         let (c, v) = (self.c, self.v);
         let h16 = offset(self.x.h16, 2 * r0 * c);
         let h32 = self.h + (4 * r0 * c) as u64;
-        let (rtiles, ctiles) = grad_tiles(rows, v, vec4(v, &[self.chunk.dots]));
+        let (rtiles, ctiles) = grad_tiles(rows, v, self.chunk.vec4(v));
         let be = self.be;
         // rowsum[r] = the row's partials over the column tiles, in tile order.
         be.zero_words(self.rowsum, rows);
