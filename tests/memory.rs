@@ -75,7 +75,9 @@ fn unchunked_plan_swaps_the_head_chunk_for_two_full_logit_tensors() {
 }
 
 /// 124M at 64 x 1024 tokens: the head's chunk is bounded (2^26 dot products, plus
-/// their bf16 copy and row sums) while the naive head's two tensors are 2 B T V.
+/// their bf16 copy, each row's lse and rowsum, and the partial sums of G per 128
+/// columns of a row and per 32 rows of a column) while the naive head's two tensors
+/// are 2 B T V.
 #[test]
 fn the_chunked_head_holds_far_less_than_full_logits_at_124m() {
     let config = Config::load(
@@ -89,9 +91,10 @@ fn the_chunked_head_holds_far_less_than_full_logits_at_124m() {
     };
     let p = plan(&config, 64, gpu, 1);
     let rows = (1 << 26) / 50304;
+    let partials = 4 * rows * 50304usize.div_ceil(128) + 4 * rows.div_ceil(32) * 50304;
     assert_eq!(
         p.head_chunk_bytes,
-        4 * rows * 50304 + 2 * rows * 50304 + 4 * rows
+        4 * rows * 50304 + 2 * rows * 50304 + 2 * 4 * rows + partials
     );
     assert_eq!(p.unchunked_head_bytes, 8 * 64 * 1024 * 50304);
     assert!(p.unchunked_total_bytes > p.total_bytes + (20usize << 30));

@@ -1,50 +1,56 @@
 //! The output head on the GPU, the host half of cuda/head.cu: the steps of the chunked
-//! head (crate::head::chunked) with cuBLASLt GEMMs, the row pass `head_rows` (logits z,
-//! the loss, G in place of z, rowsum(G)), and the harmonic corrections
-//! (`add_scaled_rows`, `column_sums_add`).
+//! head (crate::head::chunked) with cuBLASLt GEMMs, the row pass in two kernels
+//! (`head_lse`: each row's lse and loss, or the logits; `head_grad`: G where the GEMMs
+//! read it, and the harmonic head's partial sums of G), and the harmonic corrections
+//! (`add_scaled_rows`, with rowsum(G) and colsum(G) folded from the partials by
+//! `column_partials_add`).
 
 use cudarc::driver::sys as cu;
 
 use super::gemm::Operand;
 use super::kernels::Arg::{F32, I32, Ptr};
 use super::linear::product;
-use super::{CudaBackend, GpuPrecision, Slot};
+use super::{CudaBackend, GpuPrecision, Slot, aligned16};
 use crate::backend::{HeadGrads, Mat, Span, TokenSpan};
 use crate::head::HeadKind;
 use crate::head::chunked::{self, HeadSteps};
 
-/// What `head_rows` writes over a chunk of dot products.
-#[derive(Clone, Copy)]
-enum RowPass {
-    /// The logits z, in place of the dot products.
-    Logits,
-    /// z and each row's loss.
-    Loss,
-    /// The loss, and G (of `scale` times the loss) in place of z, with its bf16 copy
-    /// and row sums where the chunk has room for them.
-    LossAndGrad { scale: f32 },
+/// Rows of one `head_grad` tile (GRAD_TILE_ROWS in cuda/head.cu).
+const GRAD_TILE_ROWS: usize = 32;
+
+/// `head_grad`'s tiles over a chunk of `rows` rows and `v` columns, as (row tiles,
+/// column tiles), when it moves float4s (`vec4`) or single floats: 32 lanes of 4 or 1
+/// columns. The harmonic head's partial sums hold one float per (column tile, row) and
+/// per (row tile, column).
+pub(super) fn grad_tiles(rows: usize, v: usize, vec4: bool) -> (usize, usize) {
+    let width = if vec4 { 4 } else { 1 };
+    (rows.div_ceil(GRAD_TILE_ROWS), v.div_ceil(32 * width))
 }
 
-impl RowPass {
-    /// The kernel's `mode` and `scale` arguments.
-    fn mode_and_scale(self) -> (i32, f32) {
-        match self {
-            RowPass::Logits => (0, 1.0),
-            RowPass::Loss => (1, 1.0),
-            RowPass::LossAndGrad { scale } => (2, scale),
-        }
-    }
+/// Whether the head's kernels may move float4s over rows of `v` floats (or bf16s)
+/// starting at `ptrs`: every row then starts 16-byte aligned (8 for bf16).
+fn vec4(v: usize, ptrs: &[u64]) -> bool {
+    v.is_multiple_of(4) && aligned16(ptrs)
 }
 
-/// Rows `r0..r0 + rows` of the head's dot products at `dots` (row 0 is row r0), with
-/// G's bf16 copy `g16` and per-row sums `rowsum` of G (0 where not wanted).
+/// The chunk's buffers for `head_grad`, rows from row 0 of the chunk: the dot products,
+/// G's bf16 copy (0 in fp32 mode, where G goes in place of the dot products), each
+/// row's lse, and the harmonic head's partial sums (0 for softmax).
 #[derive(Clone, Copy)]
 struct Chunk {
     dots: u64,
     g16: u64,
-    rowsum: u64,
-    r0: usize,
-    rows: usize,
+    lse: u64,
+    rowpart: u64,
+    colpart: u64,
+}
+
+impl Chunk {
+    /// Whether `head_grad` moves float4s over the chunk's rows of `v`, and so how it
+    /// tiles them (`grad_tiles`).
+    fn vec4(&self, v: usize) -> bool {
+        vec4(v, &[self.dots, self.g16])
+    }
 }
 
 /// `p + bytes`, keeping a null pointer null (optional kernel inputs).
@@ -109,35 +115,28 @@ impl CudaBackend {
         }
     }
 
-    /// The head's row pass over one chunk (see cuda/head.cu); `losses` and `targets`
-    /// are indexed from row 0 of the whole head (0: none).
-    fn head_rows(
+    /// `head_lse` over `rows` rows of dot products at `dots`, which are rows r0.. of
+    /// the head: with `losses` (indexed from row 0 of the head, as `targets` are) each
+    /// row's loss, and its lse into `lse` (0: not wanted); with `losses` 0, the logits
+    /// in place of the dot products.
+    fn head_lse(
         &self,
         x: &HeadInputs,
-        chunk: Chunk,
+        (dots, r0, rows): (u64, usize, usize),
+        lse: u64,
         losses: u64,
         targets: u64,
         v: usize,
-        pass: RowPass,
     ) {
-        let Chunk {
-            dots,
-            g16,
-            rowsum,
-            r0,
-            rows,
-        } = chunk;
-        let (mode, scale) = pass.mode_and_scale();
         self.launch(
-            "head_rows",
+            "head_lse",
             (rows as u32, 1),
             (256, 1),
             0,
             &[
                 Ptr(dots),
-                Ptr(g16),
+                Ptr(lse),
                 Ptr(offset(losses, 4 * r0)),
-                Ptr(rowsum),
                 Ptr(offset(x.h_sq, 4 * r0)),
                 Ptr(x.w_sq),
                 Ptr(offset(targets, 4 * r0)),
@@ -145,10 +144,66 @@ impl CudaBackend {
                 I32(x.harmonic as i32),
                 F32(x.half_n),
                 F32(x.eps),
-                I32(mode),
-                F32(scale),
+                I32((losses == 0) as i32),
+                I32(vec4(v, &[dots]) as i32),
             ],
         );
+    }
+
+    /// `head_grad` over the chunk's `rows` rows (rows r0.. of the head): G of `scale`
+    /// times the loss into the bf16 copy, or in place of the dot products without
+    /// one, and the harmonic head's partial sums.
+    fn head_grad(
+        &self,
+        x: &HeadInputs,
+        chunk: Chunk,
+        (r0, rows): (usize, usize),
+        targets: u64,
+        v: usize,
+        scale: f32,
+    ) {
+        let Chunk {
+            dots,
+            g16,
+            lse,
+            rowpart,
+            colpart,
+        } = chunk;
+        let vec4 = chunk.vec4(v);
+        let (rtiles, ctiles) = grad_tiles(rows, v, vec4);
+        let g32 = if g16 == 0 { dots } else { 0 };
+        self.launch(
+            "head_grad",
+            (rtiles as u32, ctiles as u32),
+            (32, 8),
+            0,
+            &[
+                Ptr(dots),
+                Ptr(g32),
+                Ptr(g16),
+                Ptr(rowpart),
+                Ptr(colpart),
+                Ptr(lse),
+                Ptr(offset(x.h_sq, 4 * r0)),
+                Ptr(x.w_sq),
+                Ptr(offset(targets, 4 * r0)),
+                I32(rows as i32),
+                I32(v as i32),
+                I32(x.harmonic as i32),
+                F32(x.half_n),
+                F32(x.eps),
+                F32(scale),
+                I32(vec4 as i32),
+            ],
+        );
+    }
+
+    /// Sets `n` words at `p` to 0 (on the stream, in order with the kernels).
+    fn zero_words(&self, p: u64, n: usize) {
+        // SAFETY: n words of a scratch buffer that holds at least that many.
+        unsafe { cu::cuMemsetD32Async(p, 0, n, self.stream.cu_stream()) }
+            .result()
+            .unwrap_or_else(|e| panic!("CUDA error clearing a buffer: {e}"));
     }
 
     fn row_sq_norms(&self, out: u64, x: u64, x16: u64, rows: usize, c: usize) {
@@ -202,27 +257,34 @@ pub(super) fn head_loss(
     let x = be.head_inputs(h.span, w.span, n, c, v, kind);
     let ch = (be.head_chunk_floats.get() / v).clamp(1, n);
     let dots = be.scratch(Slot::HeadRows, 4 * ch * v);
-    let g16 = match (be.precision, grads) {
-        (GpuPrecision::Bf16, Some(_)) => be.scratch(Slot::HeadG16, 2 * ch * v),
-        _ => 0,
+    let mut chunk = Chunk {
+        dots,
+        g16: 0,
+        lse: 0,
+        rowpart: 0,
+        colpart: 0,
     };
-    let (rowsum, colsum) = if x.harmonic && grads.is_some() {
-        let cs = be.scratch(Slot::HeadColsum, 4 * v);
-        // SAFETY: v words of the scratch buffer.
-        unsafe { cu::cuMemsetD32Async(cs, 0, v, be.stream.cu_stream()) }
-            .result()
-            .unwrap_or_else(|e| panic!("CUDA error clearing a buffer: {e}"));
-        (be.scratch(Slot::HeadRowsum, 4 * ch), cs)
-    } else {
-        (0, 0)
-    };
+    let (mut rowsum, mut colsum) = (0, 0);
+    if grads.is_some() {
+        chunk.lse = be.scratch(Slot::HeadLse, 4 * ch);
+        if be.precision == GpuPrecision::Bf16 {
+            chunk.g16 = be.scratch(Slot::HeadG16, 2 * ch * v);
+        }
+        if x.harmonic {
+            let (rtiles, ctiles) = grad_tiles(ch, v, chunk.vec4(v));
+            chunk.rowpart = be.scratch(Slot::HeadRowPartials, 4 * ctiles * ch);
+            chunk.colpart = be.scratch(Slot::HeadColPartials, 4 * rtiles * v);
+            rowsum = be.scratch(Slot::HeadRowsum, 4 * ch);
+            colsum = be.scratch(Slot::HeadColsum, 4 * v);
+            be.zero_words(colsum, v);
+        }
+    }
     let mut steps = Steps {
         be,
         x,
         c,
         v,
-        dots,
-        g16,
+        chunk,
         rowsum,
         colsum,
         h: be.ptr(h.span),
@@ -236,15 +298,15 @@ pub(super) fn head_loss(
 
 /// The chunked head's steps on the GPU (crate::head::chunked): cuBLASLt GEMMs on the
 /// head's operands, G read from its bf16 copy where there is one, and the harmonic
-/// corrections with the row sums `head_rows` leaves in `rowsum`.
+/// corrections with rowsum(G) and colsum(G) folded from `head_grad`'s partial sums.
 struct Steps<'a> {
     be: &'a CudaBackend,
     x: HeadInputs,
     c: usize,
     v: usize,
-    /// The chunk's dot products, G after the row pass; its bf16 copy (0: none).
-    dots: u64,
-    g16: u64,
+    /// The chunk's scratch: the dot products (G in their place in fp32 mode), G's
+    /// bf16 copy, each row's lse and the harmonic partial sums.
+    chunk: Chunk,
     /// Harmonic gradients: rowsum(G) of the chunk and colsum(G) over all chunks.
     rowsum: u64,
     colsum: u64,
@@ -270,7 +332,11 @@ impl Steps<'_> {
     /// G as a GEMM operand (its transpose with `trans`).
     fn g(&self, trans: bool) -> Operand {
         Operand {
-            ptr: if self.g16 != 0 { self.g16 } else { self.dots },
+            ptr: if self.chunk.g16 != 0 {
+                self.chunk.g16
+            } else {
+                self.chunk.dots
+            },
             trans,
         }
     }
@@ -290,23 +356,24 @@ impl HeadSteps for Steps<'_> {
         };
         let p = product(rows, self.v, self.c, 1.0, 0.0);
         let be = self.be;
-        be.gemm_typed(be.dtype(), self.dots, self.h_chunk(r0), w_t, p);
+        be.gemm_typed(be.dtype(), self.chunk.dots, self.h_chunk(r0), w_t, p);
     }
 
     fn rows(&mut self, r0: usize, rows: usize, grads: bool) {
-        let pass = match self.grads.filter(|_| grads) {
-            Some((_, _, scale)) => RowPass::LossAndGrad { scale },
-            None => RowPass::Loss,
-        };
-        let chunk = Chunk {
-            dots: self.dots,
-            g16: self.g16,
-            rowsum: self.rowsum,
-            r0,
-            rows,
-        };
-        self.be
-            .head_rows(&self.x, chunk, self.losses, self.targets, self.v, pass);
+        let scale = self.grads.filter(|_| grads).map(|(_, _, scale)| scale);
+        let lse = if scale.is_some() { self.chunk.lse } else { 0 };
+        let (be, x, v) = (self.be, &self.x, self.v);
+        be.head_lse(
+            x,
+            (self.chunk.dots, r0, rows),
+            lse,
+            self.losses,
+            self.targets,
+            v,
+        );
+        if let Some(scale) = scale {
+            be.head_grad(x, self.chunk, (r0, rows), self.targets, v, scale);
+        }
     }
 
     fn grad_h(&mut self, r0: usize, rows: usize, coef: f32) {
@@ -332,12 +399,16 @@ impl HeadSteps for Steps<'_> {
     }
 
     fn harmonic_chunk(&mut self, r0: usize, rows: usize) {
-        let c = self.c;
+        let (c, v) = (self.c, self.v);
         let h16 = offset(self.x.h16, 2 * r0 * c);
         let h32 = self.h + (4 * r0 * c) as u64;
+        let (rtiles, ctiles) = grad_tiles(rows, v, self.chunk.vec4(v));
         let be = self.be;
+        // rowsum[r] = the row's partials over the column tiles, in tile order.
+        be.zero_words(self.rowsum, rows);
+        be.column_partials_add(self.rowsum, self.chunk.rowpart, ctiles, rows, rows);
         be.add_scaled_rows(self.dh_dw(r0).0, self.rowsum, (h32, h16), rows, c, 2.0);
-        be.column_sums_add(&[self.colsum], self.dots, rows, self.v);
+        be.column_partials_add(self.colsum, self.chunk.colpart, rtiles, v, v);
     }
 
     fn harmonic_end(&mut self) {
@@ -366,12 +437,5 @@ pub(super) fn head_logits(be: &CudaBackend, out: Mat, h: Mat, w: Mat, kind: Head
         },
     );
     be.gemm_typed(be.dtype(), o, hm, wm, product(n, v, c, 1.0, 0.0));
-    let chunk = Chunk {
-        dots: o,
-        g16: 0,
-        rowsum: 0,
-        r0: 0,
-        rows: n,
-    };
-    be.head_rows(&x, chunk, 0, 0, v, RowPass::Logits);
+    be.head_lse(&x, (o, 0, n), 0, 0, 0, v);
 }

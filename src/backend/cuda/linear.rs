@@ -209,18 +209,31 @@ impl CudaBackend {
         );
         let w = cols / dsts.len();
         for (k, &dst) in dsts.iter().enumerate() {
-            self.launch_elems(
-                "column_partials_add",
-                w,
-                &[
-                    Ptr(dst),
-                    Ptr(part + (4 * k * w) as u64),
-                    I32(splits as i32),
-                    I32(w as i32),
-                    I32(cols as i32),
-                ],
-            );
+            self.column_partials_add(dst, part + (4 * k * w) as u64, splits, w, cols);
         }
+    }
+
+    /// dst[j] += sum_s part[s ld + j] for j < cols, s = 0, 1, .. splits - 1 in order
+    /// (cuda/matmul.cu): partial sums folded in a fixed order.
+    pub(super) fn column_partials_add(
+        &self,
+        dst: u64,
+        part: u64,
+        splits: usize,
+        cols: usize,
+        ld: usize,
+    ) {
+        self.launch_elems(
+            "column_partials_add",
+            cols,
+            &[
+                Ptr(dst),
+                Ptr(part),
+                I32(splits as i32),
+                I32(cols as i32),
+                I32(ld as i32),
+            ],
+        );
     }
 }
 

@@ -3,6 +3,7 @@
 //! bf16 weight shadow, the cuBLASLt workspace) for the memory plan (src/memory.rs).
 
 use super::encoder::bucket_bytes;
+use super::head::grad_tiles;
 use super::layernorm::norm_partial_bytes;
 use super::linear::column_splits;
 use super::update::adamw_table_bytes;
@@ -17,16 +18,21 @@ pub(super) enum Slot {
     OperandB,
     /// Flash attention's backward: D = rowsum(dy * y) per row, [B, NH, T].
     AttRowDots,
-    /// The head: a chunk of dot products / G, and its bf16 copy.
+    /// The head: a chunk of dot products (fp32 G in their place in fp32 mode), G's
+    /// bf16 copy, and each chunk row's lse.
     HeadRows,
     HeadG16,
+    HeadLse,
     /// The bf16 copy of the head's input h [N, C] (w comes from its shadow).
     HeadH16,
-    /// |h|^2, |w|^2, rowsum(G), colsum(G).
+    /// |h|^2, |w|^2, rowsum(G), colsum(G), and head_grad's partial sums of G per
+    /// (column tile, row) and per (row tile, column).
     HeadHsq,
     HeadWsq,
     HeadRowsum,
     HeadColsum,
+    HeadRowPartials,
+    HeadColPartials,
     /// f64 partial sums of a reduction and its result.
     Partials,
     Scalar,
@@ -48,11 +54,14 @@ impl Slot {
         Slot::AttRowDots,
         Slot::HeadRows,
         Slot::HeadG16,
+        Slot::HeadLse,
         Slot::HeadH16,
         Slot::HeadHsq,
         Slot::HeadWsq,
         Slot::HeadRowsum,
         Slot::HeadColsum,
+        Slot::HeadRowPartials,
+        Slot::HeadColPartials,
         Slot::Partials,
         Slot::Scalar,
         Slot::ColumnPartials,
@@ -73,6 +82,8 @@ impl Slot {
         let rows = (HEAD_CHUNK_FLOATS / v).clamp(1, n);
         let bf16_only = |bytes: usize| if bf16 { bytes } else { 0 };
         let harmonic_only = |bytes: usize| if s.harmonic { bytes } else { 0 };
+        // The chunk's scratch comes from cuMemAlloc, aligned for float4s.
+        let (row_tiles, col_tiles) = grad_tiles(rows, v, v.is_multiple_of(4));
         match self {
             // The widest activation operands (weights come from their shadows): the
             // MLP's [N, 4C] as A (fc_proj's input, fc's output gradient) and as B.
@@ -80,18 +91,18 @@ impl Slot {
             Slot::AttRowDots => 4 * s.b * s.nh * s.t,
             Slot::HeadRows => 4 * rows * v,
             Slot::HeadG16 => bf16_only(2 * rows * v),
+            Slot::HeadLse => 4 * rows,
             Slot::HeadH16 => bf16_only(2 * btc),
             Slot::HeadHsq => harmonic_only(4 * n),
             Slot::HeadWsq | Slot::HeadColsum => harmonic_only(4 * v),
             Slot::HeadRowsum => harmonic_only(4 * rows),
+            Slot::HeadRowPartials => harmonic_only(4 * col_tiles * rows),
+            Slot::HeadColPartials => harmonic_only(4 * row_tiles * v),
             Slot::Partials => 1024 * 8,
             Slot::Scalar => 8,
-            // The widest bias (the MLP's 4C, over N rows) or the harmonic head's colsum
-            // (V, over a chunk); LayerNorm's 2C over N / 32 rows is never wider.
-            Slot::ColumnPartials => {
-                let bias = 4 * column_splits(n) * 4 * c;
-                bias.max(harmonic_only(4 * column_splits(rows) * v))
-            }
+            // The widest bias (the MLP's 4C, over N rows); LayerNorm's 2C over N / 32
+            // rows is never wider.
+            Slot::ColumnPartials => 4 * column_splits(n) * 4 * c,
             Slot::NormPartials => norm_partial_bytes(n, c),
             Slot::EncoderBuckets => bucket_bytes(n, v),
             Slot::AdamwTable => adamw_table_bytes(s.tensors),
@@ -105,7 +116,12 @@ impl Slot {
         match self {
             Slot::OperandA | Slot::OperandB => ScratchKind::GemmOperands,
             Slot::AttRowDots => ScratchKind::Attention,
-            Slot::HeadRows | Slot::HeadG16 | Slot::HeadRowsum => ScratchKind::HeadChunk,
+            Slot::HeadRows
+            | Slot::HeadG16
+            | Slot::HeadLse
+            | Slot::HeadRowsum
+            | Slot::HeadRowPartials
+            | Slot::HeadColPartials => ScratchKind::HeadChunk,
             Slot::HeadH16 | Slot::HeadHsq | Slot::HeadWsq | Slot::HeadColsum => {
                 ScratchKind::HeadInputs
             }
