@@ -222,14 +222,14 @@ fn reductions_and_copy(x: &mut Both) {
     x.check("copy of a sub-span", dst);
 }
 
-/// Sizes past the launch caps, so the grid-stride loops, the capped layernorm_backward
-/// grid, column sums split over several row ranges, the two-stage reduction and the
-/// wte atomics on heavily repeated tokens all run.
+/// Sizes past the launch cap, so the grid-stride loops, layernorm_backward's many
+/// blocks of partial sums, column sums split over several row ranges, the two-stage
+/// reduction and the wte backward's large buckets of repeated tokens all run.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn large_shapes_take_the_grid_stride_paths() {
     let mut x = Both::new(open_gpu(GpuPrecision::Fp32), 1e-4, 17);
-    // 8192 rows: past 4 blocks per SM of 8 rows each on any current GPU.
+    // 8192 rows: 256 blocks of layernorm_backward partials, 16 row ranges of column sums.
     let (n, c, oc) = (8192, 40, 33);
 
     let (inp, w, b) = (x.input(n * c), x.input(c), x.input(c));
@@ -310,7 +310,7 @@ fn large_shapes_take_the_grid_stride_paths() {
         format!("sum_squares over {big}: cpu {cpu} gpu {gpu}"),
     );
 
-    // 64 x 128 positions over 7 tokens: each wte row receives ~1200 atomic adds.
+    // 64 x 128 positions over 7 tokens: each wte row sums a bucket of ~1200 positions.
     let (bb, t, c, v) = (64, 128, 160, 7);
     let tok = x.tokens(bb * t, v);
     let (dwte, dwpe, dout) = (x.input(v * c), x.input(t * c), x.input(bb * t * c));

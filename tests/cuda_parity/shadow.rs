@@ -45,8 +45,8 @@ fn bf16_weight_shadows_follow_adamw_sgld_and_every_write() {
             rel_err(&fresh_grads, &grads),
         );
         println!("{what}: loss {loss:.6} vs fresh {fresh_loss:.6}, gradients {grad_err:.2e}");
-        // The forward pass has no atomics: equal up to rounding; the backward's
-        // atomics may reorder sums.
+        // Against fresh shadows of the same parameters: equal up to rounding; a stale
+        // shadow moves the loss and the gradients by far more.
         assert!(loss_err < 1e-6, "{what}: loss {loss} vs fresh {fresh_loss}");
         assert!(
             grad_err < 1e-5,

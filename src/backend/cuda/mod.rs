@@ -208,13 +208,13 @@ impl CudaBackend {
         })
     }
 
-    /// The GPU's compute capability major version (9 for H100 and H200).
     /// The stream every op of this backend runs on (a collective library queues its
     /// work there, after the ops that produced its operands).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
 
+    /// The GPU's compute capability major version (9 for H100 and H200).
     pub fn cc_major(&self) -> i32 {
         self.cc_major
     }
@@ -242,7 +242,6 @@ impl CudaBackend {
         }
     }
 
-    /// A 1-D grid-stride launch over `n` elements, 256 threads a block.
     /// One launch of a warp-per-row kernel over `rows` rows (8 rows per block).
     pub(super) fn launch_rows(&self, name: &str, rows: usize, args: &[Arg]) {
         if rows > 0 {
@@ -250,6 +249,7 @@ impl CudaBackend {
         }
     }
 
+    /// A 1-D grid-stride launch over `n` elements, 256 threads a block.
     pub(super) fn launch_elems(&self, name: &str, n: usize, args: &[Arg]) {
         if n == 0 {
             return;
