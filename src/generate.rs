@@ -193,6 +193,7 @@ pub fn run(req: &GenerateRequest, out: &mut impl Write, observer: &mut dyn Obser
     let (backend, device_line) =
         backend::open(req.device, config.train.precision, config.model.head_size())?;
     ensure_model_fits(&config.model, &backend, &ckpt.dir)?;
+    ensure_context_decodes(&config.model, backend.max_decode_positions(), &ckpt.dir)?;
     // On stderr before any text, so the stream on stdout stays whole.
     observer.note(&device_line);
     let params = ckpt.read_params()?;
@@ -215,6 +216,20 @@ fn ensure_model_fits(m: &ModelConfig, backend: &impl Backend, dir: &Path) -> Res
     } else {
         let host = memory::host_available()?;
         memory::ensure_fits(model_bytes + 4.0 * params, &what, host.as_ref())
+    }
+}
+
+/// Refuses a model whose context is longer than the backend's KV-cached attention
+/// takes (`limit`: `Backend::max_decode_positions`).
+fn ensure_context_decodes(m: &ModelConfig, limit: Option<usize>, dir: &Path) -> Result<()> {
+    match limit {
+        Some(max) if m.block_size > max => bail!(
+            "{}: model.block_size = {} is longer than this device's cached attention takes \
+             ({max} positions); generate with --device cpu",
+            dir.display(),
+            m.block_size
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -255,5 +270,31 @@ impl Stream<'_> {
         let text = tokenizer.decode(&tokens);
         writeln!(out, "{}", &text[printed.min(text.len())..])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::ensure_context_decodes;
+    use crate::config::Config;
+
+    #[test]
+    fn a_context_longer_than_the_devices_cached_attention_is_refused_naming_block_size() {
+        let mut m = Config::tiny().model;
+        let dir = Path::new("runs/x");
+        m.block_size = 12256;
+        assert!(ensure_context_decodes(&m, Some(12256), dir).is_ok());
+        assert!(ensure_context_decodes(&m, None, dir).is_ok());
+        m.block_size = 12257;
+        let e = ensure_context_decodes(&m, Some(12256), dir)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("runs/x") && e.contains("model.block_size = 12257") && e.contains("12256"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "one line: {e}");
     }
 }

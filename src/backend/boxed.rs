@@ -36,6 +36,10 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).epilogue_fallbacks()
     }
 
+    fn max_decode_positions(&self) -> Option<usize> {
+        (**self).max_decode_positions()
+    }
+
     fn start_profile(&self) {
         (**self).start_profile()
     }

@@ -171,6 +171,11 @@ pub trait Backend {
     fn epilogue_fallbacks(&self) -> usize {
         0
     }
+    /// The most cached positions `attention_decode` takes, where the backend has a
+    /// limit (so a generation whose context passes it is refused before it starts).
+    fn max_decode_positions(&self) -> Option<usize> {
+        None
+    }
     /// Starts timing every op (for `hgpt bench`), where the backend can without
     /// waiting on each op (the CPU's ops return finished; the GPU records events
     /// around each); the default cannot.

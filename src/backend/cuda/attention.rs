@@ -174,6 +174,11 @@ pub(super) fn attention_backward(
     }
 }
 
+/// The most cached positions `attention_decode` takes: its t scores sit in shared
+/// memory next to the kernel's 32-float static scratch, all within the 48 KiB
+/// default, (49152 - 128) / 4 floats.
+pub(super) const MAX_DECODE_POSITIONS: usize = 12256;
+
 pub(super) fn attention_decode(be: &CudaBackend, out: Span, q: Span, k: Mat, v: Mat, nh: usize) {
     let (t, c) = (k.rows, k.cols);
     let (k, v) = (k.span, v.span);
@@ -182,11 +187,9 @@ pub(super) fn attention_decode(be: &CudaBackend, out: Span, q: Span, k: Mat, v: 
         (c, t * c, t * c),
         "attention_decode shapes"
     );
-    // The t scores sit in shared memory next to the kernel's 32-float static scratch,
-    // all within the 48 KiB default: (49152 - 128) / 4 floats.
     assert!(
-        t <= 12256,
-        "attention_decode supports at most 12256 cached positions"
+        t <= MAX_DECODE_POSITIONS,
+        "attention_decode supports at most {MAX_DECODE_POSITIONS} cached positions"
     );
     let hs = c / nh;
     be.launch(

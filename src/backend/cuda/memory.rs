@@ -95,7 +95,10 @@ impl CudaBackend {
             .as_ref()
             .is_none_or(|m| m.bytes < bytes);
         if too_small {
-            if let Some(old) = self.scratch.borrow_mut()[i].take() {
+            // Taken out first: dropping synchronizes, which may launch queued work that
+            // asks for scratch itself, so no borrow may be held across it.
+            let old = self.scratch.borrow_mut()[i].take();
+            if let Some(old) = old {
                 self.drop_mem(old);
             }
             let m = self.new_mem(bytes);

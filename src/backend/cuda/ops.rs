@@ -58,6 +58,10 @@ impl Backend for CudaBackend {
         self.epilogue_fallbacks.get()
     }
 
+    fn max_decode_positions(&self) -> Option<usize> {
+        Some(attention::MAX_DECODE_POSITIONS)
+    }
+
     /// Events around every op from here on (see `profile`).
     fn start_profile(&self) {
         self.start_profiling()
