@@ -149,6 +149,28 @@ pub fn head_loss(n: usize, c: usize, v: usize, grads: bool) -> Cost {
     gemm(products * n * c * v, n * c + v * c + 2 * n + grad_floats)
 }
 
+/// Parts of ops on the GPU, profiled apart (src/backend/cuda/profile.rs), whose
+/// floors count the bytes the part itself moves:
+///
+/// the bf16 copy of `n` fp32 activations before a GEMM: n floats read, n bf16 written.
+pub fn to_bf16(n: usize) -> Cost {
+    Cost {
+        flops: 0.0,
+        bytes: 6.0 * n as f64,
+    }
+}
+
+/// The head's row pass over `rows` x `v` dot products (cuda/head.cu): D read for the
+/// loss, and with gradients read again and G written (`g_bytes` a value: 2 as bf16,
+/// 4 as fp32).
+pub fn head_row_pass(rows: usize, v: usize, grads: bool, g_bytes: usize) -> Cost {
+    let per = if grads { 8 + g_bytes } else { 4 };
+    Cost {
+        flops: 0.0,
+        bytes: (per * rows * v) as f64,
+    }
+}
+
 /// logits[N, V] from h[N, C] and w[V, C].
 pub fn head_logits(n: usize, c: usize, v: usize) -> Cost {
     gemm(n * c * v, n * c + v * c + n * v)

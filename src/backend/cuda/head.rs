@@ -11,6 +11,7 @@ use super::gemm::Operand;
 use super::kernels::Arg::{F32, I32, Ptr};
 use super::linear::product;
 use super::{CudaBackend, GpuPrecision, Slot, aligned16};
+use crate::backend::cost;
 use crate::backend::{HeadGrads, Mat, Span, TokenSpan};
 use crate::head::HeadKind;
 use crate::head::chunked::{self, HeadSteps};
@@ -363,17 +364,21 @@ impl HeadSteps for Steps<'_> {
         let scale = self.grads.filter(|_| grads).map(|(_, _, scale)| scale);
         let lse = if scale.is_some() { self.chunk.lse } else { 0 };
         let (be, x, v) = (self.be, &self.x, self.v);
-        be.head_lse(
-            x,
-            (self.chunk.dots, r0, rows),
-            lse,
-            self.losses,
-            self.targets,
-            v,
-        );
-        if let Some(scale) = scale {
-            be.head_grad(x, self.chunk, (r0, rows), self.targets, v, scale);
-        }
+        let g_bytes = if self.chunk.g16 != 0 { 2 } else { 4 };
+        let floor = cost::head_row_pass(rows, v, scale.is_some(), g_bytes);
+        be.part("head row pass", floor, || {
+            be.head_lse(
+                x,
+                (self.chunk.dots, r0, rows),
+                lse,
+                self.losses,
+                self.targets,
+                v,
+            );
+            if let Some(scale) = scale {
+                be.head_grad(x, self.chunk, (r0, rows), self.targets, v, scale);
+            }
+        });
     }
 
     fn grad_h(&mut self, r0: usize, rows: usize, coef: f32) {

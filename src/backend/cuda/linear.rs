@@ -14,6 +14,7 @@ use super::gemm::{self, DType, Epilogue, Operand, Product};
 use super::gemm_shape::failure;
 use super::kernels::Arg::{I32, I64, Ptr};
 use super::{CudaBackend, GpuPrecision, Slot};
+use crate::backend::cost;
 use crate::backend::operands as op;
 use crate::backend::{Backend, Gelu, Linear, Span};
 
@@ -74,7 +75,9 @@ impl CudaBackend {
     /// A bf16 copy of the `n` floats at `src`, in scratch `slot` (cuda/convert.cu).
     pub(super) fn bf16_copy(&self, src: u64, n: usize, slot: Slot) -> u64 {
         let dst = self.scratch(slot, 2 * n);
-        self.launch_elems("to_bf16", n, &[Ptr(dst), Ptr(src), I64(n as i64)]);
+        self.part("to_bf16 operands", cost::to_bf16(n), || {
+            self.launch_elems("to_bf16", n, &[Ptr(dst), Ptr(src), I64(n as i64)])
+        });
         dst
     }
 

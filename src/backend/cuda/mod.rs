@@ -106,6 +106,8 @@ pub struct CudaBackend {
     /// op is running (nested ops are not timed apart).
     profile: RefCell<Option<Vec<profile::Timed>>>,
     profile_depth: Cell<u32>,
+    /// The op being profiled now, for its parts (see `profile`).
+    profile_op: Cell<Option<&'static str>>,
     /// AdamW updates queued for one launch (see `update`), and the tensor table
     /// last copied to the GPU for it.
     adamw_pending: RefCell<Option<update::AdamwBatch>>,
@@ -195,6 +197,7 @@ impl CudaBackend {
             shadows: RefCell::new(HashMap::new()),
             profile: RefCell::new(None),
             profile_depth: Cell::new(0),
+            profile_op: Cell::new(None),
             adamw_pending: RefCell::new(None),
             adamw_table: RefCell::new(Vec::new()),
             epilogue_fallbacks: Cell::new(0),
