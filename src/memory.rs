@@ -104,6 +104,16 @@ pub fn plan(config: &Config, b: usize, target: Target, gpus: usize) -> MemoryPla
             ),
             4 * (acts.layers - acts.attention_state),
         ),
+        item(
+            &format!(
+                "GEMM-only activations (ln_1, ln_2 outputs), {}",
+                match target.gemm_operand_bytes() {
+                    2 => "bf16",
+                    _ => "fp32",
+                }
+            ),
+            target.gemm_operand_bytes() * acts.gemm_operands,
+        ),
         item("attention state, all layers", 4 * acts.attention_state),
         item("embeddings, ln_f, losses", 4 * acts.trunk),
         item("backward gradient scratch", 4 * acts.backward),

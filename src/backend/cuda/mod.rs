@@ -94,7 +94,7 @@ pub struct CudaBackend {
     arch: String,
     cc_major: i32,
     sms: u32,
-    floats: RefCell<Vec<Option<DeviceMem>>>,
+    floats: RefCell<Vec<Option<memory::FloatBuf>>>,
     tokens: RefCell<Vec<Option<DeviceMem>>>,
     /// The host's copy of every token buffer (by buffer index), for the wte backward's
     /// bucket table (see `encoder`).
