@@ -106,7 +106,7 @@ pub fn plan(config: &Config, b: usize, target: Target, gpus: usize) -> MemoryPla
         ),
         item(
             &format!(
-                "GEMM-only activations (ln_1, ln_2 outputs), {}",
+                "GEMM-only activations (ln_1, ln_2, GELU outputs), {}",
                 match target.gemm_operand_bytes() {
                     2 => "bf16",
                     _ => "fp32",

@@ -52,7 +52,7 @@ fn cpu_training_step_allocates_exactly_the_plan() {
     }
 }
 
-/// ln_1's and ln_2's outputs (2 N C a layer, read only by GEMMs) are one line of the
+/// ln_1's, ln_2's and GELU's outputs (6 N C a layer, read only by GEMMs) are one line of the
 /// plan: 2 bytes a value on a GPU in bf16 mode, where the backend stores them at its
 /// GEMMs' operand type, 4 in fp32 mode and on the CPU; every other line is as in fp32.
 #[test]
@@ -74,7 +74,7 @@ fn gemm_only_activations_take_two_bytes_a_value_in_bf16_mode() {
         precision,
         cc_major: 9,
     };
-    let values = 3 * 2 * n * c;
+    let values = 3 * 6 * n * c;
     let (bf16, bf16_bytes) = line(gpu(GpuPrecision::Bf16));
     assert!(bf16.ends_with("bf16"), "{bf16}");
     assert_eq!(bf16_bytes, 2 * values);

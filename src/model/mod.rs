@@ -37,8 +37,8 @@ struct Activations {
     t: usize,
     /// The allocation every float span below is carved from, but for...
     all: Span,
-    /// ...the activations only GEMMs read (each layer's ln1.out and ln2.out), carved
-    /// from one `Backend::alloc_gemm_operands` allocation.
+    /// ...the activations only GEMMs read (each layer's ln1.out, ln2.out and
+    /// fch.out), carved from one `Backend::alloc_gemm_operands` allocation.
     gemm_operands: Span,
     inputs: TokenSpan,  // (B, T)
     targets: TokenSpan, // (B, T)
@@ -170,7 +170,10 @@ impl Activations {
                     attproj: k.mat(n, c),
                     residual2: k.mat(n, c),
                     ln2: k.stats(g.mat(n, c)),
-                    fch: k.gelu(n, 4 * c),
+                    fch: Gelu {
+                        pre: k.mat(n, 4 * c),
+                        out: g.mat(n, 4 * c),
+                    },
                     fcproj: k.mat(n, c),
                     residual3: k.mat(n, c),
                 };
@@ -237,7 +240,7 @@ pub struct ActivationFloats {
     /// The allocation all of the above are carved from.
     pub total: usize,
     /// The second allocation (`Backend::alloc_gemm_operands`): the activations only
-    /// GEMMs read, each layer's ln1.out and ln2.out (2 N C), not counted above.
+    /// GEMMs read, each layer's ln1.out, ln2.out and fch.out (6 N C), not counted above.
     pub gemm_operands: usize,
 }
 

@@ -1,6 +1,7 @@
 //! Activations stored in bf16 for their GEMMs (`Backend::alloc_gemm_operands` in bf16
-//! mode) against the same activations in fp32 buffers: the LayerNorms write exactly
-//! bf16 of their fp32 output (same mean, rstd and residual bits), and the GEMMs that
+//! mode) against the same activations in fp32 buffers: the LayerNorms and GELU (the
+//! kernel, and cuBLASLt's GELU epilogue with a bf16 output) write exactly bf16 of their
+//! fp32 output (same mean, rstd, residual and pre-activation bits), and the GEMMs that
 //! read them give the same bits as from the fp32 buffer, which they would have
 //! copied to bf16 first. Host reads, writes, fills and copies convert; an op not
 //! adapted to bf16 storage refuses such a span in one line.
@@ -8,7 +9,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use hgpt::backend::GpuPrecision;
-use hgpt::backend::{Backend, Linear, Norm, Span};
+use hgpt::backend::{Backend, Gelu, Linear, Norm, Span};
 
 use super::harness::{Both, C, N, mat, normed, open_gpu};
 
@@ -36,6 +37,8 @@ fn bf16_stored_gemm_operands_change_no_bit() {
     let (a, b_in, w, b) = (put(N * C), put(N * C), put(C), put(C));
     let (oc, wm, bias) = (3 * C + 5, put((3 * C + 5) * C), put(3 * C + 5));
     let (dout, dw0, db0) = (put(N * oc), put(oc * C), put(oc));
+    let fc = 4 * C;
+    let (wfc, bfc, wproj, dres) = (put(fc * C), put(fc), put(C * fc), put(N * C));
     let be = &x.gpu;
     let read = |s: Span| be.read(s);
     let stats = || (be.alloc(N), be.alloc(N));
@@ -88,6 +91,50 @@ fn bf16_stored_gemm_operands_change_no_bit() {
     assert!(
         gemms(ln16) == gemms(same32),
         "a GEMM read bf16 storage differently"
+    );
+
+    // GELU into each kind of buffer: the plain kernel, and the MLP's fused forward (the
+    // GELU epilogue, 4C a multiple of 8) with the backward reading its output.
+    let (g32, g16) = (be.alloc(N * C), be.alloc_gemm_operands(N * C));
+    be.gelu_forward(g32, a);
+    be.gelu_forward(g16, a);
+    assert_eq!(
+        bits(&read(g16)),
+        bits(&bf16_values(&read(g32))),
+        "gelu_forward"
+    );
+    let mlp = |out: Span| {
+        let y = Gelu {
+            pre: mat(be.alloc(N * fc), fc),
+            out: mat(out, fc),
+        };
+        let fc_layer = Linear {
+            w: mat(wfc, C),
+            b: Some(bfc),
+        };
+        be.matmul_gelu_forward(y, mat(ln16, C), fc_layer);
+        let d = Gelu {
+            pre: mat(be.alloc(N * fc), fc),
+            out: mat(be.alloc(N * fc), fc),
+        };
+        let (dw, db) = (be.alloc(C * fc), be.alloc(C));
+        let dlayer = Linear {
+            w: mat(dw, fc),
+            b: Some(db),
+        };
+        be.gelu_matmul_backward(d, dlayer, mat(dres, C), y, mat(wproj, fc));
+        [y.pre.span, d.pre.span, dw, db].map(|s| bits(&read(s)))
+    };
+    let (h32, h16) = (be.alloc(N * fc), be.alloc_gemm_operands(N * fc));
+    let (at32, at16) = (mlp(h32), mlp(h16));
+    assert_eq!(
+        bits(&read(h16)),
+        bits(&bf16_values(&read(h32))),
+        "GELU epilogue out"
+    );
+    assert!(
+        at16 == at32,
+        "pre, dpre or the weight gradients differ with bf16 storage"
     );
 
     // Host conversions: writes round to nearest even, fills and copies too.

@@ -70,6 +70,7 @@ pub(super) fn product(m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Pr
         alpha,
         beta,
         epilogue: Epilogue::None,
+        out: DType::F32,
     }
 }
 
@@ -296,7 +297,8 @@ pub(super) fn matmul_backward(
 
 /// One GEMM: cuBLASLt's GELU_AUX_BIAS epilogue adds the bias and writes both
 /// gelu(x W^T + b) and the pre-activation, so no kernel broadcasts the bias first
-/// or reads pre back to apply GELU.
+/// or reads pre back to apply GELU. An out stored in bf16 (for the GEMMs that alone
+/// read it) is the epilogue's output type; pre stays fp32.
 pub(super) fn matmul_gelu_forward(be: &CudaBackend, y: Gelu, inp: op::Mat, layer: Linear) {
     let (n, c, oc) = (inp.rows, inp.cols, layer.w.rows);
     let (pre, out, inp) = (y.pre.span, y.out.span, inp.span);
@@ -307,8 +309,12 @@ pub(super) fn matmul_gelu_forward(be: &CudaBackend, y: Gelu, inp: op::Mat, layer
         bias: bias.unwrap_or(0),
         pre: be.ptr(pre),
     };
-    let p = product(n, oc, c, 1.0, 0.0);
-    let fused = gelu_epilogues(be.precision) && be.gemm_epilogue(be.ptr(out), x, w, p, epilogue);
+    let (out_ptr, out_type) = be.any_ptr(out);
+    let p = Product {
+        out: out_type,
+        ..product(n, oc, c, 1.0, 0.0)
+    };
+    let fused = gelu_epilogues(be.precision) && be.gemm_epilogue(out_ptr, x, w, p, epilogue);
     if !fused {
         be.linear(be.ptr(pre), x, w, bias, (n, c, oc));
         be.gelu_forward(out, pre);

@@ -112,7 +112,7 @@ impl CudaBackend {
     }
 
     /// Device address of either kind of float span, with its element type.
-    fn any_ptr(&self, s: Span) -> (u64, DType) {
+    pub(super) fn any_ptr(&self, s: Span) -> (u64, DType) {
         let dtype = self.dtype_of(s);
         (self.typed_ptr(s, dtype), dtype)
     }
