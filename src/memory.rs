@@ -105,13 +105,7 @@ pub fn plan(config: &Config, b: usize, target: Target, gpus: usize) -> MemoryPla
             4 * (acts.layers - acts.attention_state),
         ),
         item(
-            &format!(
-                "GEMM-only activations (ln_1, ln_2, GELU outputs), {}",
-                match target.gemm_operand_bytes() {
-                    2 => "bf16",
-                    _ => "fp32",
-                }
-            ),
+            "GEMM-only activations (bf16 with bf16 GEMMs)",
             target.gemm_operand_bytes() * acts.gemm_operands,
         ),
         item("attention state, all layers", 4 * acts.attention_state),
