@@ -3,6 +3,9 @@
 //   forward:  y = x/2 (1 + tanh(k (x + a x^3))),  k = sqrt(2/pi), a = 0.044715
 //   backward: dinp = dout * (1/2 (1 + th) + x/2 (1 - th^2) k (1 + 3 a x^2)),  th = tanh(...)
 //
+// gelu_forward_bf16 stores y rounded to bf16 (nearest even): GELU's output stored for
+// the GEMMs that alone read it, the same values they would have rounded it to.
+//
 // Launch: 1-D grids of 256 threads, grid-stride over the n elements.
 //
 // In the model GELU normally runs inside the GEMMs next to it (src/backend/cuda/ops.rs):
@@ -19,11 +22,16 @@
 #define GELU_K 0.7978845608028654f
 #define GELU_A 0.044715f
 
+__device__ __forceinline__ float gelu(float x) {
+    return 0.5f * x * (1.0f + tanhf(GELU_K * (x + GELU_A * x * x * x)));
+}
+
 extern "C" __global__ void gelu_forward(float* out, const float* inp, long long n) {
-    FOR_EACH(i, n) {
-        const float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_K * (x + GELU_A * x * x * x)));
-    }
+    FOR_EACH(i, n) out[i] = gelu(inp[i]);
+}
+
+extern "C" __global__ void gelu_forward_bf16(__nv_bfloat16* out, const float* inp, long long n) {
+    FOR_EACH(i, n) out[i] = __float2bfloat16_rn(gelu(inp[i]));
 }
 
 extern "C" __global__ void gelu_backward(float* dinp, const float* inp, const float* dout,

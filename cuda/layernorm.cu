@@ -8,6 +8,9 @@
 //             dinp += rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))   (adds: residual)
 //             dw += sum_rows dy xhat, db += sum_rows dy
 //
+// The *_bf16 kernels store out in bf16 (round to nearest even), everything else as the
+// fp32 kernels: out is then read only by GEMMs, which would have rounded it so anyway.
+//
 // Launch: one warp per row, blocks of 256 threads (8 rows). The forward kernels take
 // vec4 = 1 when C % 4 == 0 and every pointer is 16-byte aligned: each lane then moves
 // float4s. The variance is two-pass (mean first, then squares about it), as on the CPU.
@@ -25,9 +28,21 @@
 
 #define LN_BACKWARD_ROWS 32
 
-// One warp normalises the row x[0, C), W floats per access.
+// out[0, W) = x, as fp32 (one float4 when W == 4) or rounded to bf16.
 template <int W>
-__device__ void layernorm_row(float* out, float* mean, float* rstd, const float* x,
+__device__ __forceinline__ void store_out(float* p, const Floats<W>& x) {
+    store_floats<W>(p, x);
+}
+
+template <int W>
+__device__ __forceinline__ void store_out(__nv_bfloat16* p, const Floats<W>& x) {
+#pragma unroll
+    for (int k = 0; k < W; k++) p[k] = __float2bfloat16_rn(x.v[k]);
+}
+
+// One warp normalises the row x[0, C), W floats per access; out is fp32 or bf16.
+template <int W, class T>
+__device__ void layernorm_row(T* out, float* mean, float* rstd, const float* x,
                               const float* w, const float* b, long long row, int C,
                               float eps) {
     const int lane = threadIdx.x % 32;
@@ -51,7 +66,7 @@ __device__ void layernorm_row(float* out, float* mean, float* rstd, const float*
         Floats<W> o;
 #pragma unroll
         for (int k = 0; k < W; k++) o.v[k] = (xv.v[k] - mu) * rs * wv.v[k] + bv.v[k];
-        store_floats<W>(out + i, o);
+        store_out<W>(out + i, o);
     }
     if (lane == 0) {
         mean[row] = mu;
@@ -61,8 +76,8 @@ __device__ void layernorm_row(float* out, float* mean, float* rstd, const float*
 
 // residual[0, C) = a + b_in, then its LayerNorm. Each lane reads back exactly the
 // elements it wrote (the same stride), so the warp needs no synchronisation between.
-template <int W>
-__device__ void residual_layernorm_row(float* residual, float* out, float* mean, float* rstd,
+template <int W, class T>
+__device__ void residual_layernorm_row(float* residual, T* out, float* mean, float* rstd,
                                        const float* a, const float* b_in, const float* w,
                                        const float* b, long long row, int C, float eps) {
     const int lane = threadIdx.x % 32;
@@ -76,9 +91,11 @@ __device__ void residual_layernorm_row(float* residual, float* out, float* mean,
     layernorm_row<W>(out, mean, rstd, residual, w, b, row, C, eps);
 }
 
-extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd,
-                                             const float* inp, const float* w, const float* b,
-                                             int N, int C, float eps, int vec4) {
+// The forward kernels' bodies, for an fp32 or a bf16 out.
+template <class T>
+__device__ void layernorm_forward_rows(T* out, float* mean, float* rstd, const float* inp,
+                                       const float* w, const float* b, int N, int C, float eps,
+                                       int vec4) {
     const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= N) return;
     const long long at = row * C;
@@ -88,11 +105,11 @@ extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rst
         layernorm_row<1>(out + at, mean, rstd, inp + at, w, b, row, C, eps);
 }
 
-extern "C" __global__ void residual_layernorm_forward(float* residual, float* out, float* mean,
-                                                      float* rstd, const float* a,
-                                                      const float* b_in, const float* w,
-                                                      const float* b, int N, int C, float eps,
-                                                      int vec4) {
+template <class T>
+__device__ void residual_layernorm_forward_rows(float* residual, T* out, float* mean,
+                                                float* rstd, const float* a, const float* b_in,
+                                                const float* w, const float* b, int N, int C,
+                                                float eps, int vec4) {
     const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= N) return;
     const long long at = row * C;
@@ -102,6 +119,35 @@ extern "C" __global__ void residual_layernorm_forward(float* residual, float* ou
     else
         residual_layernorm_row<1>(residual + at, out + at, mean, rstd, a + at, b_in + at, w, b,
                                   row, C, eps);
+}
+
+extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd,
+                                             const float* inp, const float* w, const float* b,
+                                             int N, int C, float eps, int vec4) {
+    layernorm_forward_rows(out, mean, rstd, inp, w, b, N, C, eps, vec4);
+}
+
+extern "C" __global__ void layernorm_forward_bf16(__nv_bfloat16* out, float* mean, float* rstd,
+                                                  const float* inp, const float* w,
+                                                  const float* b, int N, int C, float eps,
+                                                  int vec4) {
+    layernorm_forward_rows(out, mean, rstd, inp, w, b, N, C, eps, vec4);
+}
+
+extern "C" __global__ void residual_layernorm_forward(float* residual, float* out, float* mean,
+                                                      float* rstd, const float* a,
+                                                      const float* b_in, const float* w,
+                                                      const float* b, int N, int C, float eps,
+                                                      int vec4) {
+    residual_layernorm_forward_rows(residual, out, mean, rstd, a, b_in, w, b, N, C, eps, vec4);
+}
+
+extern "C" __global__ void residual_layernorm_forward_bf16(float* residual, __nv_bfloat16* out,
+                                                           float* mean, float* rstd,
+                                                           const float* a, const float* b_in,
+                                                           const float* w, const float* b,
+                                                           int N, int C, float eps, int vec4) {
+    residual_layernorm_forward_rows(residual, out, mean, rstd, a, b_in, w, b, N, C, eps, vec4);
 }
 
 extern "C" __global__ void layernorm_backward(float* dinp, float* part, const float* dout,

@@ -104,6 +104,10 @@ pub fn plan(config: &Config, b: usize, target: Target, gpus: usize) -> MemoryPla
             ),
             4 * (acts.layers - acts.attention_state),
         ),
+        item(
+            "GEMM-only activations (bf16 with bf16 GEMMs)",
+            target.gemm_operand_bytes() * acts.gemm_operands,
+        ),
         item("attention state, all layers", 4 * acts.attention_state),
         item("embeddings, ln_f, losses", 4 * acts.trunk),
         item("backward gradient scratch", 4 * acts.backward),

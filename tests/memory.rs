@@ -52,6 +52,36 @@ fn cpu_training_step_allocates_exactly_the_plan() {
     }
 }
 
+/// ln_1's, ln_2's and GELU's outputs (6 N C a layer, read only by GEMMs) are one line of the
+/// plan: 2 bytes a value on a GPU in bf16 mode, where the backend stores them at its
+/// GEMMs' operand type, 4 in fp32 mode and on the CPU; every other line is as in fp32.
+#[test]
+fn gemm_only_activations_take_two_bytes_a_value_in_bf16_mode() {
+    let config = small(&["model.n_layer=3"]);
+    let (b, n, c) = (4, 4 * 32, 32);
+    let line = |target: Target| {
+        let p = plan(&config, b, target, 1);
+        let found: Vec<_> = p
+            .items
+            .iter()
+            .filter(|i| i.what.starts_with("GEMM-only activations"))
+            .map(|i| (i.what.clone(), i.bytes))
+            .collect();
+        assert_eq!(found.len(), 1, "{p:#?}");
+        found[0].clone()
+    };
+    let gpu = |precision| Target::Cuda {
+        precision,
+        cc_major: 9,
+    };
+    let values = 3 * 6 * n * c;
+    let (label, bf16_bytes) = line(gpu(GpuPrecision::Bf16));
+    assert_eq!(bf16_bytes, 2 * values);
+    for target in [Target::Cpu, gpu(GpuPrecision::Fp32)] {
+        assert_eq!(line(target), (label.clone(), 4 * values), "{target:?}");
+    }
+}
+
 #[test]
 fn unchunked_plan_swaps_the_head_chunk_for_two_full_logit_tensors() {
     let config = small(&["model.vocab_size=300"]);

@@ -52,6 +52,10 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).alloc(len)
     }
 
+    fn alloc_gemm_operands(&self, len: usize) -> Span {
+        (**self).alloc_gemm_operands(len)
+    }
+
     fn alloc_tokens(&self, len: usize) -> TokenSpan {
         (**self).alloc_tokens(len)
     }

@@ -79,6 +79,18 @@ impl Target {
         }
     }
 
+    /// Bytes a value of `Backend::alloc_gemm_operands` takes: 2 on a GPU in bf16
+    /// mode (its GEMMs' operand type), else 4.
+    pub fn gemm_operand_bytes(self) -> usize {
+        match self {
+            Target::Cuda {
+                precision: GpuPrecision::Bf16,
+                ..
+            } => 2,
+            _ => 4,
+        }
+    }
+
     /// What the backend holds over a training step of shape `s` beyond the model's
     /// own buffers (parameters, gradients, moments, activations, tokens).
     pub fn step_scratch(self, s: &StepShape) -> Vec<ScratchItem> {

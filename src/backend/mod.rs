@@ -189,6 +189,13 @@ pub trait Backend {
     // ---- memory ----
     /// A new zero-filled buffer of `len` floats.
     fn alloc(&self, len: usize) -> Span;
+    /// A new zero-filled buffer of `len` activations that only GEMMs read (as an
+    /// operand), which a backend may store at its GEMMs' operand precision: the GEMMs
+    /// see the same values, in fewer bytes. `read`, `write`, `fill` and `copy` still
+    /// take and give floats; other ops may refuse such spans.
+    fn alloc_gemm_operands(&self, len: usize) -> Span {
+        self.alloc(len)
+    }
     /// A new zero-filled buffer of `len` token ids.
     fn alloc_tokens(&self, len: usize) -> TokenSpan;
     /// Releases the whole buffers behind these spans (which must start at offset 0).

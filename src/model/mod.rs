@@ -35,8 +35,11 @@ pub use layout::{Init, LayerParams, ParamLayout, ParamTensors, idx};
 struct Activations {
     b: usize,
     t: usize,
-    /// The one allocation every float span below is carved from.
+    /// The allocation every float span below is carved from, but for...
     all: Span,
+    /// ...the activations only GEMMs read (each layer's ln1.out, ln2.out and
+    /// fch.out), carved from one `Backend::alloc_gemm_operands` allocation.
+    gemm_operands: Span,
     inputs: TokenSpan,  // (B, T)
     targets: TokenSpan, // (B, T)
     encoded: Mat,       // (N, C) wte + wpe
@@ -107,10 +110,16 @@ impl Carver {
     }
 
     fn normed(&mut self, rows: usize, cols: usize) -> Normed {
+        let out = self.mat(rows, cols);
+        self.stats(out)
+    }
+
+    /// `out` with its mean and rstd (N each) taken here.
+    fn stats(&mut self, out: Mat) -> Normed {
         Normed {
-            out: self.mat(rows, cols),
-            mean: self.take(rows),
-            rstd: self.take(rows),
+            out,
+            mean: self.take(out.rows),
+            rstd: self.take(out.rows),
         }
     }
 
@@ -126,22 +135,33 @@ impl Activations {
     /// Allocates and carves the activations of a (b, t) forward and backward pass.
     fn new<B: Backend>(backend: &B, m: &ModelConfig, b: usize, t: usize) -> Activations {
         let state_len = backend.attention_state_len(AttnShape { b, t, nh: m.n_head });
-        let total = ActivationFloats::new(m, b, t, state_len).total;
-        let all = backend.alloc(total);
-        let mut acts = Self::carve(m, b, t, state_len, all);
+        let floats = ActivationFloats::new(m, b, t, state_len);
+        let all = backend.alloc(floats.total);
+        let gemm_operands = backend.alloc_gemm_operands(floats.gemm_operands);
+        let mut acts = Self::carve(m, b, t, state_len, all, gemm_operands);
         acts.inputs = backend.alloc_tokens(b * t);
         acts.targets = backend.alloc_tokens(b * t);
         acts
     }
 
-    /// Lays the activations out in `base`, in order; token spans are left empty.
-    fn carve(m: &ModelConfig, b: usize, t: usize, state_len: usize, base: Span) -> Activations {
+    /// Lays the activations out in `base`, in order, the GEMM-only ones in `gemm`;
+    /// token spans are left empty.
+    fn carve(
+        m: &ModelConfig,
+        b: usize,
+        t: usize,
+        state_len: usize,
+        base: Span,
+        gemm: Span,
+    ) -> Activations {
         let (n, c) = (b * t, m.n_embd);
         let mut k = Carver { base, off: 0 };
+        let mut g = Carver { base: gemm, off: 0 };
         let encoded = k.mat(n, c);
         let (layers, att_states) = (0..m.n_layer)
             .map(|_| {
-                let (ln1, qkv, atty) = (k.normed(n, c), k.mat(n, 3 * c), k.mat(n, c));
+                let ln1 = k.stats(g.mat(n, c));
+                let (qkv, atty) = (k.mat(n, 3 * c), k.mat(n, c));
                 let att_state = k.take(state_len);
                 let la = LayerActs {
                     ln1,
@@ -149,8 +169,11 @@ impl Activations {
                     atty,
                     attproj: k.mat(n, c),
                     residual2: k.mat(n, c),
-                    ln2: k.normed(n, c),
-                    fch: k.gelu(n, 4 * c),
+                    ln2: k.stats(g.mat(n, c)),
+                    fch: Gelu {
+                        pre: k.mat(n, 4 * c),
+                        out: g.mat(n, 4 * c),
+                    },
                     fcproj: k.mat(n, c),
                     residual3: k.mat(n, c),
                 };
@@ -176,6 +199,7 @@ impl Activations {
             b,
             t,
             all: base.slice(0, k.off),
+            gemm_operands: gemm.slice(0, g.off),
             inputs: no_tokens,
             targets: no_tokens,
             encoded,
@@ -213,7 +237,11 @@ pub struct ActivationFloats {
     pub trunk: usize,
     /// Gradient scratch of the backward pass, shared by all layers.
     pub backward: usize,
+    /// The allocation all of the above are carved from.
     pub total: usize,
+    /// The second allocation (`Backend::alloc_gemm_operands`): the activations only
+    /// GEMMs read, each layer's ln1.out, ln2.out and fch.out (6 N C), not counted above.
+    pub gemm_operands: usize,
 }
 
 impl ActivationFloats {
@@ -225,7 +253,7 @@ impl ActivationFloats {
             off: 0,
             len: usize::MAX,
         };
-        let a = Activations::carve(m, b, t, state_len, unbounded);
+        let a = Activations::carve(m, b, t, state_len, unbounded, unbounded);
         let end = |m: Mat| m.span.off + m.span.len;
         let layers = end(a.residual_before(m.n_layer)) - end(a.encoded);
         let backward = a.all.len - a.dacts.residual.span.off;
@@ -235,6 +263,7 @@ impl ActivationFloats {
             trunk: a.all.len - layers - backward,
             backward,
             total: a.all.len,
+            gemm_operands: a.gemm_operands.len,
         }
     }
 }
@@ -305,6 +334,7 @@ impl<B: Backend> Gpt<B> {
                 return;
             }
             self.backend.free(a.all);
+            self.backend.free(a.gemm_operands);
             self.backend.free_tokens(a.inputs);
             self.backend.free_tokens(a.targets);
         }

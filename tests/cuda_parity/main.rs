@@ -13,6 +13,9 @@
 //! - `fused`: residual + LayerNorm, matmul + GELU and its backward on both of their
 //!   paths (float4 rows and scalar ones, cuBLASLt's epilogues and the unfused
 //!   fallback); AdamW and the norm over float4s with a tail and misaligned;
+//! - `gemm_operands`: ln_1's and ln_2's outputs stored in bf16 in bf16 mode give
+//!   the same bits as fp32 storage (LayerNorm outputs bf16(fp32 out); GEMMs equal),
+//!   and an op not adapted to them refuses them;
 //! - `shadow`: bf16 weight shadows after AdamW and SGLD steps and after writes into
 //!   the parameters equal a fresh backend's conversion;
 //! - `memory`: the memory plan (src/memory.rs) against the backend's slots and peak;
@@ -28,6 +31,7 @@
 
 mod attention;
 mod fused;
+mod gemm_operands;
 mod harness;
 mod head;
 mod memory;

@@ -1,7 +1,8 @@
 // The small kernel families on the CPU emulator (emu.h) against an f64 reference:
 // encoder.cu (forward, backward into wte by token buckets with repeated tokens, backward
 // into wpe),
-// gelu.cu, residual.cu, convert.cu (to_bf16 must round to nearest even, checked bit for
+// gelu.cu (gelu_forward_bf16 bit for bit bf16 of gelu_forward's output), residual.cu,
+// convert.cu (to_bf16 must round to nearest even, checked bit for
 // bit against a rounding worked out from the values) and matmul.cu's non-GEMM kernels
 // (bias_broadcast, the column sums on 32 x 8 blocks); the backward sums must give the
 // same bits in every block and thread order (deterministic gradients). Launched as
@@ -124,7 +125,15 @@ static bool check_pointwise(long long n, int blocks, emu::Order order) {
            [&] { gelu_backward(dinp.data(), x.data(), dout.data(), n); });
     launch(dim3(blocks), 256, 0, order,
            [&] { residual_add(sum.data(), x.data(), y.data(), n); });
-    return compare("gelu forward", blocks, order, want_out, out) &
+    Buffer<__nv_bfloat16> out16(n, {0});
+    launch(dim3(blocks), 256, 0, order, [&] { gelu_forward_bf16(out16.data(), x.data(), n); });
+    long long wrong = 0;
+    for (long long i = 0; i < n; i++) wrong += out16[i].bits != __float2bfloat16_rn(out[i]).bits;
+    const bool ok16 = wrong == 0 && out16.intact();
+    printf("%s gelu forward_bf16 blocks=%d %s: values not bf16(fp32 out) %lld\n",
+           ok16 ? "ok  " : "FAIL", blocks, emu::order_name(order), wrong);
+    fflush(stdout);
+    return ok16 & compare("gelu forward", blocks, order, want_out, out) &
            compare("gelu backward", blocks, order, want_dinp, dinp) &
            compare("residual add", blocks, order, want_sum, sum);
 }

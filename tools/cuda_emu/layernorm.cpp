@@ -1,7 +1,9 @@
 // cuda/layernorm.cu on the CPU emulator (emu.h) against an f64 reference: the forward
 // pass alone and fused with the residual add (scalar and float4 paths), and the backward
 // pass (a block per 32 rows, per-block dw, db partials added by matmul.cu's column sums),
-// which must give the same bits in every block and thread order.
+// which must give the same bits in every block and thread order. The bf16-output forward
+// kernels must store exactly bf16(the fp32 kernel's out), with the same residual, mean and
+// rstd bits, in every thread order.
 // Prints one line per check; exits non-zero if any fails.
 #include "emu.h"
 #include "../../cuda/common.cuh"
@@ -71,6 +73,51 @@ static bool check_forward(bool fused, int N, int C, int vec4, emu::Order order) 
     if (fused) snprintf(errs + n, sizeof errs - n, " residual %.1e", e_res);
     return report(ok, fused ? "residual_forward" : "forward", N, C, vec4 ? " vec4" : "", order,
                   errs);
+}
+
+// The *_bf16 forward kernels against the fp32 ones: out is bf16(fp32 out) bit for bit,
+// residual, mean and rstd the same bits.
+static bool check_forward_bf16(bool fused, int N, int C, int vec4, emu::Order order) {
+    std::mt19937 gen(N * 1000 + C + 3);
+    const size_t n = (size_t)N * C;
+    Buffer<float> da = device(uniform(n, gen)), db_in = device(uniform(n, gen)),
+                  dw = device(uniform(C, gen)), db = device(uniform(C, gen));
+    Buffer<float> res32(n, NAN), out32(n, NAN), mean32(N, NAN), rstd32(N, NAN);
+    Buffer<float> res16(n, NAN), mean16(N, NAN), rstd16(N, NAN);
+    Buffer<__nv_bfloat16> out16(n, {0});
+    const dim3 grid{(unsigned)(N + 7) / 8, 1, 1};
+    launch(grid, 256, 0, emu::FORWARD, [&] {
+        if (fused)
+            residual_layernorm_forward(res32.data(), out32.data(), mean32.data(), rstd32.data(),
+                                       da.data(), db_in.data(), dw.data(), db.data(), N, C, EPS,
+                                       vec4);
+        else
+            layernorm_forward(out32.data(), mean32.data(), rstd32.data(), da.data(), dw.data(),
+                              db.data(), N, C, EPS, vec4);
+    });
+    launch(grid, 256, 0, order, [&] {
+        if (fused)
+            residual_layernorm_forward_bf16(res16.data(), out16.data(), mean16.data(),
+                                            rstd16.data(), da.data(), db_in.data(), dw.data(),
+                                            db.data(), N, C, EPS, vec4);
+        else
+            layernorm_forward_bf16(out16.data(), mean16.data(), rstd16.data(), da.data(),
+                                   dw.data(), db.data(), N, C, EPS, vec4);
+    });
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++)
+        differ += out16[i].bits != __float2bfloat16_rn(out32[i]).bits;
+    const auto same = [](Buffer<float>& x, Buffer<float>& y) {
+        return memcmp(x.data(), y.data(), sizeof(float) * x.n) == 0;
+    };
+    const bool stats = same(mean16, mean32) && same(rstd16, rstd32) && (!fused || same(res16, res32));
+    const bool ok = differ == 0 && stats && out16.intact() && res16.intact() && mean16.intact() &&
+                    rstd16.intact();
+    char errs[160];
+    snprintf(errs, sizeof errs, "out values not bf16(fp32 out): %zu, residual/mean/rstd same: %s",
+             differ, stats ? "yes" : "NO");
+    return report(ok, fused ? "residual_forward_bf16" : "forward_bf16", N, C,
+                  vec4 ? " vec4" : "", order, errs);
 }
 
 // layernorm_backward and the column sums of its partials: dinp, dw and db start
@@ -151,6 +198,9 @@ int main() {
             failures += !check_forward(fused, 13, 5, 0, order);
             failures += !check_forward(fused, 13, 100, 1, order);
             failures += !check_forward(fused, 13, 128, 1, order);
+            failures += !check_forward_bf16(fused, 13, 5, 0, order);
+            failures += !check_forward_bf16(fused, 13, 100, 1, order);
+            failures += !check_forward_bf16(fused, 13, 128, 1, order);
         }
         // 13 rows: one block, most warps with one row; 70: three blocks, the last short.
         failures += !check_backward(13, 100, order);

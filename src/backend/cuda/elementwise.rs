@@ -1,15 +1,22 @@
 //! Element-wise ops on the GPU, the host half of cuda/gelu.cu (GELU, tanh form, and
 //! its derivative) and cuda/residual.cu (the residual add): 1-D grid-stride launches.
+//! GELU's output may be a bf16 buffer (stored for GEMMs only): `gelu_forward_bf16`.
 
 use super::CudaBackend;
+use super::gemm::DType;
 use super::kernels::Arg::{I64, Ptr};
 use crate::backend::Span;
 
 pub(super) fn gelu_forward(be: &CudaBackend, out: Span, inp: Span) {
+    let kernel = match be.dtype_of(out) {
+        DType::F32 => "gelu_forward",
+        DType::Bf16 => "gelu_forward_bf16",
+    };
+    let (out_ptr, _) = be.any_ptr(out);
     be.launch_elems(
-        "gelu_forward",
+        kernel,
         out.len,
-        &[Ptr(be.ptr(out)), Ptr(be.ptr(inp)), I64(out.len as i64)],
+        &[Ptr(out_ptr), Ptr(be.ptr(inp)), I64(out.len as i64)],
     );
 }
 

@@ -3,7 +3,9 @@
 //! cuBLASLt is column-major; a row-major C = A B is the column-major C^T = B^T A^T,
 //! so every call swaps the operands and describes each row-major matrix as its
 //! column-major transpose. Operands are fp32 (fp32 mode, exact fp32 compute, no TF32)
-//! or bf16 (bf16 mode); the output and the accumulation are always fp32.
+//! or bf16 (bf16 mode); the accumulation is always fp32, and so is the output but
+//! where a product asks for bf16 (GELU's output stored for GEMMs only), whose epilogue
+//! still reads an fp32 bias and writes an fp32 auxiliary matrix.
 //!
 //! An [`Epilogue`] lets cuBLASLt finish the product in the same kernel: add a bias,
 //! apply GELU (keeping its input), or multiply by GELU's derivative. cuBLASLt may have
@@ -21,7 +23,7 @@ use cudarc::cublaslt::sys;
 use super::DeviceMem;
 use super::gemm_shape::{alignment, column_major, failure};
 
-/// Element type of the A and B operands.
+/// Element type of the A and B operands (and of a product's output).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
@@ -92,8 +94,8 @@ impl Epilogue {
     }
 }
 
-/// One product C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C, C fp32 row-major,
-/// finished by `epilogue`.
+/// One product C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C, C row-major of type
+/// `out`, finished by `epilogue`.
 #[derive(Clone, Copy, Debug)]
 pub struct Product {
     pub m: usize,
@@ -102,13 +104,15 @@ pub struct Product {
     pub alpha: f32,
     pub beta: f32,
     pub epilogue: Epilogue,
+    pub out: DType,
 }
 
-/// Everything cuBLASLt's algorithm choice depends on: types, shape, transposes,
+/// Everything cuBLASLt's algorithm choice depends on: types (operands', output's),
+/// shape, transposes,
 /// the alignments of A, B, C, D, and the epilogue with the alignments of its
 /// bias and auxiliary matrix (the heuristic reads those pointers for their alignment).
 type ShapeKey = (
-    DType,
+    (DType, DType),
     [usize; 3],
     [bool; 2],
     [u32; 4],
@@ -204,7 +208,7 @@ impl Gemm {
         let (la, lb, lc) = column_major(m, n, k, a.trans, b.trans);
         let lt_a = layout(ty, la[0], la[1], la[2])?;
         let lt_b = layout(ty, lb[0], lb[1], lb[2])?;
-        let lt_c = layout(f32_ty, lc[0], lc[1], lc[2])?;
+        let lt_c = layout(p.out.cuda(), lc[0], lc[1], lc[2])?;
 
         let desc = Guard(
             lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, f32_ty)?,
@@ -233,7 +237,7 @@ impl Gemm {
         let (op_a, op_b) = (b.trans as i32, a.trans as i32);
         let ws = self.workspace.bytes as u64;
         let key: ShapeKey = (
-            dtype,
+            (dtype, p.out),
             [m, n, k],
             [a.trans, b.trans],
             aligns.map(|(_, al)| al),
@@ -259,7 +263,7 @@ impl Gemm {
                 &op_b as *const i32 as *const c_void,
                 4,
             )?;
-            set_epilogue(desc.0, p.epilogue, n)?;
+            set_epilogue(desc.0, p.epilogue, n, p.out)?;
             lt::set_matmul_pref_attribute(
                 pref.0,
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -320,6 +324,8 @@ impl Gemm {
 
 /// Sets `epilogue` on a matmul descriptor; `ld` is the leading dimension of its
 /// auxiliary matrix (cuBLASLt's column-major rows: the row-major C's row length).
+/// The bias and the auxiliary matrix are fp32 whatever the output type `out` (their
+/// type defaults to the output's, so a bf16 output sets them).
 ///
 /// # Safety
 /// `desc` must be a live matmul descriptor.
@@ -327,6 +333,7 @@ unsafe fn set_epilogue(
     desc: sys::cublasLtMatmulDesc_t,
     epilogue: Epilogue,
     ld: usize,
+    out: DType,
 ) -> Result<(), lt::CublasError> {
     use sys::cublasLtMatmulDescAttributes_t as A;
     if epilogue == Epilogue::None {
@@ -335,6 +342,18 @@ unsafe fn set_epilogue(
     let kind = epilogue.cublas();
     let (bias, aux) = epilogue.pointers();
     let ld = ld as i64;
+    let f32_ty = sys::cudaDataType::CUDA_R_32F;
+    let typed = |attr| {
+        // SAFETY: a cudaDataType_t (int32) for a data-type attribute.
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                desc,
+                attr,
+                &f32_ty as *const sys::cudaDataType as *const c_void,
+                std::mem::size_of::<sys::cudaDataType>(),
+            )
+        }
+    };
     // SAFETY: each attribute gets a value of its documented type and size
     // (cublasLtEpilogue_t: u32; pointers: 8 bytes; the leading dimension: int64).
     unsafe {
@@ -351,6 +370,9 @@ unsafe fn set_epilogue(
                 &bias as *const u64 as *const c_void,
                 8,
             )?;
+            if out != DType::F32 {
+                typed(A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE)?;
+            }
         }
         if aux != 0 {
             lt::set_matmul_desc_attribute(
@@ -365,6 +387,9 @@ unsafe fn set_epilogue(
                 &ld as *const i64 as *const c_void,
                 8,
             )?;
+            if out != DType::F32 {
+                typed(A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE)?;
+            }
         }
     }
     Ok(())

@@ -134,6 +134,7 @@ mod tests {
             alpha: 1.0,
             beta: 0.0,
             epilogue: Epilogue::Bias { bias: 0x2000 },
+            out: DType::F32,
         };
         let err =
             CublasError(cudarc::cublaslt::sys::cublasStatus_t::CUBLAS_STATUS_EXECUTION_FAILED);

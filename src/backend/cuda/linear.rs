@@ -4,7 +4,8 @@
 //! forms with GELU in cuBLASLt's epilogues.
 //!
 //! Operands: weights are read from their buffer's bf16 shadow in bf16 mode (see
-//! `shadow`), activations are copied to bf16 scratch per GEMM. fp32 mode is the
+//! `shadow`), activations are copied to bf16 scratch per GEMM, except those stored in
+//! bf16 already (`alloc_gemm_operands`), which the GEMM reads where they are. fp32 mode is the
 //! exactness mode: its GEMMs take no GELU or DGELU epilogue (cuBLASLt does not say how
 //! closely its GELU follows the tanh form the CPU computes), only the bias one.
 
@@ -29,6 +30,8 @@ struct Mat {
 enum Src {
     /// fp32 activations, `len` floats: copied to bf16 scratch per GEMM in bf16 mode.
     Act { ptr: u64, len: usize },
+    /// bf16 activations (bf16 mode only): read as they are.
+    Act16(u64),
     /// A weight span: read from its buffer's bf16 shadow in bf16 mode.
     Weight(Span),
 }
@@ -38,6 +41,18 @@ fn mat(ptr: u64, len: usize, trans: bool) -> Mat {
         src: Src::Act { ptr, len },
         trans,
     }
+}
+
+/// The first `len` activations of `span` as an operand, fp32 or bf16 as its buffer holds.
+fn act_mat(be: &CudaBackend, span: Span, len: usize, trans: bool) -> Mat {
+    let src = match be.dtype_of(span) {
+        DType::F32 => Src::Act {
+            ptr: be.ptr(span),
+            len,
+        },
+        DType::Bf16 => Src::Act16(be.ptr16(span)),
+    };
+    Mat { src, trans }
 }
 
 fn weight_mat(span: Span, trans: bool) -> Mat {
@@ -55,6 +70,7 @@ pub(super) fn product(m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Pr
         alpha,
         beta,
         epilogue: Epilogue::None,
+        out: DType::F32,
     }
 }
 
@@ -87,15 +103,19 @@ impl CudaBackend {
         self.gemm_typed(self.dtype(), c, a, b, p)
     }
 
-    /// The operands as cuBLASLt reads them. In bf16 mode activations are copied to
-    /// bf16 scratch (a's into OperandA, b's into OperandB) and weights come from their
-    /// buffers' shadows.
+    /// The operands as cuBLASLt reads them. In bf16 mode fp32 activations are copied to
+    /// bf16 scratch (a's into OperandA, b's into OperandB), bf16 ones are read in
+    /// place, and weights come from their buffers' shadows.
     fn operands(&self, a: Mat, b: Mat) -> (Operand, Operand) {
         let prepare = |m: Mat, slot: Slot| {
             let ptr = match (self.precision, m.src) {
                 (GpuPrecision::Fp32, Src::Act { ptr, .. }) => ptr,
                 (GpuPrecision::Fp32, Src::Weight(s)) => self.ptr(s),
                 (GpuPrecision::Bf16, Src::Act { ptr, len }) => self.bf16_copy(ptr, len, slot),
+                (GpuPrecision::Bf16, Src::Act16(ptr)) => ptr,
+                (GpuPrecision::Fp32, Src::Act16(_)) => {
+                    unreachable!("bf16 activations exist in bf16 mode only")
+                }
                 (GpuPrecision::Bf16, Src::Weight(s)) => self.weight16(s),
             };
             Operand {
@@ -185,7 +205,7 @@ impl CudaBackend {
         self.gemm(
             self.ptr(dweight),
             mat(dout, n * oc, true),
-            mat(self.ptr(inp), n * c, false),
+            act_mat(self, inp, n * c, false),
             product(oc, c, n, 1.0, 1.0),
         );
         if let Some(db) = dbias {
@@ -249,7 +269,7 @@ pub(super) fn column_splits(rows: usize) -> usize {
 pub(super) fn matmul_forward(be: &CudaBackend, out: op::Mat, inp: op::Mat, layer: Linear) {
     let (n, c, oc) = (inp.rows, inp.cols, layer.w.rows);
     let (out, inp, weight, bias) = (out.span, inp.span, layer.w.span, layer.b);
-    let (x, w) = be.operands(mat(be.ptr(inp), n * c, false), weight_mat(weight, true));
+    let (x, w) = be.operands(act_mat(be, inp, n * c, false), weight_mat(weight, true));
     be.linear(be.ptr(out), x, w, bias.map(|b| be.ptr(b)), (n, c, oc));
 }
 
@@ -277,19 +297,24 @@ pub(super) fn matmul_backward(
 
 /// One GEMM: cuBLASLt's GELU_AUX_BIAS epilogue adds the bias and writes both
 /// gelu(x W^T + b) and the pre-activation, so no kernel broadcasts the bias first
-/// or reads pre back to apply GELU.
+/// or reads pre back to apply GELU. An out stored in bf16 (for the GEMMs that alone
+/// read it) is the epilogue's output type; pre stays fp32.
 pub(super) fn matmul_gelu_forward(be: &CudaBackend, y: Gelu, inp: op::Mat, layer: Linear) {
     let (n, c, oc) = (inp.rows, inp.cols, layer.w.rows);
     let (pre, out, inp) = (y.pre.span, y.out.span, inp.span);
     let (weight, bias) = (layer.w.span, layer.b);
-    let (x, w) = be.operands(mat(be.ptr(inp), n * c, false), weight_mat(weight, true));
+    let (x, w) = be.operands(act_mat(be, inp, n * c, false), weight_mat(weight, true));
     let bias = bias.map(|b| be.ptr(b));
     let epilogue = Epilogue::GeluAux {
         bias: bias.unwrap_or(0),
         pre: be.ptr(pre),
     };
-    let p = product(n, oc, c, 1.0, 0.0);
-    let fused = gelu_epilogues(be.precision) && be.gemm_epilogue(be.ptr(out), x, w, p, epilogue);
+    let (out_ptr, out_type) = be.any_ptr(out);
+    let p = Product {
+        out: out_type,
+        ..product(n, oc, c, 1.0, 0.0)
+    };
+    let fused = gelu_epilogues(be.precision) && be.gemm_epilogue(out_ptr, x, w, p, epilogue);
     if !fused {
         be.linear(be.ptr(pre), x, w, bias, (n, c, oc));
         be.gelu_forward(out, pre);

@@ -1,12 +1,16 @@
-//! GPU memory: fp32 and u32 buffers named by the trait's spans, the ops' scratch
-//! slots and the byte count behind `peak_memory_bytes`. No kernel file: these are the
-//! driver's allocations, copies and fills, all on the backend's one stream or
-//! synchronous.
+//! GPU memory: float buffers (fp32, or bf16 for GEMM-only activations in bf16 mode)
+//! and u32 buffers named by the trait's spans, the ops' scratch slots and the byte
+//! count behind `peak_memory_bytes`. No kernel file but convert.cu's `to_bf16`: these
+//! are the driver's allocations, copies and fills, all on the backend's one stream or
+//! synchronous. Host reads and writes of a bf16 buffer convert (round to nearest even
+//! on the way in, as `to_bf16` does).
 
 use anyhow::{Result, anyhow};
 use cudarc::driver::result as drv;
 use cudarc::driver::sys as cu;
 
+use super::gemm::DType;
+use super::kernels::Arg::{I64, Ptr};
 use super::{CudaBackend, Slot};
 use crate::backend::{Backend, Span, TokenSpan};
 
@@ -29,6 +33,13 @@ impl DeviceMem {
             Ok(DeviceMem { ptr, bytes })
         }
     }
+}
+
+/// A buffer behind the trait's float spans: its values are `dtype` (fp32, or bf16 for
+/// `alloc_gemm_operands` in bf16 mode).
+pub(super) struct FloatBuf {
+    pub mem: DeviceMem,
+    pub dtype: DType,
 }
 
 impl Drop for DeviceMem {
@@ -59,18 +70,51 @@ impl CudaBackend {
         drop(m);
     }
 
-    /// Device address of a float span, bounds-checked against its buffer.
+    /// Device address of an fp32 span, bounds-checked against its buffer. Panics on a
+    /// bf16 buffer: an op that reads one as floats is not adapted to it.
     pub(super) fn ptr(&self, s: Span) -> u64 {
+        self.typed_ptr(s, DType::F32)
+    }
+
+    /// Device address of a span of a bf16 buffer (`alloc_gemm_operands` in bf16 mode).
+    pub(super) fn ptr16(&self, s: Span) -> u64 {
+        self.typed_ptr(s, DType::Bf16)
+    }
+
+    /// The element type of the buffer behind `s`.
+    pub(super) fn dtype_of(&self, s: Span) -> DType {
         let bufs = self.floats.borrow();
-        let m = bufs[s.buf].as_ref().expect("use of a freed GPU buffer");
+        bufs[s.buf]
+            .as_ref()
+            .expect("use of a freed GPU buffer")
+            .dtype
+    }
+
+    fn typed_ptr(&self, s: Span, dtype: DType) -> u64 {
+        let bufs = self.floats.borrow();
+        let b = bufs[s.buf].as_ref().expect("use of a freed GPU buffer");
         assert!(
-            (s.off + s.len) * 4 <= m.bytes.max(4) || s.len == 0,
-            "span {}+{} outside GPU buffer of {} floats",
+            b.dtype == dtype,
+            "GPU buffer {} holds {:?} values, read here as {dtype:?}: this op does not take \
+             GEMM-only (bf16-stored) activations",
+            s.buf,
+            b.dtype
+        );
+        let size = dtype.bytes();
+        assert!(
+            (s.off + s.len) * size <= b.mem.bytes.max(size) || s.len == 0,
+            "span {}+{} outside GPU buffer of {} values",
             s.off,
             s.len,
-            m.bytes / 4
+            b.mem.bytes / size
         );
-        m.ptr + 4 * s.off as u64
+        b.mem.ptr + (size * s.off) as u64
+    }
+
+    /// Device address of either kind of float span, with its element type.
+    pub(super) fn any_ptr(&self, s: Span) -> (u64, DType) {
+        let dtype = self.dtype_of(s);
+        (self.typed_ptr(s, dtype), dtype)
     }
 
     pub(super) fn tptr(&self, s: TokenSpan) -> u64 {
@@ -108,10 +152,10 @@ impl CudaBackend {
     }
 }
 
-pub(super) fn alloc(be: &CudaBackend, len: usize) -> Span {
-    let m = be.new_mem(4 * len);
+pub(super) fn alloc(be: &CudaBackend, len: usize, dtype: DType) -> Span {
+    let mem = be.new_mem(dtype.bytes() * len);
     let mut bufs = be.floats.borrow_mut();
-    bufs.push(Some(m));
+    bufs.push(Some(FloatBuf { mem, dtype }));
     Span {
         buf: bufs.len() - 1,
         off: 0,
@@ -134,9 +178,9 @@ pub(super) fn alloc_tokens(be: &CudaBackend, len: usize) -> TokenSpan {
 pub(super) fn free(be: &CudaBackend, span: Span) {
     assert_eq!(span.off, 0, "free takes whole buffers");
     be.drop_shadow(span.buf);
-    let m: Option<DeviceMem> = be.floats.borrow_mut()[span.buf].take();
-    if let Some(m) = m {
-        be.drop_mem(m);
+    let b: Option<FloatBuf> = be.floats.borrow_mut()[span.buf].take();
+    if let Some(b) = b {
+        be.drop_mem(b.mem);
     }
 }
 
@@ -151,18 +195,41 @@ pub(super) fn free_tokens(be: &CudaBackend, span: TokenSpan) {
 
 pub(super) fn write(be: &CudaBackend, dst: Span, src: &[f32]) {
     assert_eq!(dst.len, src.len(), "write length");
-    be.written(be.ptr(dst));
-    // SAFETY: the span is in bounds (ptr checks); the copy is synchronous.
-    unsafe { drv::memcpy_htod_sync(be.ptr(dst), src) }
-        .unwrap_or_else(|e| panic!("CUDA error copying to the GPU: {e}"));
+    let (ptr, dtype) = be.any_ptr(dst);
+    be.written(ptr);
+    // SAFETY: the span is in bounds (typed_ptr checks); the copies are synchronous.
+    let done = match dtype {
+        DType::F32 => unsafe { drv::memcpy_htod_sync(ptr, src) },
+        DType::Bf16 => unsafe { drv::memcpy_htod_sync(ptr, &to_bf16_bits(src)) },
+    };
+    done.unwrap_or_else(|e| panic!("CUDA error copying to the GPU: {e}"));
 }
 
 pub(super) fn read(be: &CudaBackend, src: Span) -> Vec<f32> {
-    let mut out = vec![0f32; src.len];
-    // SAFETY: as for `write`; the copy waits for queued kernels.
-    unsafe { drv::memcpy_dtoh_sync(&mut out, be.ptr(src)) }
-        .unwrap_or_else(|e| panic!("CUDA error copying from the GPU: {e}"));
-    out
+    let (ptr, dtype) = be.any_ptr(src);
+    // SAFETY: as for `write`; the copies wait for queued kernels.
+    let got = match dtype {
+        DType::F32 => {
+            let mut out = vec![0f32; src.len];
+            unsafe { drv::memcpy_dtoh_sync(&mut out, ptr) }.map(|()| out)
+        }
+        DType::Bf16 => {
+            let mut bits = vec![0u16; src.len];
+            unsafe { drv::memcpy_dtoh_sync(&mut bits, ptr) }.map(|()| {
+                bits.iter()
+                    .map(|&b| half::bf16::from_bits(b).to_f32())
+                    .collect()
+            })
+        }
+    };
+    got.unwrap_or_else(|e| panic!("CUDA error copying from the GPU: {e}"))
+}
+
+/// The bf16 bit patterns of `x`, rounded to nearest even (as cuda/convert.cu rounds).
+fn to_bf16_bits(x: &[f32]) -> Vec<u16> {
+    x.iter()
+        .map(|&v| half::bf16::from_f32(v).to_bits())
+        .collect()
 }
 
 pub(super) fn write_tokens(be: &CudaBackend, dst: TokenSpan, src: &[u32]) {
@@ -174,17 +241,37 @@ pub(super) fn write_tokens(be: &CudaBackend, dst: TokenSpan, src: &[u32]) {
 }
 
 pub(super) fn fill(be: &CudaBackend, dst: Span, value: f32) {
-    be.written(be.ptr(dst));
-    // SAFETY: dst.len 32-bit words inside the span's buffer.
-    unsafe { cu::cuMemsetD32Async(be.ptr(dst), value.to_bits(), dst.len, be.stream.cu_stream()) }
-        .result()
+    let (ptr, dtype) = be.any_ptr(dst);
+    be.written(ptr);
+    let stream = be.stream.cu_stream();
+    // SAFETY: dst.len values of the buffer's width inside the span's buffer.
+    let done = match dtype {
+        DType::F32 => unsafe { cu::cuMemsetD32Async(ptr, value.to_bits(), dst.len, stream) },
+        DType::Bf16 => unsafe {
+            cu::cuMemsetD16Async(ptr, half::bf16::from_f32(value).to_bits(), dst.len, stream)
+        },
+    };
+    done.result()
         .unwrap_or_else(|e| panic!("CUDA error filling a buffer: {e}"));
 }
 
+/// dst = src, converting where their buffers' types differ: fp32 to bf16 by
+/// convert.cu's `to_bf16`, bf16 to fp32 (exact) through the host.
 pub(super) fn copy(be: &CudaBackend, dst: Span, src: Span) {
     assert_eq!(dst.len, src.len, "copy length");
-    be.written(be.ptr(dst));
-    // SAFETY: both spans are in bounds and do not overlap (trait contract).
-    unsafe { drv::memcpy_dtod_async(be.ptr(dst), be.ptr(src), 4 * dst.len, be.stream.cu_stream()) }
-        .unwrap_or_else(|e| panic!("CUDA error copying on the GPU: {e}"));
+    let ((to, to_type), (from, from_type)) = (be.any_ptr(dst), be.any_ptr(src));
+    match (from_type, to_type) {
+        (DType::F32, DType::Bf16) => {
+            let n = dst.len as i64;
+            be.launch_elems("to_bf16", dst.len, &[Ptr(to), Ptr(from), I64(n)]);
+        }
+        (DType::Bf16, DType::F32) => write(be, dst, &read(be, src)),
+        _ => {
+            be.written(to);
+            let bytes = to_type.bytes() * dst.len;
+            // SAFETY: both spans are in bounds and do not overlap (trait contract).
+            unsafe { drv::memcpy_dtod_async(to, from, bytes, be.stream.cu_stream()) }
+                .unwrap_or_else(|e| panic!("CUDA error copying on the GPU: {e}"));
+        }
+    }
 }

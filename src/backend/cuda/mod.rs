@@ -6,8 +6,8 @@
 //!   `resources`: ptxas's per-kernel report (registers, spills, shared memory) and the
 //!   occupancy it allows.
 //! - `gemm` (and `gemm_shape`, its arithmetic): row-major GEMMs through cuBLASLt (fp32
-//!   or bf16 operands, fp32 output, optionally finished by a bias, GELU or
-//!   GELU-derivative epilogue).
+//!   or bf16 operands, fp32 output or bf16 for GELU's, optionally finished by a bias,
+//!   GELU or GELU-derivative epilogue).
 //! - `memory`: buffers, scratch slots (`scratch` sizes them for the memory plan) and
 //!   the byte count; `shadow`: persistent bf16 copies of weight buffers, kept in step
 //!   with every write.
@@ -18,13 +18,15 @@
 //! - `ops`: the Backend implementation, one line per op, dispatching to those files;
 //!   `profile`: CUDA events around each op for `hgpt bench --profile`.
 //!
-//! Buffers are fp32 device allocations named by the trait's spans; token buffers are
-//! u32. In bf16 mode GEMMs multiply bf16 operands and accumulate in fp32, while
-//! parameters, AdamW moments, activations and the head's math and loss stay fp32:
-//! fp32 master weights, bf16 tensor-core products. A weight operand comes from its
-//! buffer's bf16 shadow, which AdamW writes in the same pass as the fp32 update, so
-//! weights are not converted per GEMM; activation operands are converted to bf16
-//! scratch just before each GEMM.
+//! Buffers are fp32 device allocations named by the trait's spans, but for
+//! `alloc_gemm_operands` in bf16 mode (bf16); token buffers are u32. In bf16 mode GEMMs
+//! multiply bf16 operands and accumulate in fp32, while parameters, AdamW moments,
+//! the other activations and the head's math and loss stay fp32: fp32 master weights,
+//! bf16 tensor-core products. A weight operand comes from its buffer's bf16 shadow,
+//! which AdamW writes in the same pass as the fp32 update, so weights are not
+//! converted per GEMM; the activations only GEMMs read (LayerNorm and GELU outputs)
+//! are written in bf16 by the kernel that makes them, and the other activation
+//! operands are converted to bf16 scratch just before each GEMM.
 //!
 //! The fused ops of the trait run as one kernel or one GEMM each: residual add and
 //! LayerNorm in one pass over the row, bias and GELU in cuBLASLt's epilogues (with the
@@ -94,7 +96,7 @@ pub struct CudaBackend {
     arch: String,
     cc_major: i32,
     sms: u32,
-    floats: RefCell<Vec<Option<DeviceMem>>>,
+    floats: RefCell<Vec<Option<memory::FloatBuf>>>,
     tokens: RefCell<Vec<Option<DeviceMem>>>,
     /// The host's copy of every token buffer (by buffer index), for the wte backward's
     /// bucket table (see `encoder`).

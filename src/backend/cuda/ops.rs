@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use super::gemm::DType;
 use super::{
     CudaBackend, GpuPrecision, attention, elementwise, encoder, head, layernorm, linear, memory,
     reduce, update,
@@ -72,7 +73,13 @@ impl Backend for CudaBackend {
     }
 
     fn alloc(&self, len: usize) -> Span {
-        memory::alloc(self, len)
+        memory::alloc(self, len, DType::F32)
+    }
+
+    /// bf16 in bf16 mode, the GEMMs' operand type: they read these values directly
+    /// instead of a bf16 copy made per GEMM.
+    fn alloc_gemm_operands(&self, len: usize) -> Span {
+        memory::alloc(self, len, self.dtype())
     }
 
     fn alloc_tokens(&self, len: usize) -> TokenSpan {

@@ -85,9 +85,12 @@ impl Slot {
         // The chunk's scratch comes from cuMemAlloc, aligned for float4s.
         let (row_tiles, col_tiles) = grad_tiles(rows, v, v.is_multiple_of(4));
         match self {
-            // The widest activation operands (weights come from their shadows): the
-            // MLP's [N, 4C] as A (fc_proj's input, fc's output gradient) and as B.
-            Slot::OperandA | Slot::OperandB => bf16_only(2 * 4 * btc),
+            // The widest fp32 activation operands (weights come from their shadows;
+            // ln_1's, ln_2's and GELU's outputs are stored in bf16, read in place):
+            // fc's output gradient [N, 4C] as A, attention's output [N, C] as B (the
+            // only activation a weight gradient reads in fp32).
+            Slot::OperandA => bf16_only(2 * 4 * btc),
+            Slot::OperandB => bf16_only(2 * btc),
             Slot::AttRowDots => 4 * s.b * s.nh * s.t,
             Slot::HeadRows => 4 * rows * v,
             Slot::HeadG16 => bf16_only(2 * rows * v),

@@ -48,8 +48,8 @@ impl CudaBackend {
             None => {
                 let (base, floats) = {
                     let bufs = self.floats.borrow();
-                    let m = bufs[s.buf].as_ref().expect("use of a freed GPU buffer");
-                    (m.ptr, m.bytes / 4)
+                    let b = bufs[s.buf].as_ref().expect("use of a freed GPU buffer");
+                    (b.mem.ptr, b.mem.bytes / 4)
                 };
                 let mem = self.new_mem(2 * floats);
                 let shadow = Shadow {
