@@ -88,6 +88,23 @@ __device__ __forceinline__ void store_floats(float* p, const Floats<W>& x) {
     }
 }
 
+// W consecutive floats rounded to bf16 (nearest even): one 8-byte store when W == 4
+// (the address 8-byte aligned: a float4-aligned row's bf16 copy).
+struct alignas(8) Bf16x4 {
+    __nv_bfloat162 lo, hi;
+};
+
+template <int W>
+__device__ __forceinline__ void store_bf16(__nv_bfloat16* p, const Floats<W>& x) {
+    if constexpr (W == 4) {
+        *reinterpret_cast<Bf16x4*>(p) =
+            Bf16x4{__floats2bfloat162_rn(x.v[0], x.v[1]), __floats2bfloat162_rn(x.v[2], x.v[3])};
+    } else {
+#pragma unroll
+        for (int k = 0; k < W; k++) p[k] = __float2bfloat16_rn(x.v[k]);
+    }
+}
+
 // Grid-stride loop over [0, n) with 64-bit indices.
 #define FOR_EACH(i, n)                                                        \
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); \

@@ -155,22 +155,6 @@ extern "C" __global__ void head_lse(float* rows, float* lse, float* losses, cons
         head_lse_row<1>(z, lse, losses, hh, w_sq, targets, V, harmonic, half_n, eps, logits);
 }
 
-// W consecutive G values' bf16 copies: one 8-byte store when W == 4.
-struct alignas(8) Bf16x4 {
-    __nv_bfloat162 lo, hi;
-};
-
-template <int W>
-__device__ __forceinline__ void store_bf16(__nv_bfloat16* p, const Floats<W>& x) {
-    if constexpr (W == 4) {
-        *reinterpret_cast<Bf16x4*>(p) =
-            Bf16x4{__floats2bfloat162_rn(x.v[0], x.v[1]), __floats2bfloat162_rn(x.v[2], x.v[3])};
-    } else {
-#pragma unroll
-        for (int k = 0; k < W; k++) p[k] = __float2bfloat16_rn(x.v[k]);
-    }
-}
-
 template <int W>
 __device__ void head_grad_tile(const float* rows, float* g32, __nv_bfloat16* g16,
                                float* rowpart, float* colpart, const float* lse,

@@ -36,8 +36,7 @@ __device__ __forceinline__ void store_out(float* p, const Floats<W>& x) {
 
 template <int W>
 __device__ __forceinline__ void store_out(__nv_bfloat16* p, const Floats<W>& x) {
-#pragma unroll
-    for (int k = 0; k < W; k++) p[k] = __float2bfloat16_rn(x.v[k]);
+    store_bf16<W>(p, x);
 }
 
 // One warp normalises the row x[0, C), W floats per access; out is fp32 or bf16.

@@ -3,16 +3,11 @@
 //! GELU's output may be a bf16 buffer (stored for GEMMs only): `gelu_forward_bf16`.
 
 use super::CudaBackend;
-use super::gemm::DType;
 use super::kernels::Arg::{I64, Ptr};
 use crate::backend::Span;
 
 pub(super) fn gelu_forward(be: &CudaBackend, out: Span, inp: Span) {
-    let kernel = match be.dtype_of(out) {
-        DType::F32 => "gelu_forward",
-        DType::Bf16 => "gelu_forward_bf16",
-    };
-    let (out_ptr, _) = be.any_ptr(out);
+    let (out_ptr, kernel) = be.output_kernel(out, ["gelu_forward", "gelu_forward_bf16"]);
     be.launch_elems(
         kernel,
         out.len,

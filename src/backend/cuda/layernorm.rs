@@ -4,24 +4,15 @@
 //! in a bf16 buffer (GEMM-only activations in bf16 mode) is written by the *_bf16
 //! kernels: the same values, rounded to bf16 as the GEMMs would round them.
 
-use super::gemm::DType;
 use super::kernels::Arg::{F32, I32, Ptr};
 use super::{CudaBackend, Slot, aligned16};
 use crate::backend::{Mat, Norm, Normed, Span};
-
-/// The output's address and the kernel of the pair `[fp32, bf16]` that writes its type.
-fn output(be: &CudaBackend, out: Span, [fp32, bf16]: [&'static str; 2]) -> (u64, &'static str) {
-    match be.dtype_of(out) {
-        DType::F32 => (be.ptr(out), fp32),
-        DType::Bf16 => (be.ptr16(out), bf16),
-    }
-}
 
 pub(super) fn layernorm_forward(be: &CudaBackend, y: Normed, inp: Mat, p: Norm, eps: f32) {
     let (n, c) = (inp.rows, inp.cols);
     let (out, mean, rstd) = (y.out.span, y.mean, y.rstd);
     let (inp, weight, bias) = (inp.span, p.w, p.b);
-    let (out, kernel) = output(be, out, ["layernorm_forward", "layernorm_forward_bf16"]);
+    let (out, kernel) = be.output_kernel(out, ["layernorm_forward", "layernorm_forward_bf16"]);
     let rows = [out, be.ptr(inp), be.ptr(weight), be.ptr(bias)];
     let vec4 = c.is_multiple_of(4) && aligned16(&rows);
     let [out, inp, weight, bias] = rows;
@@ -55,8 +46,7 @@ pub(super) fn residual_layernorm_forward(
     let (n, c) = (residual.rows, residual.cols);
     let (residual, out, mean, rstd) = (residual.span, y.out.span, y.mean, y.rstd);
     let (a, b, weight, bias) = (a.span, b.span, p.w, p.b);
-    let (out, kernel) = output(
-        be,
+    let (out, kernel) = be.output_kernel(
         out,
         [
             "residual_layernorm_forward",

@@ -117,6 +117,21 @@ impl CudaBackend {
         (self.typed_ptr(s, dtype), dtype)
     }
 
+    /// The address of an op's output `s` and, of a kernel pair `[fp32, bf16]` that
+    /// writes each type, the one for its buffer's.
+    pub(super) fn output_kernel(
+        &self,
+        s: Span,
+        [fp32, bf16]: [&'static str; 2],
+    ) -> (u64, &'static str) {
+        let (ptr, dtype) = self.any_ptr(s);
+        let kernel = match dtype {
+            DType::F32 => fp32,
+            DType::Bf16 => bf16,
+        };
+        (ptr, kernel)
+    }
+
     pub(super) fn tptr(&self, s: TokenSpan) -> u64 {
         let bufs = self.tokens.borrow();
         let m = bufs[s.buf]
