@@ -25,7 +25,8 @@ fn buckets(tokens: &[u32]) -> Vec<u32> {
     let mut start = 0;
     while start < n {
         let v = tokens[table[start] as usize];
-        let end = start + table[start..].partition_point(|&r| tokens[r as usize] == v);
+        // Only the positions: the triples appended so far follow them in `table`.
+        let end = start + table[start..n].partition_point(|&r| tokens[r as usize] == v);
         table.extend([v, start as u32, (end - start) as u32]);
         start = end;
     }
@@ -120,5 +121,36 @@ mod tests {
         assert_eq!(pos, [1, 4, 0, 2, 5, 3]);
         assert_eq!(triples, [2, 0, 2, 5, 2, 3, 7, 5, 1]);
         assert_eq!(buckets(&[]), Vec::<u32>::new());
+    }
+
+    /// Against a plain grouping, on token lists long enough that the triples appended
+    /// while the table is built could be mistaken for positions.
+    #[test]
+    fn buckets_of_many_tokens_hold_every_position_once_by_token() {
+        let mut state = 7u64;
+        for (n, vocab) in [(51, 101), (200, 7), (1000, 50304), (64, 1)] {
+            let tokens: Vec<u32> = (0..n)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 33) % vocab) as u32
+                })
+                .collect();
+            let mut want_pos: Vec<u32> = (0..n as u32).collect();
+            want_pos.sort_by_key(|&r| (tokens[r as usize], r));
+            let mut want_triples = Vec::new();
+            for (i, &r) in want_pos.iter().enumerate() {
+                let v = tokens[r as usize];
+                match want_triples.chunks_exact_mut(3).last() {
+                    Some([last, _, count]) if *last == v => *count += 1,
+                    _ => want_triples.extend([v, i as u32, 1]),
+                }
+            }
+            let t = buckets(&tokens);
+            let (pos, triples) = t.split_at(n);
+            assert_eq!(pos, want_pos, "positions, {n} tokens");
+            assert_eq!(triples, want_triples, "triples, {n} tokens of {vocab}");
+        }
     }
 }
