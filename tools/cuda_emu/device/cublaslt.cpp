@@ -796,6 +796,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                 acc = acc + prod;
             }
             float v = al * acc;
+            // BLAS's convention, which cuBLAS states for its GEMMs: with beta 0, C is not
+            // read (it may hold anything, NaN included).
             if (be != 0) v = v + be * load(C, p.cd_type, i + j * ldc);
             if (adds_bias(e)) v = v + load(desc->bias, p.bias_type, i);
             if (applies_gelu(e)) {
