@@ -41,7 +41,9 @@
 // approximation). It implements only the attributes and epilogues hgpt could use: others
 // (batches, row order, fp16/fp8/int8 types, scale and amax pointers, the ReLU epilogues,
 // bias gradients) are refused with CUBLAS_STATUS_NOT_SUPPORTED, where the real library
-// would accept them.
+// would accept them; attributes that only steer the real heuristic's choice (workspace
+// limit, SM count, reduction and implementation masks, wave count) are size-checked and
+// change nothing.
 #include <cmath>
 #include <cstdarg>
 #include <cstdint>
@@ -160,26 +162,25 @@ enum {
 struct cublasLtContext {
     int unused;
 };
+// Attributes with no effect here are checked for size and not kept (see the setters).
 struct LtLayout {
     int32_t type, order;
     uint64_t rows, cols;
     int64_t ld;
     int32_t batch_count, batch_mode;
-    int64_t batch_offset, plane_offset;
+    int64_t plane_offset;
 };
 struct LtDesc {
     int32_t compute, scale, pointer_mode, transa, transb, transc, fill;
     uint32_t epilogue;
     const void* bias;
     void* aux;
-    int64_t aux_ld, bias_batch_stride, aux_batch_stride;
-    int32_t bias_type, aux_type, sm_count;
+    int64_t aux_ld;
+    int32_t bias_type, aux_type;
 };
 struct LtPref {
-    uint32_t search_mode, reduction_mask;
-    uint64_t max_workspace, impl_mask;
+    uint32_t search_mode;
     uint32_t align[4];  // A, B, C, D
-    float max_waves;
 };
 static_assert(sizeof(LtLayout) <= 8 * 8, "cublasLtMatrixLayoutOpaque_t is 8 u64");
 static_assert(sizeof(LtDesc) <= 32 * 8, "cublasLtMatmulDescOpaque_t is 32 u64");
@@ -489,8 +490,6 @@ cublasStatus_t find_algo(const LtDesc* d, const LtLayout* a, const LtLayout* b,
 
 LtPref default_pref() {
     LtPref p{};
-    p.reduction_mask = 0x7;
-    p.impl_mask = ~0ull;
     for (uint32_t& a : p.align) a = 256;
     return p;
 }
@@ -503,6 +502,16 @@ cublasStatus_t take(T* dst, const void* buf, size_t size, const char* what) {
                       sizeof(T), size);
     }
     memcpy(dst, buf, sizeof(T));
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+// An attribute with no effect on what this reference computes: its size checked, its
+// value dropped.
+cublasStatus_t take_any(size_t size, size_t want, const char* what) {
+    if (size != want) {
+        return refuse(CUBLAS_STATUS_INVALID_VALUE, "%s takes %zu bytes, got %zu", what, want,
+                      size);
+    }
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -566,7 +575,7 @@ const char* cublasLtGetStatusString(cublasStatus_t status) {
 cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* layout, int32_t type,
                                           uint64_t rows, uint64_t cols, int64_t ld) {
     if (!layout) return refuse(CUBLAS_STATUS_INVALID_VALUE, "MatrixLayoutCreate: NULL out");
-    *layout = new (std::nothrow) LtLayout{type, ORDER_COL, rows, cols, ld, 1, 0, 0, 0};
+    *layout = new (std::nothrow) LtLayout{type, ORDER_COL, rows, cols, ld, 1, 0, 0};
     return *layout ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_ALLOC_FAILED;
 }
 
@@ -593,8 +602,8 @@ cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t l, int32_
         case LAYOUT_COLS: return take(&l->cols, buf, size, "LAYOUT_COLS");
         case LAYOUT_LD: return take(&l->ld, buf, size, "LAYOUT_LD");
         case LAYOUT_BATCH_COUNT: return take(&l->batch_count, buf, size, "LAYOUT_BATCH_COUNT");
-        case LAYOUT_STRIDED_BATCH_OFFSET:
-            return take(&l->batch_offset, buf, size, "LAYOUT_STRIDED_BATCH_OFFSET");
+        case LAYOUT_STRIDED_BATCH_OFFSET:  // read only with batches, refused at use
+            return take_any(size, 8, "LAYOUT_STRIDED_BATCH_OFFSET");
         case LAYOUT_PLANE_OFFSET: return take(&l->plane_offset, buf, size, "LAYOUT_PLANE_OFFSET");
         case LAYOUT_BATCH_MODE: return take(&l->batch_mode, buf, size, "LAYOUT_BATCH_MODE");
     }
@@ -606,7 +615,7 @@ cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* desc, int32_t comp
     if (!desc) return refuse(CUBLAS_STATUS_INVALID_VALUE, "MatmulDescCreate: NULL out");
     *desc = new (std::nothrow) LtDesc{compute, scale, POINTER_MODE_HOST, CUBLAS_OP_N,
                                       CUBLAS_OP_N, CUBLAS_OP_N, FILL_MODE_FULL, EPI_DEFAULT,
-                                      nullptr, nullptr, 0, 0, 0, -1, -1, 0};
+                                      nullptr, nullptr, 0, -1, -1};
     return *desc ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_ALLOC_FAILED;
 }
 
@@ -652,13 +661,14 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, int32_t at
             return CUBLAS_STATUS_SUCCESS;
         }
         case DESC_BIAS_POINTER: return take(&d->bias, buf, size, "BIAS_POINTER");
-        case DESC_BIAS_BATCH_STRIDE:
-            return take(&d->bias_batch_stride, buf, size, "BIAS_BATCH_STRIDE");
+        case DESC_BIAS_BATCH_STRIDE:  // read only with batches, refused at use
+            return take_any(size, 8, "BIAS_BATCH_STRIDE");
         case DESC_EPILOGUE_AUX_POINTER: return take(&d->aux, buf, size, "EPILOGUE_AUX_POINTER");
         case DESC_EPILOGUE_AUX_LD: return take(&d->aux_ld, buf, size, "EPILOGUE_AUX_LD");
-        case DESC_EPILOGUE_AUX_BATCH_STRIDE:
-            return take(&d->aux_batch_stride, buf, size, "EPILOGUE_AUX_BATCH_STRIDE");
-        case DESC_SM_COUNT_TARGET: return take(&d->sm_count, buf, size, "SM_COUNT_TARGET");
+        case DESC_EPILOGUE_AUX_BATCH_STRIDE:  // read only with batches, refused at use
+            return take_any(size, 8, "EPILOGUE_AUX_BATCH_STRIDE");
+        case DESC_SM_COUNT_TARGET:  // a hint to the heuristic's choice among kernels
+            return take_any(size, 4, "SM_COUNT_TARGET");
         case DESC_EPILOGUE_AUX_DATA_TYPE:
             return data_type(&d->aux_type, "EPILOGUE_AUX_DATA_TYPE");
         case DESC_BIAS_DATA_TYPE: return data_type(&d->bias_type, "BIAS_DATA_TYPE");
@@ -693,16 +703,18 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
     if (!p || !buf) return refuse(CUBLAS_STATUS_INVALID_VALUE, "Preference attribute: NULL");
     switch (attr) {
         case PREF_SEARCH_MODE: return take(&p->search_mode, buf, size, "SEARCH_MODE");
-        case PREF_MAX_WORKSPACE_BYTES:
-            return take(&p->max_workspace, buf, size, "MAX_WORKSPACE_BYTES");
-        case PREF_REDUCTION_SCHEME_MASK:
-            return take(&p->reduction_mask, buf, size, "REDUCTION_SCHEME_MASK");
+        // The one algorithm needs no workspace and no split-K reduction, so no limit on
+        // either excludes it.
+        case PREF_MAX_WORKSPACE_BYTES: return take_any(size, 8, "MAX_WORKSPACE_BYTES");
+        case PREF_REDUCTION_SCHEME_MASK: return take_any(size, 4, "REDUCTION_SCHEME_MASK");
         case PREF_MIN_ALIGNMENT_A_BYTES: return take(&p->align[0], buf, size, "MIN_ALIGNMENT_A");
         case PREF_MIN_ALIGNMENT_B_BYTES: return take(&p->align[1], buf, size, "MIN_ALIGNMENT_B");
         case PREF_MIN_ALIGNMENT_C_BYTES: return take(&p->align[2], buf, size, "MIN_ALIGNMENT_C");
         case PREF_MIN_ALIGNMENT_D_BYTES: return take(&p->align[3], buf, size, "MIN_ALIGNMENT_D");
-        case PREF_MAX_WAVES_COUNT: return take(&p->max_waves, buf, size, "MAX_WAVES_COUNT");
-        case PREF_IMPL_MASK: return take(&p->impl_mask, buf, size, "IMPL_MASK");
+        // Filters on kernel traits (occupancy, instruction kinds) that the emulated
+        // algorithm does not model; hgpt sets neither.
+        case PREF_MAX_WAVES_COUNT: return take_any(size, 4, "MAX_WAVES_COUNT");
+        case PREF_IMPL_MASK: return take_any(size, 8, "IMPL_MASK");
     }
     return refuse(CUBLAS_STATUS_INVALID_VALUE, "unknown preference attribute %d", attr);
 }
