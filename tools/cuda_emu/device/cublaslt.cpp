@@ -324,9 +324,10 @@ cublasStatus_t check_layout(const LtLayout* l, const char* name, bool ld_may_be_
     return CUBLAS_STATUS_SUCCESS;
 }
 
-// Validates a matmul as both the heuristic and cublasLtMatmul see it. `at_matmul` picks the
-// status for a data type off the guide's tables: the heuristic has no kernel for it
-// (NOT_SUPPORTED, no algorithm); cublasLtMatmul's is the one the guide names.
+// Validates a matmul as both the heuristic and cublasLtMatmul see it. A data type off the
+// guide's tables is CUBLAS_STATUS_NOT_SUPPORTED (no kernel: the heuristic finds no
+// algorithm), except where the guide names cublasLtMatmul's status: an aux type is
+// CUBLAS_STATUS_INVALID_VALUE there (`at_matmul`).
 cublasStatus_t check_problem(const LtDesc* d, const LtLayout* a, const LtLayout* b,
                              const LtLayout* c, const LtLayout* dd, bool at_matmul,
                              Problem* p) {
