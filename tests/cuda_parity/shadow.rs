@@ -26,7 +26,9 @@ fn bf16_weight_shadows_follow_adamw_sgld_and_every_write() {
     let mut tr = Trainer::new(&config, gpu, data).unwrap();
     let (b, t) = (config.train.batch_size, config.train.seq_len);
     let mut rng = ChaCha8Rng::seed_from_u64(23);
-    let tokens: Vec<u32> = (0..b * t + 1).map(|_| rng.random_range(0..97)).collect();
+    let tokens: Vec<u32> = (0..b * t + 1)
+        .map(|_| rng.random_range(0..config.model.vocab_size as u32))
+        .collect();
     let (inp, tgt) = (&tokens[..b * t], &tokens[1..]);
     let loss_and_grads = |m: &mut Gpt<CudaBackend>| {
         m.zero_grads();

@@ -14,6 +14,10 @@ use hgpt::train::Trainer;
 
 use super::harness::{MODES, open_gpu, rel_err, small_config};
 
+/// The loss and every gradient of one step, against the CPU computing in f64: the GPU
+/// within the mode's tolerance, or at least as close as the CPU computing in f32 (the
+/// harmonic head's ln_f gradients are ill-conditioned in f32: a rowsum(G) h term that
+/// nearly cancels leaves both f32 backends about 5e-4 from f64 there).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn model_loss_and_every_gradient_match_the_cpu() {
@@ -21,27 +25,42 @@ fn model_loss_and_every_gradient_match_the_cpu() {
         for (head, tie) in [("harmonic", true), ("softmax", true), ("softmax", false)] {
             let gpu = open_gpu(mode);
             let config = small_config(head, tie);
-            let mut cpu = Gpt::new(CpuBackend::<f32>::new(), &config.model);
+            let mut f64_ref = Gpt::new(CpuBackend::<f64>::new(), &config.model);
+            let mut f32_ref = Gpt::new(CpuBackend::<f32>::new(), &config.model);
             let mut gpu = Gpt::new(gpu, &config.model);
-            cpu.init(5);
+            f64_ref.init(5);
+            f32_ref.init(5);
             gpu.init(5);
             let (b, t) = (config.train.batch_size, config.train.seq_len);
             let mut rng = ChaCha8Rng::seed_from_u64(3);
-            let tokens: Vec<u32> = (0..b * t + 1).map(|_| rng.random_range(0..97)).collect();
+            let tokens: Vec<u32> = (0..b * t + 1)
+                .map(|_| rng.random_range(0..config.model.vocab_size as u32))
+                .collect();
             let (inp, tgt) = (&tokens[..b * t], &tokens[1..]);
-            let lc = cpu.loss_and_head_grad(inp, tgt, b, t, 1.0);
+            let l64 = f64_ref.loss_and_head_grad(inp, tgt, b, t, 1.0);
+            let l32 = f32_ref.loss_and_head_grad(inp, tgt, b, t, 1.0);
             let lg = gpu.loss_and_head_grad(inp, tgt, b, t, 1.0);
-            cpu.backward();
+            f64_ref.backward();
+            f32_ref.backward();
             gpu.backward();
-            let err = ((lg - lc) / lc).abs();
-            println!("{mode:?} {head} tied={tie}: loss cpu {lc:.6} gpu {lg:.6} ({err:.2e})");
+            let err = ((lg - l64) / l64).abs();
+            println!(
+                "{mode:?} {head} tied={tie}: loss f64 {l64:.6} f32 {l32:.6} gpu {lg:.6} ({err:.2e})"
+            );
             assert!(err < tol, "loss differs: {err:.2e}");
-            let (gc, gg) = (cpu.read_grads(), gpu.read_grads());
-            for tensor in &cpu.layout.tensors {
+            let (g64, g32, gg) = (f64_ref.read_grads(), f32_ref.read_grads(), gpu.read_grads());
+            for tensor in &f64_ref.layout.tensors {
                 let r = tensor.offset..tensor.offset + tensor.len();
-                let e = rel_err(&gc[r.clone()], &gg[r]);
-                println!("  d{}: {e:.2e}", tensor.name);
-                assert!(e < tol, "gradient of {} differs: {e:.2e}", tensor.name);
+                let (e, e32) = (
+                    rel_err(&g64[r.clone()], &gg[r.clone()]),
+                    rel_err(&g64[r.clone()], &g32[r]),
+                );
+                println!("  d{}: {e:.2e} (the CPU in f32: {e32:.2e})", tensor.name);
+                assert!(
+                    e < tol.max(2.0 * e32),
+                    "gradient of {} differs from f64 by {e:.2e}, the CPU's f32 by {e32:.2e}",
+                    tensor.name
+                );
             }
         }
     }

@@ -152,9 +152,12 @@ inline int nthreads = 0, cur = -1;
 inline jmp_buf scheduler;
 inline const std::function<void()>* body = nullptr;
 
+// The kernel running now, for failure messages (set by launchers that know it).
+inline const char* kernel_name = "a kernel";
+
 [[noreturn]] inline void fail(const char* what) {
-    fprintf(stderr, "cuda_emu: %s (block %u,%u; thread %d ran last)\n", what, blockIdx.x,
-            blockIdx.y, cur);
+    fprintf(stderr, "cuda_emu: %s in %s (block %u,%u; thread %d ran last)\n", what, kernel_name,
+            blockIdx.x, blockIdx.y, cur);
     exit(2);
 }
 
@@ -249,8 +252,9 @@ inline void run_block(const std::vector<int>& order) {
 
 inline std::mt19937 rng(1);
 
-// The calling thread's instance of the program's TLS segment, which holds exactly the
-// shared memory (see the opening comment), and its size in floats.
+// The calling thread's instance of the TLS segment that holds emu_smem (the program's,
+// or the emulated device's shared library's), which holds exactly the shared memory (see
+// the opening comment), and its size in floats.
 inline float* shared_segment(size_t* floats) {
     struct Found {
         float* at = nullptr;
@@ -258,18 +262,21 @@ inline float* shared_segment(size_t* floats) {
     } found;
     dl_iterate_phdr(
         [](dl_phdr_info* info, size_t, void* out) {
-            for (int i = 0; i < info->dlpi_phnum; i++)
-                if (info->dlpi_phdr[i].p_type == PT_TLS) {
-                    *(Found*)out = {(float*)info->dlpi_tls_data,
-                                    info->dlpi_phdr[i].p_memsz / 4};
-                    return 1;  // the program comes first, before its libraries
+            for (int i = 0; i < info->dlpi_phnum; i++) {
+                if (info->dlpi_phdr[i].p_type != PT_TLS || info->dlpi_tls_data == nullptr)
+                    continue;
+                float* at = (float*)info->dlpi_tls_data;
+                const size_t n = info->dlpi_phdr[i].p_memsz / 4;
+                if (at <= emu_smem && emu_smem < at + n) {
+                    *(Found*)out = {at, n};
+                    return 1;
                 }
+            }
             return 0;
         },
         &found);
-    if (found.at == nullptr || found.at > emu_smem ||
-        emu_smem + EMU_SMEM_BYTES / 4 > found.at + found.floats)
-        fail("shared memory is not the program's TLS segment");
+    if (found.at == nullptr || emu_smem + EMU_SMEM_BYTES / 4 > found.at + found.floats)
+        fail("shared memory is not a TLS segment of its own");
     *floats = found.floats;
     return found.at;
 }

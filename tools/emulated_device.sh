@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs hgpt's GPU tests on the emulated device: tools/cuda_emu/device/ builds stand-ins
+# for the NVIDIA driver (libcuda.cpp: the real cuda/*.cu kernels on the CPU emulator,
+# device memory in guarded host mappings) and cuBLASLt (cublaslt.cpp: a reference
+# implementation from NVIDIA's documentation), and the GPU parity tests run the whole
+# CUDA backend against them, through cudarc as on a GPU. It checks the host side (the
+# launchers' grids, shared memory and arguments, buffer sizes, bf16 buffers, scratch,
+# the memory plan, the op order) and the kernels' logic; not the hardware, its timing or
+# the real cuBLASLt (tools/gpu_check.sh on a GPU does that). CI runs it.
+#
+#   tools/emulated_device.sh [TEST FILTER ...]   (default: every emulated test)
+#
+# Needs NVRTC (the kernels are still compiled, to check they would load) as for
+# `cargo test --test cuda_compile`; exits non-zero if a test fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=target/cuda_emu/device
+mkdir -p "$out"
+# The kernel table: every family and every kernel in cuda/*.cu, as the Rust side finds them.
+for f in cuda/*.cu; do echo "#include \"$PWD/$f\""; done >"$out/families.inc"
+grep -ho '__global__ void [a-z0-9_]*' cuda/*.cu | awk '{print "KERNEL(" $3 ")"}' >"$out/kernels.inc"
+
+flags=(-std=c++17 -O2 -g -fPIC -shared -Wall -Wextra -Wno-unknown-pragmas -Wno-sign-compare
+       -fno-strict-aliasing -U_FORTIFY_SOURCE)
+# The driver exports only its API: the kernels' names and shared-memory aliases stay inside.
+g++ "${flags[@]}" -fvisibility=hidden -I tools/cuda_emu/include -I tools/cuda_emu -I "$out" \
+    -o "$out/libcuda.so.1" tools/cuda_emu/device/libcuda.cpp -lpthread &
+g++ "${flags[@]}" -o "$out/libcublasLt.so.13" tools/cuda_emu/device/cublaslt.cpp &
+wait %1 && wait %2
+ln -sf libcuda.so.1 "$out/libcuda.so"
+ln -sf libcublasLt.so.13 "$out/libcublasLt.so"
+
+# The emulated libraries come first; NVRTC is found as hgpt finds it.
+export LD_LIBRARY_PATH="$PWD/$out${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export HGPT_EMULATED_DEVICE=1
+
+# Sized for a GPU, these take minutes each here; `--all` runs them too. NCCL is not
+# emulated (its test runs on a GPU, tools/gpu_check.sh stage 4).
+skip=(--skip nccl)
+if [ "${1:-}" = "--all" ]; then
+    shift
+else
+    skip+=(--skip fifty_training_steps --skip two_runs_of_twenty_steps --skip at_gpt2_shapes)
+fi
+echo "emulated device: the GPU parity tests (kernels on the CPU emulator, reference cuBLASLt)"
+cargo test --release --test cuda_parity -- --include-ignored "${skip[@]}" "$@"
