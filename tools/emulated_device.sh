@@ -33,7 +33,6 @@ ln -sf libcublasLt.so.13 "$out/libcublasLt.so"
 
 # The emulated libraries come first; NVRTC is found as hgpt finds it.
 export LD_LIBRARY_PATH="$PWD/$out${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export HGPT_EMULATED_DEVICE=1
 
 # Sized for a GPU, these take minutes each here; `--all` runs them too. NCCL is not
 # emulated (its test runs on a GPU, tools/gpu_check.sh stage 4).
@@ -45,3 +44,28 @@ else
 fi
 echo "emulated device: the GPU parity tests (kernels on the CPU emulator, reference cuBLASLt)"
 cargo test --release --test cuda_parity -- --include-ignored "${skip[@]}" "$@"
+[ $# -eq 0 ] || exit 0
+
+# The command line on the emulated device, as tools/gpu_check.sh's stage 0 runs it on a
+# GPU: training in both precisions (fp32's losses equal the CPU's to 1e-4), resume, and
+# generate from the checkpoint. (Not bench: its GEMM peak, five 4096^3 products, would
+# take the reference cuBLASLt most of an hour.)
+echo "emulated device: the command line"
+bin=target/release/hgpt
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+small=(--set train.batch_size=4 --set train.seq_len=64 --set data.builtin_train_bytes=300000
+       --set data.builtin_val_bytes=20000 --set train.eval_every=0 --set train.log_every=1)
+losses() { grep -o '"train_loss":[0-9.e+-]*' "$1/metrics.jsonl" | cut -d: -f2; }
+for precision in fp32 bf16; do
+    "$bin" train --device cuda --steps 2 --out "$work/$precision" --set train.precision=$precision "${small[@]}"
+done
+"$bin" train --device cpu --steps 2 --out "$work/cpu" "${small[@]}"
+paste <(losses "$work/cpu") <(losses "$work/fp32") | awk '
+    { n++; d = ($2 - $1) / $1; if (d < 0) d = -d; if (d > 1e-4) bad = 1
+      printf "step %d: loss cpu %s, emulated device fp32 %s\n", n, $1, $2 }
+    END { if (n != 2 || bad) { print "fp32 losses differ from the CPU'"'"'s"; exit 1 } }'
+"$bin" train --device cuda --resume "$work/bf16" --steps 3
+[ "$(losses "$work/bf16" | wc -l)" -eq 3 ] || { echo "resume did not add step 3"; exit 1; }
+"$bin" generate --device cuda --checkpoint "$work/fp32" --prompt "The " --max-new-tokens 8 --seed 1
+echo "emulated device: all checks passed"

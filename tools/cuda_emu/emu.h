@@ -19,7 +19,8 @@
 // `__shared__ float s[32];` and `extern __shared__ float s[];` stay valid C++. Dynamic
 // shared memory is one buffer, emu_smem, which a kernel's `extern __shared__` array
 // names once the harness has written EMU_DYNAMIC_SHARED(NAME). Neither emu.h nor the
-// harnesses declare any other thread_local, so the program's TLS segment is exactly the
+// harnesses (or the emulated device, device/libcuda.cpp, a shared library of its own)
+// declare any other thread_local, so the TLS segment holding emu_smem is exactly the
 // shared memory: it is filled with NaN before each block, so reading a slot no thread of
 // the block wrote shows up as NaN in the output (a static array never carries values
 // over from the previous block), and a write past the dynamic size the launch asked

@@ -170,6 +170,17 @@ void install_fault_handler() {
     }
 }
 
+// HGPT_EMU_ORDER=forward|reverse|shuffled: the order blocks, and threads within a block,
+// run in (shuffled by default: a kernel whose result depends on it, a missing barrier or
+// an order-dependent sum, shows up; the shuffles are seeded, so a run repeats).
+emu::Order order_from_env() {
+    const char* o = getenv("HGPT_EMU_ORDER");
+    if (o && strcmp(o, "forward") == 0) return emu::FORWARD;
+    if (o && strcmp(o, "reverse") == 0) return emu::REVERSE;
+    return emu::SHUFFLED;
+}
+const emu::Order order = order_from_env();
+
 // HGPT_EMU_TRACE=1: one line on stderr per launch and copy.
 const bool trace = getenv("HGPT_EMU_TRACE") != nullptr;
 
@@ -434,7 +445,8 @@ API CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsi
                 bx, by, shared);
     running = fn->name;
     emu::kernel_name = fn->name;
-    launch(dim3(gx, gy), dim3(bx, by), shared, emu::FORWARD, [&] { fn->entry(params); });
+    emu::block_order = order;
+    launch(dim3(gx, gy), dim3(bx, by), shared, order, [&] { fn->entry(params); });
     running = nullptr;
     return CUDA_SUCCESS;
 }
