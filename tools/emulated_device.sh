@@ -68,4 +68,12 @@ paste <(losses "$work/cpu") <(losses "$work/fp32") | awk '
 "$bin" train --device cuda --resume "$work/bf16" --steps 3
 [ "$(losses "$work/bf16" | wc -l)" -eq 3 ] || { echo "resume did not add step 3"; exit 1; }
 "$bin" generate --device cuda --checkpoint "$work/fp32" --prompt "The " --max-new-tokens 8 --seed 1
+# GPT-2 124M does not fit a 2 GiB device: one line saying so, before anything is made.
+if HGPT_EMU_MEMORY_MIB=2048 "$bin" train --device cuda --config configs/gpt2-124m-harmonic.toml \
+        --out "$work/too-big" 2>"$work/too-big.err"; then
+    echo "a run that cannot fit the device was not refused"; exit 1
+fi
+cat "$work/too-big.err"
+[ "$(wc -l <"$work/too-big.err")" -eq 1 ] && grep -qi "memory" "$work/too-big.err" &&
+    [ ! -e "$work/too-big" ] || { echo "the refusal is not one line about memory"; exit 1; }
 echo "emulated device: all checks passed"

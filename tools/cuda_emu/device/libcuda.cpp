@@ -61,7 +61,12 @@ enum : CUresult {
 
 namespace dev {
 
-const size_t TOTAL_BYTES = 80ull << 30;          // what cuMemGetInfo reports in all
+// The device's memory: 80 GiB, or HGPT_EMU_MEMORY_MIB (to see a run refused or run out).
+size_t total_from_env() {
+    const char* mib = getenv("HGPT_EMU_MEMORY_MIB");
+    return mib ? strtoull(mib, nullptr, 10) << 20 : 80ull << 30;
+}
+const size_t TOTAL_BYTES = total_from_env();
 const int OPTIN_SHARED = 232448;                 // 227 KiB, an sm_90 block's most
 const int DEFAULT_SHARED = 48 << 10;             // without the opt-in
 const size_t PAGE = 4096;
