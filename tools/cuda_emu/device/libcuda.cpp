@@ -7,7 +7,10 @@
 // runs the tests against it.
 //
 // What it is: one emulated H100-class device (sm_90, 132 SMs, 227 KiB of opt-in shared
-// memory a block), one context, one stream. Device memory is host memory: every
+// memory a block), one context, one stream. HGPT_EMU_DEVICES=n gives the machine n such
+// devices (CUDA_VISIBLE_DEVICES narrows them as on a GPU machine), for data-parallel ranks
+// in separate processes, each emulating the one it opens in its own memory (device/nccl.cpp
+// connects them). Device memory is host memory: every
 // allocation is its own mapping with an inaccessible page on each side, filled with NaN
 // bytes (0xff) as cuMemAlloc leaves garbage, so a kernel or copy that runs off a buffer
 // faults, and one that reads what nobody wrote gets NaN. Every call runs at once on the
@@ -67,6 +70,25 @@ size_t total_from_env() {
     return mib ? strtoull(mib, nullptr, 10) << 20 : 80ull << 30;
 }
 const size_t TOTAL_BYTES = total_from_env();
+
+// The devices this process sees: HGPT_EMU_DEVICES (default 1) on the machine, each process
+// emulating the one it opens in its own memory, narrowed by CUDA_VISIBLE_DEVICES as the
+// driver does (its entries up to the first that names no device).
+int visible_from_env() {
+    const char* n = getenv("HGPT_EMU_DEVICES");
+    const long machine = n ? strtol(n, nullptr, 10) : 1;
+    const char* list = getenv("CUDA_VISIBLE_DEVICES");
+    if (!list) return (int)machine;
+    int count = 0;
+    for (const char* p = list; *p; count++) {
+        char* end;
+        const long d = strtol(p, &end, 10);
+        if (end == p || d < 0 || d >= machine || (*end && *end != ',')) break;
+        p = *end ? end + 1 : end;
+    }
+    return count;
+}
+const int VISIBLE = visible_from_env();
 const int OPTIN_SHARED = 232448;                 // 227 KiB, an sm_90 block's most
 const int DEFAULT_SHARED = 48 << 10;             // without the opt-in
 const size_t PAGE = 4096;
@@ -190,6 +212,7 @@ const emu::Order order = order_from_env();
 const bool trace = getenv("HGPT_EMU_TRACE") != nullptr;
 
 int context_token, stream_token;  // the one context's and stream's handles point here
+CUdevice opened = 0;               // the device whose context this process uses
 size_t event_count = 0;
 
 }  // namespace dev
@@ -209,12 +232,12 @@ API CUresult cuDriverGetVersion(int* v) {
     return CUDA_SUCCESS;
 }
 API CUresult cuDeviceGetCount(int* n) {
-    *n = 1;
+    *n = VISIBLE;
     return CUDA_SUCCESS;
 }
 API CUresult cuDeviceGet(CUdevice* d, int ordinal) {
-    if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
-    *d = 0;
+    if (ordinal < 0 || ordinal >= VISIBLE) return CUDA_ERROR_INVALID_DEVICE;
+    *d = ordinal;
     return CUDA_SUCCESS;
 }
 API CUresult cuDeviceGetName(char* name, int len, CUdevice) {
@@ -249,7 +272,8 @@ API CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice) {
     }
     return CUDA_SUCCESS;
 }
-API CUresult cuDevicePrimaryCtxRetain(CUcontext* ctx, CUdevice) {
+API CUresult cuDevicePrimaryCtxRetain(CUcontext* ctx, CUdevice d) {
+    opened = d;
     *ctx = &context_token;
     return CUDA_SUCCESS;
 }
@@ -260,7 +284,7 @@ API CUresult cuCtxGetCurrent(CUcontext* ctx) {
     return CUDA_SUCCESS;
 }
 API CUresult cuCtxGetDevice(CUdevice* d) {
-    *d = 0;
+    *d = opened;
     return CUDA_SUCCESS;
 }
 API CUresult cuCtxSynchronize() { return CUDA_SUCCESS; }
@@ -337,6 +361,18 @@ API CUresult cuMemFree_v2(CUdeviceptr p) {
     munmap(it->second.base, it->second.total);
     live_bytes -= it->second.bytes;
     allocations.erase(it);
+    return CUDA_SUCCESS;
+}
+
+// The allocation holding p (the emulated NCCL checks its buffers with it).
+API CUresult cuMemGetAddressRange_v2(CUdeviceptr* base, size_t* bytes, CUdeviceptr p) {
+    std::lock_guard<std::mutex> g(lock);
+    auto it = allocations.upper_bound(p);
+    if (it == allocations.begin() || p >= std::prev(it)->first + std::prev(it)->second.bytes)
+        return CUDA_ERROR_NOT_FOUND;
+    --it;
+    if (base) *base = it->first;
+    if (bytes) *bytes = it->second.bytes;
     return CUDA_SUCCESS;
 }
 
