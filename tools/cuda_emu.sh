@@ -4,7 +4,8 @@
 # (tools/cuda_emu/emu.h says how it works and what it cannot see), runs the kernels in
 # several thread orders (and the gradient sums in several block orders, which must give
 # the same bits), and compares them with an f64 reference; cublaslt.cpp checks the
-# emulated device's reference cuBLASLt (tools/cuda_emu/device/cublaslt.cpp) the same way.
+# emulated device's reference cuBLASLt (tools/cuda_emu/device/cublaslt.cpp) the same way,
+# and nccl.cpp its NCCL (device/nccl.cpp) with forked ranks.
 # One line per check; exits non-zero if any check fails (or a harness does not build).
 # About 30 s on two cores; CI runs it (.ci/run).
 set -euo pipefail

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Runs hgpt's GPU tests on the emulated device: tools/cuda_emu/device/ builds stand-ins
 # for the NVIDIA driver (libcuda.cpp: the real cuda/*.cu kernels on the CPU emulator,
-# device memory in guarded host mappings) and cuBLASLt (cublaslt.cpp: a reference
-# implementation from NVIDIA's documentation), and the GPU parity tests run the whole
-# CUDA backend against them, through cudarc as on a GPU. It checks the host side (the
+# device memory in guarded host mappings), cuBLASLt (cublaslt.cpp: a reference
+# implementation from NVIDIA's documentation) and NCCL (nccl.cpp: ranks as processes on
+# this machine, meeting in POSIX shared memory; HGPT_EMU_DEVICES=n gives it n devices), and
+# the GPU parity tests run the whole CUDA backend against them, through cudarc as on a GPU,
+# then the command line, data parallel across 2 ranks included. It checks the host side (the
 # launchers' grids, shared memory and arguments, buffer sizes, bf16 buffers, scratch,
-# the memory plan, the op order) and the kernels' logic; not the hardware, its timing or
-# the real cuBLASLt (tools/gpu_check.sh on a GPU does that). CI runs it.
+# the memory plan, the op order, the collectives' arguments) and the kernels' logic; not the
+# hardware, its timing, the real cuBLASLt or NCCL's transports and summation order
+# (tools/gpu_check.sh on a GPU does that). CI runs it.
 #
 #   tools/emulated_device.sh [TEST FILTER ...]   (default: every emulated test)
 #
@@ -28,15 +31,16 @@ g++ "${flags[@]}" -fvisibility=hidden -I tools/cuda_emu/include -I tools/cuda_em
     -o "$out/libcuda.so.1" tools/cuda_emu/device/libcuda.cpp -lpthread &
 g++ "${flags[@]}" -o "$out/libcublasLt.so.13" tools/cuda_emu/device/cublaslt.cpp &
 wait %1 && wait %2
+g++ "${flags[@]}" -fvisibility=hidden -o "$out/libnccl.so.2" tools/cuda_emu/device/nccl.cpp
 ln -sf libcuda.so.1 "$out/libcuda.so"
 ln -sf libcublasLt.so.13 "$out/libcublasLt.so"
+ln -sf libnccl.so.2 "$out/libnccl.so"
 
 # The emulated libraries come first; NVRTC is found as hgpt finds it.
 export LD_LIBRARY_PATH="$PWD/$out${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-# Sized for a GPU, these take minutes each here; `--all` runs them too. NCCL is not
-# emulated (its test runs on a GPU, tools/gpu_check.sh stage 4).
-skip=(--skip nccl)
+# Sized for a GPU, these take minutes each here; `--all` runs them too.
+skip=()
 if [ "${1:-}" = "--all" ]; then
     shift
 else
@@ -57,17 +61,43 @@ trap 'rm -rf "$work"' EXIT
 small=(--set train.batch_size=4 --set train.seq_len=64 --set data.builtin_train_bytes=300000
        --set data.builtin_val_bytes=20000 --set train.eval_every=0 --set train.log_every=1)
 losses() { grep -o '"train_loss":[0-9.e+-]*' "$1/metrics.jsonl" | cut -d: -f2; }
+# close_losses RUN_A NAME_A RUN_B NAME_B TOLERANCE STEPS: B's losses equal A's, step by step,
+# to TOLERANCE relative, over STEPS logged steps.
+close_losses() {
+    paste <(losses "$1") <(losses "$3") | awk -v a="$2" -v b="$4" -v tol="$5" -v want="$6" '
+        { n++; d = ($2 - $1) / $1; if (d < 0) d = -d; if (d > tol) bad = 1
+          printf "step %d: loss %s %s, %s %s\n", n, a, $1, b, $2 }
+        END { if (n != want || bad) { printf "%s losses differ from %s'"'"'s\n", b, a; exit 1 } }'
+}
 for precision in fp32 bf16; do
     "$bin" train --device cuda --steps 2 --out "$work/$precision" --set train.precision=$precision "${small[@]}"
 done
 "$bin" train --device cpu --steps 2 --out "$work/cpu" "${small[@]}"
-paste <(losses "$work/cpu") <(losses "$work/fp32") | awk '
-    { n++; d = ($2 - $1) / $1; if (d < 0) d = -d; if (d > 1e-4) bad = 1
-      printf "step %d: loss cpu %s, emulated device fp32 %s\n", n, $1, $2 }
-    END { if (n != 2 || bad) { print "fp32 losses differ from the CPU'"'"'s"; exit 1 } }'
+close_losses "$work/cpu" cpu "$work/fp32" "emulated device fp32" 1e-4 2
 "$bin" train --device cuda --resume "$work/bf16" --steps 3
 [ "$(losses "$work/bf16" | wc -l)" -eq 3 ] || { echo "resume did not add step 3"; exit 1; }
 "$bin" generate --device cuda --checkpoint "$work/fp32" --prompt "The " --max-new-tokens 8 --seed 1
+# Data parallel through the emulated NCCL: 2 ranks on 2 emulated devices (one process each,
+# as --ranks starts them, each seeing only its own) train like 1 rank on the same global
+# batch (2 micro-batches), to 1e-6 as tests/data_parallel.rs has it on the CPU; then the
+# 2-rank run resumes under a launcher's variables (each rank sees both devices and takes
+# its LOCAL_RANK's), as the 1-rank run resumes.
+dp=("${small[@]}" --set train.batch_size=2 --set train.precision=fp32)
+HGPT_EMU_DEVICES=2 "$bin" train --device cuda --ranks 2 --steps 2 --out "$work/dp2" "${dp[@]}"
+"$bin" train --device cuda --steps 2 --out "$work/dp1" --set train.grad_accum=2 "${dp[@]}"
+close_losses "$work/dp1" "1 rank" "$work/dp2" "2 ranks (NCCL)" 1e-6 2
+pids=()
+for rank in 0 1; do
+    HGPT_EMU_DEVICES=2 RANK=$rank WORLD_SIZE=2 LOCAL_RANK=$rank LOCAL_WORLD_SIZE=2 \
+        "$bin" train --device cuda --resume "$work/dp2" --steps 3 \
+        --dist-init "file:$work/dp2-init" >"$work/dp2-rank$rank.log" 2>&1 &
+    pids+=($!)
+done
+for rank in 0 1; do
+    wait "${pids[$rank]}" || { cat "$work/dp2-rank$rank.log"; echo "rank $rank of the resume failed"; exit 1; }
+done
+"$bin" train --device cuda --resume "$work/dp1" --steps 3
+close_losses "$work/dp1" "1 rank, resumed" "$work/dp2" "2 ranks, resumed" 1e-6 3
 # GPT-2 124M does not fit a 2 GiB device: one line saying so, before anything is made.
 if HGPT_EMU_MEMORY_MIB=2048 "$bin" train --device cuda --config configs/gpt2-124m-harmonic.toml \
         --out "$work/too-big" 2>"$work/too-big.err"; then
