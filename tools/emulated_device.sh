@@ -47,8 +47,8 @@ cargo test --release --test cuda_parity -- --include-ignored "${skip[@]}" "$@"
 [ $# -eq 0 ] || exit 0
 
 # The command line on the emulated device, as tools/gpu_check.sh's stage 0 runs it on a
-# GPU: training in both precisions (fp32's losses equal the CPU's to 1e-4), resume, and
-# generate from the checkpoint. (Not bench: its GEMM peak, five 4096^3 products, would
+# GPU: training in both precisions (fp32's losses equal the CPU's to 1e-4), resume,
+# generate from the checkpoint, and the LLC against the CPU's. (Not bench: its GEMM peak, five 4096^3 products, would
 # take the reference cuBLASLt most of an hour.)
 echo "emulated device: the command line"
 bin=target/release/hgpt
@@ -68,12 +68,20 @@ paste <(losses "$work/cpu") <(losses "$work/fp32") | awk '
 "$bin" train --device cuda --resume "$work/bf16" --steps 3
 [ "$(losses "$work/bf16" | wc -l)" -eq 3 ] || { echo "resume did not add step 3"; exit 1; }
 "$bin" generate --device cuda --checkpoint "$work/fp32" --prompt "The " --max-new-tokens 8 --seed 1
+# The LLC's SGLD chain on the device against the CPU's, same draws (fp32: within 1e-3).
+llc=(llc --checkpoint "$work/fp32" --epsilon 1e-4 --chains 1 --draws 2 --burnin 2 --json)
+estimate() { grep -o '"estimate": *[0-9.e+-]*' "$1" | head -n1 | sed 's/.*: *//'; }
+"$bin" "${llc[@]}" --device cpu --out "$work/llc-cpu" >"$work/llc-cpu.json"
+"$bin" "${llc[@]}" --device cuda --out "$work/llc-cuda" >"$work/llc-cuda.json"
+awk -v a="$(estimate "$work/llc-cpu.json")" -v b="$(estimate "$work/llc-cuda.json")" 'BEGIN {
+    d = (b - a) / a; printf "llc: cpu %s, emulated device %s\n", a, b
+    if (b == "" || d > 1e-3 || d < -1e-3) { print "the LLC estimates differ"; exit 1 } }'
 # GPT-2 124M does not fit a 2 GiB device: one line saying so, before anything is made.
 if HGPT_EMU_MEMORY_MIB=2048 "$bin" train --device cuda --config configs/gpt2-124m-harmonic.toml \
         --out "$work/too-big" 2>"$work/too-big.err"; then
     echo "a run that cannot fit the device was not refused"; exit 1
 fi
 cat "$work/too-big.err"
-[ "$(wc -l <"$work/too-big.err")" -eq 1 ] && grep -qi "memory" "$work/too-big.err" &&
-    [ ! -e "$work/too-big" ] || { echo "the refusal is not one line about memory"; exit 1; }
+[ "$(wc -l <"$work/too-big.err")" -eq 1 ] && grep -q "does not fit" "$work/too-big.err" &&
+    [ ! -e "$work/too-big" ] || { echo "the refusal is not one line saying it does not fit"; exit 1; }
 echo "emulated device: all checks passed"
