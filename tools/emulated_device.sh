@@ -47,7 +47,7 @@ cargo test --release --test cuda_parity -- --include-ignored "${skip[@]}" "$@"
 [ $# -eq 0 ] || exit 0
 
 # The command line on the emulated device, as tools/gpu_check.sh's stage 0 runs it on a
-# GPU: training in both precisions (fp32's losses equal the CPU's to 1e-4), resume,
+# GPU: training in both precisions (fp32's losses equal the CPU's to 1e-4), an exact resume,
 # generate from the checkpoint, and the LLC against the CPU's. (Not bench: its GEMM peak, five 4096^3 products, would
 # take the reference cuBLASLt most of an hour.)
 echo "emulated device: the command line"
@@ -65,8 +65,11 @@ paste <(losses "$work/cpu") <(losses "$work/fp32") | awk '
     { n++; d = ($2 - $1) / $1; if (d < 0) d = -d; if (d > 1e-4) bad = 1
       printf "step %d: loss cpu %s, emulated device fp32 %s\n", n, $1, $2 }
     END { if (n != 2 || bad) { print "fp32 losses differ from the CPU'"'"'s"; exit 1 } }'
+# Resumed at step 2, the run goes on bit for bit as one that never stopped.
 "$bin" train --device cuda --resume "$work/bf16" --steps 3
-[ "$(losses "$work/bf16" | wc -l)" -eq 3 ] || { echo "resume did not add step 3"; exit 1; }
+"$bin" train --device cuda --steps 3 --out "$work/bf16-straight" --set train.precision=bf16 "${small[@]}"
+[ "$(losses "$work/bf16")" = "$(losses "$work/bf16-straight")" ] ||
+    { echo "the resumed bf16 run's losses differ from the straight run's"; exit 1; }
 "$bin" generate --device cuda --checkpoint "$work/fp32" --prompt "The " --max-new-tokens 8 --seed 1
 # The LLC's SGLD chain on the device against the CPU's, same draws (fp32: within 1e-3).
 llc=(llc --checkpoint "$work/fp32" --epsilon 1e-4 --chains 1 --draws 2 --burnin 2 --json)
