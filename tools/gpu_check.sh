@@ -117,12 +117,14 @@ step() {
 }
 
 # row DETAIL [counts]: the summary line of the last step; "counts" makes a non-PASS
-# count as a failure.
+# count as a failure, and adds the log's first lines that say why (not a parity
+# test's report of a relative error in bounds, nor a backtrace's frames).
 row() {
     say "$(printf '%-44s %-7s %5s  %s' "$name_shown" "$status" $((SECONDS - t0)) "$1")"
     if [ "${2:-}" = counts ] && [ "$status" != PASS ]; then
         failed=$((failed + 1))
-        grep -E -m 5 "error|panicked|FAILED|SKIPPED|mismatch|CUDA_ERROR|CUBLAS_STATUS" "$log" |
+        grep -E "error|Err|panicked|FAILED|SKIPPED|mismatch|CUDA_ERROR|CUBLAS_STATUS" "$log" |
+            grep -v -E ': relative error [^ ]*$|^ *[0-9]+: ' | head -n 5 |
             cut -c1-300 | sed 's/^/    /' | tee -a "$SUMMARY"
     fi
     pack
@@ -194,7 +196,7 @@ if [[ " $STAGES " == *" 0 "* ]]; then
         elif [ "$status" = FAIL ]; then
             run "smoke-$precision-blocking" 120 with CUDA_LAUNCH_BLOCKING=1 CUBLASLT_LOG_LEVEL=2 -- \
                 tiny_train "$WORK/smoke-$precision-blocking" 1 --set train.precision=$precision
-            row "CUDA_LAUNCH_BLOCKING=1, 1 step: names the failing op"
+            row "CUDA_LAUNCH_BLOCKING=1, 1 step: $(grep -m1 -E "$CUDA_ERROR|error|panicked" "$log" | cut -c1-70)"
         fi
     done
 fi
@@ -217,10 +219,16 @@ if [[ " $STAGES " == *" 1 "* ]]; then
         "$PARITY" --list --include-ignored >"$log" 2>&1
         row "no parity tests listed by $PARITY" counts
     fi
-    # The largest of the relative errors a parity test printed (or one that is not a
+    # A failed parity test's panic message (with the first mismatch where it lists
+    # them); else the largest of the relative errors it printed (or one that is not a
     # number), else its first line naming an error, else its time.
     parity_detail() {
-        if grep -q 'relative error' "$1"; then
+        if [ "$status" != PASS ] && grep -q 'panicked at' "$1"; then
+            awk '/panicked at/ { getline m; if (m ~ /mismatches:$/) { getline n; m = m " " n }
+                                 print m; exit }' "$1"
+        elif [ "$status" != PASS ] && ! grep -q "test result: ok. 1 passed" "$1"; then
+            echo "did not report one test passed: $(grep -m1 -o 'test result: .*' "$1")"
+        elif grep -q 'relative error' "$1"; then
             grep -o 'relative error [^ ,;]*' "$1" | awk '
                 $3 !~ /^[0-9.]+(e[+-]?[0-9]+)?$/ { odd = $3 }
                 $3 + 0 >= m { m = $3 + 0; s = $3 }
