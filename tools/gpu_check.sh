@@ -262,7 +262,10 @@ if [[ " $STAGES " == *" 1 "* ]]; then
             run "parity ${t} (blocking)" 150 env CUDA_LAUNCH_BLOCKING=1 \
                 "$PARITY" --exact "$t" --include-ignored --nocapture --test-threads=1
             row "$(grep -m1 -E "$CUDA_ERROR" "$log" | cut -c1-90)"
-            if [ $sanitized -eq 0 ] && [ "$(left)" -gt 200 ] && command -v compute-sanitizer >/dev/null; then
+            if [ $sanitized -eq 0 ] && ! command -v compute-sanitizer >/dev/null; then
+                sanitized=1
+                say "    compute-sanitizer: not found (no memcheck re-run)"
+            elif [ $sanitized -eq 0 ] && [ "$(left)" -gt 200 ]; then
                 sanitized=1
                 run "parity ${t} (memcheck)" 180 compute-sanitizer --tool memcheck \
                     --print-limit 20 "$PARITY" --exact "$t" --include-ignored --test-threads=1
@@ -408,8 +411,8 @@ if [[ " $STAGES " == *" 5 "* ]]; then
     # The largest micro-batch the memory plan promises for the GPU's free memory (less
     # 1 GiB for the context and cuBLASLt) must run, its peak near the plan.
     largest() {
-        local free_mib gib b
-        command -v nvidia-smi >/dev/null || { echo "nvidia-smi: not found"; return 1; }
+        local free_mib gib b t
+        for t in nvidia-smi python3; do command -v $t >/dev/null || { echo "$t: not found"; return 1; }; done
         free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits | head -n1)
         gib=$(awk -v m="$free_mib" 'BEGIN { printf "%.2f", m / 1024 - 1 }')
         b=$("$BIN/hgpt" memory --config configs/gpt2-124m-harmonic.toml --gpu-memory "$gib" --json |
@@ -421,7 +424,7 @@ if [[ " $STAGES " == *" 5 "* ]]; then
     }
     export -f largest
     run largest-micro-batch 150 largest
-    detail=$(grep -m1 -o -E 'fits micro-batch [0-9]*|nvidia-smi: not found' "$log")
+    detail=$(grep -m1 -o -E 'fits micro-batch [0-9]*|^(nvidia-smi|python3): not found' "$log")
     peak=$(grep -o '"peak_memory_mib": *[0-9.e+-]*' "$log" | head -n1 | sed 's/.*: *//')
     planned=$(grep -o '"planned_memory_mib": *[0-9.e+-]*' "$log" | head -n1 | sed 's/.*: *//')
     if [ -n "$peak" ] && [ -n "$planned" ]; then
