@@ -21,7 +21,7 @@
 #        every other parity test and a SKIPPED row for each skipped one, name the
 #        emulated device in its summary, leave exactly its three result files, and
 #        loaded-libs.txt must name the emulated libraries. This runs the shipped
-#        binaries through the shipped script (about 3 minutes here; EMU_BUDGET,
+#        binaries through the shipped script (3 to 5 minutes here; EMU_BUDGET,
 #        default 900 s, bounds it), so a wrong
 #        path, a misread log or a lying summary line shows here, not on the GPU;
 #   7. the size of what travels to the device (the working tree and .devbin): < 64 MiB.
