@@ -9,6 +9,8 @@
 # the real cuBLASLt (tools/gpu_check.sh on a GPU does that). CI runs it.
 #
 #   tools/emulated_device.sh [TEST FILTER ...]   (default: every emulated test)
+#   tools/emulated_device.sh --build-only        (only the two libraries, for
+#       tools/gpu_preflight.sh's run of tools/gpu_check.sh on them)
 #
 # Needs NVRTC (the kernels are still compiled, to check they would load) as for
 # `cargo test --test cuda_compile`; exits non-zero if a test fails.
@@ -34,6 +36,7 @@ mv -f "$out/libcuda.so.1.new" "$out/libcuda.so.1"
 mv -f "$out/libcublasLt.so.13.new" "$out/libcublasLt.so.13"
 ln -sf libcuda.so.1 "$out/libcuda.so"
 ln -sf libcublasLt.so.13 "$out/libcublasLt.so"
+[ "${1:-}" = --build-only ] && exit 0
 
 # The emulated libraries come first; NVRTC is found as hgpt finds it.
 export LD_LIBRARY_PATH="$PWD/$out${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
