@@ -186,6 +186,14 @@ emu::Order order_from_env() {
 }
 const emu::Order order = order_from_env();
 
+// HGPT_EMU_SEED=N seeds the shuffles (1 by default): two processes with different seeds
+// run blocks and threads in different orders, so a deterministic step must still give
+// them the same bits.
+const bool seeded = [] {
+    if (const char* s = getenv("HGPT_EMU_SEED")) emu::rng.seed(strtoul(s, nullptr, 10));
+    return true;
+}();
+
 // HGPT_EMU_TRACE=1: one line on stderr per launch and copy.
 const bool trace = getenv("HGPT_EMU_TRACE") != nullptr;
 
