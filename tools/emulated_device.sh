@@ -26,9 +26,12 @@ grep -ho '__global__ void [a-z0-9_]*' cuda/*.cu | awk '{print "KERNEL(" $3 ")"}'
 flags=(-std=c++17 -O2 -g -fPIC -shared -Wall -Wextra -Wno-unknown-pragmas -Wno-sign-compare
        -fno-strict-aliasing -U_FORTIFY_SOURCE)
 # The driver exports only its API: the kernels' names and shared-memory aliases stay inside.
+# Its alignment sanitizer stops at a float4 or bf16-pair access a GPU would fault on
+# ("misaligned address"), naming the kernel's line.
 # Built beside and renamed into place: a process still running on the old library keeps
 # its file (writing over a mapped library would change code under it).
-g++ "${flags[@]}" -fvisibility=hidden -I tools/cuda_emu/include -I tools/cuda_emu -I "$out" \
+g++ "${flags[@]}" -fvisibility=hidden -fsanitize=alignment -fno-sanitize-recover=alignment \
+    -I tools/cuda_emu/include -I tools/cuda_emu -I "$out" \
     -o "$out/libcuda.so.1.new" tools/cuda_emu/device/libcuda.cpp -lpthread &
 g++ "${flags[@]}" -o "$out/libcublasLt.so.13.new" tools/cuda_emu/device/cublaslt.cpp &
 wait %1 && wait %2

@@ -21,7 +21,8 @@
 // dynamic shared memory (more than 48 KiB must be opted into with
 // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES first, and at most 227 KiB), argument
 // order and types as the Rust side passes them, buffer sizes against what kernels and
-// copies touch, and everything the host does around them. What it cannot: timing, the
+// copies touch, vector accesses at addresses a GPU would fault on (built with an
+// alignment sanitizer), and everything the host does around them. What it cannot: timing, the
 // hardware's races and memory model, register limits (tests/cuda_compile.rs reads
 // ptxas's), and the real cuBLASLt's kernels.
 #include "emu.h"
