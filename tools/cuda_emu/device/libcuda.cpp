@@ -198,8 +198,7 @@ const bool seeded = [] {
 // HGPT_EMU_TRACE=1: one line on stderr per launch and copy.
 const bool trace = getenv("HGPT_EMU_TRACE") != nullptr;
 
-int context_token, stream_token;  // the one context's and stream's handles point here
-size_t event_count = 0;
+int context_token;  // the one context's handle points here
 
 }  // namespace dev
 
@@ -472,7 +471,6 @@ struct Event {
 };
 API CUresult cuEventCreate(void** e, unsigned) {
     *e = new Event{{}, false};
-    event_count++;
     return CUDA_SUCCESS;
 }
 API CUresult cuEventDestroy_v2(void* e) {
