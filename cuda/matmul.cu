@@ -3,7 +3,10 @@
 //   bias_broadcast:      out[r, j] = bias[j]        (then the GEMM accumulates into out)
 //                        Only where cuBLASLt has no bias epilogue for a GEMM: normally the
 //                        GEMM adds the bias itself and out is written once, not three times.
-//   column_partials:     part[s, j] = sum_{r in range s} src[r, j]
+//   column_partials:     part[s, j] = sum_{r in range s} src[r, j], and where copy16 is
+//                        not null copy16[r, j] = bf16(src[r, j]) (round to nearest even,
+//                        as to_bf16): a layer's output gradient is read once for its
+//                        bias sum and its bf16 GEMM operand together.
 //   column_partials_add: dst[j] += sum_s part[s * ld + j], s = 0, 1, ... in order
 //   Together: dst[j] += sum_r src[r, j] (dbias; the harmonic head's colsum(G); LayerNorm's
 //   dw, db from its per-block partials).
@@ -23,14 +26,20 @@ extern "C" __global__ void bias_broadcast(float* out, const float* bias, int row
     FOR_EACH(i, (long long)rows * cols) out[i] = bias[i % cols];
 }
 
-extern "C" __global__ void column_partials(float* part, const float* src, int rows, int cols) {
+extern "C" __global__ void column_partials(float* part, __nv_bfloat16* copy16, const float* src,
+                                           int rows, int cols) {
     __shared__ float acc[8][32];
     const int col = blockIdx.x * 32 + threadIdx.x;
     const int per = (rows + gridDim.y - 1) / gridDim.y;
     const int r0 = blockIdx.y * per, r1 = min(rows, r0 + per);
     float s = 0.0f;
     if (col < cols)
-        for (int r = r0 + threadIdx.y; r < r1; r += 8) s += src[(long long)r * cols + col];
+        for (int r = r0 + threadIdx.y; r < r1; r += 8) {
+            const long long i = (long long)r * cols + col;
+            const float v = src[i];
+            s += v;
+            if (copy16) copy16[i] = __float2bfloat16_rn(v);
+        }
     acc[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y == 0 && col < cols) {

@@ -2,7 +2,7 @@
 # The staged GPU check: one bounded command on a machine with an NVIDIA GPU and the
 # binaries that tools/gpu_preflight.sh put in .devbin/ (no Rust needed there).
 #
-#   tools/gpu_check.sh [BUDGET_SECONDS]      (default 480; STAGES="0 1 2 3 4 5" to choose)
+#   tools/gpu_check.sh [BUDGET_SECONDS]      (default 480; STAGES="0 1 2 3 4 5" or "0,1" to choose)
 #
 # Stage 0, environment and smoke: OS, glibc, nvidia-smi, LD_LIBRARY_PATH, the CUDA
 #   libraries really loaded (LD_DEBUG=libs), toolkit and pip versions; then 3 steps of
@@ -34,11 +34,30 @@
 # summary.txt (a line per step, written as it goes), logs.tgz (repacked after every
 # step, so a kill still returns the latest) and loaded-libs.txt. Exit status: the
 # number of failed steps in stages 0-4.
+#
+# A tool the machine lacks (nvidia-smi, compute-sanitizer, python3, torch) gives a line
+# saying so ("nvidia-smi: not found") where its result would be, not a stop. For a
+# rehearsal without a GPU (tools/gpu_preflight.sh runs one), the environment may set:
+#   HGPT_EMULATED_DEVICE=DIR  the emulated device's libcuda.so.1 and libcublasLt.so.13
+#       (tools/emulated_device.sh --build-only puts them in target/cuda_emu/device), put
+#       first on LD_LIBRARY_PATH; the summary then says, in its head and after the
+#       smoke, that these are the emulated device's results, not a GPU's.
+#   PARITY_SKIP="NAME ..."    stage 1 runs no parity test whose name contains one of
+#       these; each gets a SKIPPED row (not counted as failed) and the total says how
+#       many (the emulated device takes minutes for each test sized for a GPU).
+#   TINY_ARGS="--set K=V ..." more hgpt arguments for every tiny-model run (stages 0,
+#       3 and 4), e.g. a smaller batch and sequence.
+#   DET_STEPS=N               stage 3's steps per run (default 20).
+# Unset, each of these leaves the GPU run as described above.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 BUDGET=${1:-480}
 STAGES=${STAGES:-0 1 2 3 4 5}
+STAGES=${STAGES//,/ }
+for s in $STAGES; do
+    [[ $s == [0-5] ]] || { echo "STAGES=$STAGES: '$s' is not a stage (0 to 5)" >&2; exit 1; }
+done
 BIN=${HGPT_DEVBIN:-.devbin}
 RESULTS=${OUT:-$BIN/gpu-check}
 WORK=$(mktemp -d /tmp/hgpt-gpu.XXXXXX)
@@ -51,6 +70,13 @@ chmod +x "$BIN/hgpt" "$BIN"/tests/* 2>/dev/null
 export HGPT_CACHE=/tmp/hgpt-kernel-cache
 # shellcheck source=tools/cuda_env.sh
 source tools/cuda_env.sh
+if [ -n "${HGPT_EMULATED_DEVICE:-}" ]; then
+    [ -f "$HGPT_EMULATED_DEVICE/libcuda.so.1" ] || {
+        echo "HGPT_EMULATED_DEVICE=$HGPT_EMULATED_DEVICE: no libcuda.so.1 there (tools/emulated_device.sh --build-only builds it)" >&2
+        exit 1
+    }
+    LD_LIBRARY_PATH="$(cd "$HGPT_EMULATED_DEVICE" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 
 start=$SECONDS
 failed=0
@@ -61,6 +87,8 @@ pack() { tar -czf "$RESULTS/logs.tgz.tmp" -C "$WORK" logs 2>/dev/null &&
 
 say "hgpt GPU check: $(date -u +%FT%TZ), commit $(cat "$BIN/BUILD" 2>/dev/null || echo unknown)"
 say "budget ${BUDGET}s, stages $STAGES, work dir $WORK"
+[ -n "${HGPT_EMULATED_DEVICE:-}" ] &&
+    say "EMULATED DEVICE: libcuda and libcublasLt from $HGPT_EMULATED_DEVICE (kernels on the CPU); not a GPU result"
 say "$(printf '%-44s %-7s %5s  %s' step result secs detail)"
 
 # step NAME CAP CMD...: runs CMD into $LOGS/NAME.log under a timeout of CAP seconds
@@ -89,12 +117,14 @@ step() {
 }
 
 # row DETAIL [counts]: the summary line of the last step; "counts" makes a non-PASS
-# count as a failure.
+# count as a failure, and adds the log's first lines that say why (not a parity
+# test's report of a relative error in bounds, nor a backtrace's frames).
 row() {
     say "$(printf '%-44s %-7s %5s  %s' "$name_shown" "$status" $((SECONDS - t0)) "$1")"
     if [ "${2:-}" = counts ] && [ "$status" != PASS ]; then
         failed=$((failed + 1))
-        grep -E -m 5 "error|panicked|FAILED|SKIPPED|mismatch|CUDA_ERROR|CUBLAS_STATUS" "$log" |
+        grep -E "error|Err|panicked|FAILED|SKIPPED|mismatch|CUDA_ERROR|CUBLAS_STATUS" "$log" |
+            grep -v -E ': relative error [^ ]*$|^ *[0-9]+: ' | head -n 5 |
             cut -c1-300 | sed 's/^/    /' | tee -a "$SUMMARY"
     fi
     pack
@@ -108,12 +138,13 @@ CUDA_ERROR='CUDA_ERROR|CUBLAS_STATUS|cuBLASLt|illegal|misaligned|unspecified lau
 # with VAR=VALUE... -- CMD...: CMD (a command or an exported function) with VARs set.
 with() { while [ "$1" != -- ]; do export "${1?}"; shift; done; shift; "$@"; }
 tiny_train() { # tiny_train OUTDIR STEPS [--set ...]: the tiny model on CUDA
-    local out=$1 steps=$2; shift 2
+    local out=$1 steps=$2 extra; shift 2
+    read -r -a extra <<<"${TINY_ARGS:-}"
     "$BIN/hgpt" train --device cuda --steps "$steps" --out "$out" \
         --set data.builtin_train_bytes=300000 --set data.builtin_val_bytes=20000 \
-        --set train.eval_every=0 --set train.log_every=1 "$@"
+        --set train.eval_every=0 --set train.log_every=1 ${extra[@]+"${extra[@]}"} "$@"
 }
-export BIN WORK
+export BIN WORK TINY_ARGS="${TINY_ARGS:-}"
 export -f with tiny_train
 
 # ---------------------------------------------------------------- stage 0
@@ -122,8 +153,12 @@ if [[ " $STAGES " == *" 0 "* ]]; then
         echo "## system"; uname -a; grep PRETTY_NAME /etc/os-release; ldd --version | head -n1
         echo "## hgpt"; "$BIN/hgpt" --version
         echo "## nvidia-smi"
-        nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap,persistence_mode,mig.mode.current \
-            --format=csv 2>&1
+        if command -v nvidia-smi >/dev/null; then
+            nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap,persistence_mode,mig.mode.current \
+                --format=csv 2>&1
+        else
+            echo "nvidia-smi: not found"
+        fi
         echo "## library path"; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
         ldconfig -p | grep -E 'libcuda\.|libnvrtc|libcublasLt|libnccl' | head -n 20
         ls /usr/local/nvidia/lib64 /usr/local/nvidia/lib 2>/dev/null | grep -E 'libcuda' | head
@@ -135,7 +170,8 @@ if [[ " $STAGES " == *" 0 "* ]]; then
     }
     export -f probe
     run probe 60 probe
-    row "$(grep -m1 -A1 '^name' "$log" | tail -n1 | cut -c1-80)" counts
+    detail=$(grep -m1 -A1 '^name' "$log" | tail -n1)
+    row "$(echo "${detail:-$(grep -m1 '^nvidia-smi: not found' "$log")}" | cut -c1-80)" counts
 
     for precision in bf16 fp32; do
         run "smoke-$precision" 180 with LD_DEBUG=libs LD_DEBUG_OUTPUT="$WORK/ld-$precision" \
@@ -150,6 +186,9 @@ if [[ " $STAGES " == *" 0 "* ]]; then
         fi
         rm -f "$WORK"/ld-"$precision".*
         row "$detail" counts
+        emulated=$(grep -m1 -o 'hgpt emulated device ([^)]*)' "$log")
+        [ "$precision" = bf16 ] && [ -n "$emulated" ] &&
+            say "NOTE: the emulated device ran this check (device: $emulated), not a GPU"
         if [ "$status" != PASS ] && grep -q -E "$OPEN_FAILURE" "$log"; then
             say "STOP: the device or its CUDA libraries did not open (see smoke-$precision.log):"
             grep -m3 -E "$OPEN_FAILURE" "$log" | cut -c1-300 | sed 's/^/    /' | tee -a "$SUMMARY"
@@ -157,7 +196,7 @@ if [[ " $STAGES " == *" 0 "* ]]; then
         elif [ "$status" = FAIL ]; then
             run "smoke-$precision-blocking" 120 with CUDA_LAUNCH_BLOCKING=1 CUBLASLT_LOG_LEVEL=2 -- \
                 tiny_train "$WORK/smoke-$precision-blocking" 1 --set train.precision=$precision
-            row "CUDA_LAUNCH_BLOCKING=1, 1 step: names the failing op"
+            row "CUDA_LAUNCH_BLOCKING=1, 1 step: $(grep -m1 -E "$CUDA_ERROR|error|panicked" "$log" | cut -c1-70)"
         fi
     done
 fi
@@ -180,21 +219,53 @@ if [[ " $STAGES " == *" 1 "* ]]; then
         "$PARITY" --list --include-ignored >"$log" 2>&1
         row "no parity tests listed by $PARITY" counts
     fi
-    reruns=0 sanitized=0
+    # A failed parity test's panic message (with the first mismatch where it lists
+    # them); else the largest of the relative errors it printed (or one that is not a
+    # number), else its first line naming an error, else its time.
+    parity_detail() {
+        if [ "$status" != PASS ] && grep -q 'panicked at' "$1"; then
+            awk '/panicked at/ { getline m; if (m ~ /mismatches:$/) { getline n; m = m " " n }
+                                 print m; exit }' "$1"
+        elif [ "$status" != PASS ] && ! grep -q "test result: ok. 1 passed" "$1"; then
+            echo "did not report one test passed: $(grep -m1 -o 'test result: .*' "$1")"
+        elif grep -q 'relative error' "$1"; then
+            grep -o 'relative error [^ ,;]*' "$1" | awk '
+                $3 !~ /^[0-9.]+(e[+-]?[0-9]+)?$/ { odd = $3 }
+                $3 + 0 >= m { m = $3 + 0; s = $3 }
+                END { if (odd != "") printf "a relative error of %s among %d checks", odd, NR
+                      else printf "max relative error %s over %d checks", s, NR }'
+        elif grep -q -E 'max rel|rel err|error [0-9]' "$1"; then
+            grep -m1 -E 'max rel|rel err|error [0-9]' "$1" | sed 's/^test [^ ]* \.\.\. //'
+        else
+            grep -m1 -o 'finished in [0-9.]*s' "$1"
+        fi
+    }
+    reruns=0 sanitized=0 skipped=0
+    read -r -a parity_skip <<<"${PARITY_SKIP:-}"
     for t in "${tests[@]}"; do
+        for s in ${parity_skip[@]+"${parity_skip[@]}"}; do
+            [[ $t == *"$s"* ]] || continue
+            name_shown="parity ${t}" status=SKIPPED t0=$SECONDS
+            row "not run: PARITY_SKIP names '$s'"
+            skipped=$((skipped + 1))
+            continue 2
+        done
         run "parity ${t}" 150 "$PARITY" --exact "$t" --include-ignored --nocapture --test-threads=1
         # A test that ran must say so: one passed, none ignored.
         if [ "$status" = PASS ] && { ! grep -q "test result: ok. 1 passed" "$log" || grep -q SKIPPED "$log"; }; then
             status=FAIL
         fi
         first_log=$log
-        row "$(grep -m1 -E 'max rel|rel err|error [0-9]' "$log" | cut -c1-90)" counts
+        row "$(parity_detail "$log" | cut -c1-90)" counts
         if [ "$status" != PASS ] && grep -q -E "$CUDA_ERROR" "$first_log" && [ $reruns -lt 2 ]; then
             reruns=$((reruns + 1))
             run "parity ${t} (blocking)" 150 env CUDA_LAUNCH_BLOCKING=1 \
                 "$PARITY" --exact "$t" --include-ignored --nocapture --test-threads=1
             row "$(grep -m1 -E "$CUDA_ERROR" "$log" | cut -c1-90)"
-            if [ $sanitized -eq 0 ] && [ "$(left)" -gt 200 ] && command -v compute-sanitizer >/dev/null; then
+            if [ $sanitized -eq 0 ] && ! command -v compute-sanitizer >/dev/null; then
+                sanitized=1
+                say "    compute-sanitizer: not found (no memcheck re-run)"
+            elif [ $sanitized -eq 0 ] && [ "$(left)" -gt 200 ]; then
                 sanitized=1
                 run "parity ${t} (memcheck)" 180 compute-sanitizer --tool memcheck \
                     --print-limit 20 "$PARITY" --exact "$t" --include-ignored --test-threads=1
@@ -275,17 +346,30 @@ for k in sorted(k for k in hdr if k != "__metadata__"):
 print(sha.hexdigest())
 PY
     }
+    # The last line it prints says what it found.
     det() {
-        for r in a b; do tiny_train "$WORK/det-$r" 20 --set train.checkpoint_every=0 || return 1; done
+        command -v python3 >/dev/null || { echo "python3: not found"; return 1; }
+        local r ckpt
+        # HGPT_EMU_SEED: on the emulated device, the two runs take blocks and threads in
+        # different orders (a GPU ignores it).
         for r in a b; do
-            grep -o '"train_loss":[^,]*,"lr":[^,]*,"grad_norm":[^,]*' "$WORK/det-$r/metrics.jsonl" >"$WORK/det-$r.losses"
-            tensor_hash "$WORK/det-$r/checkpoints/step_00000020/model.safetensors" >>"$WORK/det-$r.losses"
+            HGPT_EMU_SEED=$([ $r = a ] && echo 1 || echo 2) \
+                tiny_train "$WORK/det-$r" "$DET_STEPS" --set train.checkpoint_every=0 ||
+                { echo "run $r failed"; return 1; }
         done
-        diff "$WORK/det-a.losses" "$WORK/det-b.losses"
+        for r in a b; do
+            ckpt=$WORK/det-$r/checkpoints/$(printf 'step_%08d' "$DET_STEPS")/model.safetensors
+            grep -o '"train_loss":[^,]*,"lr":[^,]*,"grad_norm":[^,]*' "$WORK/det-$r/metrics.jsonl" >"$WORK/det-$r.losses"
+            tensor_hash "$ckpt" >>"$WORK/det-$r.losses" || { echo "no parameters hashed from $ckpt"; return 1; }
+        done
+        diff "$WORK/det-a.losses" "$WORK/det-b.losses" || { echo "losses, norms or parameters differ"; return 1; }
+        echo "losses, norms, parameters identical"
     }
+    DET_STEPS=${DET_STEPS:-20}
+    export DET_STEPS
     export -f tensor_hash det
     run determinism 150 det
-    row "two 20-step bf16 runs: losses, norms, parameters $([ "$status" = PASS ] && echo identical || echo differ)" counts
+    row "two $DET_STEPS-step bf16 runs: $(grep -v '^exit status' "$log" | tail -n1 | cut -c1-70)" counts
 fi
 
 # ---------------------------------------------------------------- stage 4
@@ -320,7 +404,9 @@ if [[ " $STAGES " == *" 5 "* ]]; then
     run perf-vs-torch 420 with HGPT="$BIN/hgpt" HGPT_ARGS=--profile OUT="$WORK/perf" \
         TORCH_TIMEOUT="${TORCH_TIMEOUT:-100}" -- tools/bench_vs_torch.sh "${PERF_ARGS[@]}"
     cp "$WORK"/perf/*.json "$WORK"/perf/*.mode "$LOGS/" 2>/dev/null
-    row "hgpt/torch $(grep -E '^hgpt/torch throughput' "$log" | sed 's/.*, //; s/ (target.*//' | paste -sd/ -)"
+    detail=$(grep -E '^hgpt/torch throughput' "$log" | sed 's/.*, //; s/ (target.*//' | paste -sd/ -)
+    grep -q "No module named 'torch'" "$log" && detail="torch: not found"
+    row "hgpt/torch ${detail:-?}"
     # The table itself: from the rows' header to the end of the report.
     sed -n '/tokens\/s *ms\/step/,/^reports:/p' "$log" | grep -v '^reports:' | tee -a "$SUMMARY"
     pack
@@ -328,7 +414,8 @@ if [[ " $STAGES " == *" 5 "* ]]; then
     # The largest micro-batch the memory plan promises for the GPU's free memory (less
     # 1 GiB for the context and cuBLASLt) must run, its peak near the plan.
     largest() {
-        local free_mib gib b
+        local free_mib gib b t
+        for t in nvidia-smi python3; do command -v $t >/dev/null || { echo "$t: not found"; return 1; }; done
         free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits | head -n1)
         gib=$(awk -v m="$free_mib" 'BEGIN { printf "%.2f", m / 1024 - 1 }')
         b=$("$BIN/hgpt" memory --config configs/gpt2-124m-harmonic.toml --gpu-memory "$gib" --json |
@@ -340,7 +427,7 @@ if [[ " $STAGES " == *" 5 "* ]]; then
     }
     export -f largest
     run largest-micro-batch 150 largest
-    detail=$(grep -m1 -o 'fits micro-batch [0-9]*' "$log")
+    detail=$(grep -m1 -o -E 'fits micro-batch [0-9]*|^(nvidia-smi|python3): not found' "$log")
     peak=$(grep -o '"peak_memory_mib": *[0-9.e+-]*' "$log" | head -n1 | sed 's/.*: *//')
     planned=$(grep -o '"planned_memory_mib": *[0-9.e+-]*' "$log" | head -n1 | sed 's/.*: *//')
     if [ -n "$peak" ] && [ -n "$planned" ]; then
@@ -350,7 +437,8 @@ if [[ " $STAGES " == *" 5 "* ]]; then
     row "$detail"
 fi
 
-say "total $((SECONDS - start))s; failed steps (stages 0-4): $failed"
+say "total $((SECONDS - start))s; failed steps (stages 0-4): $failed$([ "${skipped:-0}" -eq 0 ] ||
+    echo "; parity tests skipped (PARITY_SKIP): $skipped")"
 pack
 echo; echo "== summary"; cat "$SUMMARY"
 exit "$failed"

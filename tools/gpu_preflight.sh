@@ -10,8 +10,20 @@
 #   5. the CPU half of the LLC comparison: a tiny checkpoint trained on the CPU and its
 #      estimate at a fixed step size, into .devbin/llc-tiny (gpu_check.sh compares the
 #      CUDA estimate with it);
-#   6. tools/gpu_check.sh, dry-run here: it must stop at stage 0 saying why and leave
-#      its three result files;
+#   6. tools/gpu_check.sh run here on .devbin's binaries, twice:
+#      no-device: where no device opens, it must stop at stage 0 saying why and leave
+#        its three result files;
+#      emulated: on the emulated device (tools/emulated_device.sh --build-only builds
+#        its libcuda and libcublasLt into target/cuda_emu/device), stages 0, 1 and 3
+#        with a small tiny model (TINY_ARGS), 3-step determinism runs (DET_STEPS) and
+#        the parity tests sized for a GPU, and NCCL (two minutes here; tools/emulated_device.sh runs it), skipped
+#        (PARITY_SKIP): it must exit 0, give the bf16 and fp32 smokes, a PASS row for
+#        every other parity test and a SKIPPED row for each skipped one, name the
+#        emulated device in its summary, leave exactly its three result files, and
+#        loaded-libs.txt must name the emulated libraries. This runs the shipped
+#        binaries through the shipped script (3 to 5 minutes here; EMU_BUDGET,
+#        default 900 s, bounds it), so a wrong
+#        path, a misread log or a lying summary line shows here, not on the GPU;
 #   7. the size of what travels to the device (the working tree and .devbin): < 64 MiB.
 # Then, with the device tool: carry [".devbin"], command `bash tools/gpu_check.sh 470`
 # (stage 5, the comparison with PyTorch, gets what is left; alone, as a second call:
@@ -77,16 +89,57 @@ else
     result llc-cpu FAIL "see $TINY/*.log"
 fi
 
-echo "== 6. gpu_check.sh dry run"
+echo "== 6. gpu_check.sh without a GPU"
+three="loaded-libs.txt logs.tgz summary.txt"
 dry=$(mktemp -d)
 OUT=$dry STAGES=0 tools/gpu_check.sh 120 >/tmp/hgpt-preflight-dry.log 2>&1
-files=$(ls "$dry" | tr '\n' ' ')
-if grep -q '^STOP:' "$dry/summary.txt" && [ -f "$dry/logs.tgz" ] && [ -f "$dry/loaded-libs.txt" ]; then
-    result dry-run OK "stops at stage 0 without a GPU; results: $files"
+files=$(ls -A "$dry" | paste -sd' ' -)
+if grep -q '^STOP:' "$dry/summary.txt" && [ "$files" = "$three" ]; then
+    result no-device OK "stops at stage 0 saying why: $(grep -m1 -A1 '^STOP:' "$dry/summary.txt" | tail -n1 | sed 's/^ *//' | cut -c1-60)"
 else
-    result dry-run FAIL "results: $files; see /tmp/hgpt-preflight-dry.log"
+    result no-device FAIL "results: $files; see /tmp/hgpt-preflight-dry.log"
 fi
 rm -rf "$dry"
+
+emu_dir=target/cuda_emu/device
+emu_log=/tmp/hgpt-preflight-emulated.log
+skip_names="nccl fifty_training_steps two_runs_of_twenty_steps at_gpt2_shapes"
+if tools/emulated_device.sh --build-only >"$emu_log" 2>&1; then
+    emu=$(mktemp -d)
+    OUT=$emu STAGES="0 1 3" HGPT_EMULATED_DEVICE=$emu_dir PARITY_SKIP=$skip_names DET_STEPS=3 \
+        TINY_ARGS="--set train.batch_size=4 --set train.seq_len=64" \
+        tools/gpu_check.sh "${EMU_BUDGET:-900}" >>"$emu_log" 2>&1
+    rc=$?
+    sum=$emu/summary.txt
+    all=$(.devbin/tests/cuda_parity --list --include-ignored 2>/dev/null | sed -n 's/: test$//p')
+    want_skipped=$(echo "$all" | grep -c -E "$(echo "$skip_names" | tr ' ' '|')")
+    want_run=$(( $(echo "$all" | grep -c .) - want_skipped ))
+    passed=$(grep -c -E '^parity [^ ]+ +PASS ' "$sum")
+    skipped=$(grep -c -E '^parity [^ ]+ +SKIPPED ' "$sum")
+    files=$(ls -A "$emu" | paste -sd' ' -)
+    why=()
+    [ "$rc" -eq 0 ] || why+=("exit status $rc")
+    for r in probe smoke-bf16 smoke-fp32 determinism; do
+        grep -q -E "^$r +PASS " "$sum" || why+=("no PASS row for $r")
+    done
+    [ "$passed" -eq "$want_run" ] || why+=("$passed of $want_run parity tests PASS")
+    [ "$skipped" -eq "$want_skipped" ] || why+=("$skipped of $want_skipped parity tests SKIPPED")
+    grep -q '^NOTE: the emulated device ran this check' "$sum" || why+=("the summary does not name the emulated device")
+    [ "$files" = "$three" ] || why+=("results: $files")
+    for lib in libcuda.so libcublasLt.so; do
+        grep -q "$emu_dir/$lib" "$emu/loaded-libs.txt" 2>/dev/null || why+=("loaded-libs.txt lacks $emu_dir/$lib")
+    done
+    if [ ${#why[@]} -eq 0 ]; then
+        result emulated OK "stages 0 1 3 in $(sed -n 's/^total \([0-9]*s\).*/\1/p' "$sum"): smokes, $passed parity PASS, $skipped SKIPPED, determinism; $files"
+    else
+        result emulated FAIL "$(printf '%s; ' "${why[@]}")see $emu_log"
+    fi
+    echo "the emulated run's summary:"; cat "$sum"
+    rm -rf "$emu"
+else
+    tail -n 20 "$emu_log"
+    result emulated FAIL "the emulated device did not build; see $emu_log"
+fi
 
 echo "== 7. size"
 tree=$(git ls-files -co --exclude-standard -z | du -cb --files0-from=- 2>/dev/null | tail -n1 | cut -f1)

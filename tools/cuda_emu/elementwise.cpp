@@ -194,7 +194,8 @@ static bool check_to_bf16(int blocks, emu::Order order) {
 // column_partials on 32 x 8 blocks, a column of blocks per 32 columns, ceil(rows / 512)
 // row ranges (1 to 64), then column_partials_add into `parts` destinations (LayerNorm's
 // dw, db take the two halves of 2C columns) on a varying grid. The sums must come out
-// the same bits in every block and thread order.
+// the same bits in every block and thread order, with or without the bf16 copy of src
+// column_partials writes for a layer's GEMMs, which must be bf16 of src exactly.
 static bool check_matmul(int rows, int cols, int parts, int blocks, emu::Order order) {
     Buffer<float> bias = uniform(cols), out((size_t)rows * cols, NAN), src = uniform(rows * cols),
                   dst0 = uniform(cols);
@@ -209,23 +210,32 @@ static bool check_matmul(int rows, int cols, int parts, int blocks, emu::Order o
     const unsigned splits = std::clamp((rows + 511) / 512, 1, 64);
     const int w = cols / parts;
     Buffer<float> dst = dst0;
+    Buffer<__nv_bfloat16> copy16((size_t)rows * cols, {0x7fc2});
+    int run = 0;
     const bool same = same_bits_in_every_order([&](emu::Order o) {
         dst = dst0;
         Buffer<float> part((size_t)splits * cols, NAN);
+        __nv_bfloat16* copy = run++ % 2 ? copy16.data() : nullptr;
         launch(dim3((cols + 31) / 32, splits), dim3(32, 8), 0, o,
-               [&] { column_partials(part.data(), src.data(), rows, cols); });
+               [&] { column_partials(part.data(), copy, src.data(), rows, cols); });
         for (int k = 0; k < parts; k++)
             launch(dim3(1 + gen() % ((w + 255) / 256)), 256, 0, o, [&] {
                 column_partials_add(dst.data() + k * w, part.data() + k * w, splits, w, cols);
             });
         return dst.mem;
     });
+    long long wrong = 0;
+    for (long long i = 0; i < (long long)rows * cols; i++)
+        wrong += copy16[i].bits != __float2bfloat16_rn(src[i]).bits;
     char what[80];
     snprintf(what, sizeof what, "matmul column sums rows=%d cols=%d splits=%u parts=%d", rows,
              cols, splits, parts);
+    const bool copied = wrong == 0 && copy16.intact();
+    printf("%s matmul column_partials bf16 copy rows=%d cols=%d: values wrong %lld\n",
+           copied ? "ok  " : "FAIL", rows, cols, wrong);
     return compare("matmul bias_broadcast", blocks, order, want_out, out) &
            compare(what, (cols + 31) / 32 * splits, order, want_dst, dst) &
-           report_same(same, what);
+           report_same(same, what) & copied;
 }
 
 int main() {

@@ -169,7 +169,7 @@ static bool check_backward(int N, int C, emu::Order order) {
                                dmean.data(), drstd.data(), N, C);
         });
         launch(dim3((2 * C + 31) / 32, splits), dim3(32, 8), 0, o,
-               [&] { column_partials(sums.data(), part.data(), blocks, 2 * C); });
+               [&] { column_partials(sums.data(), nullptr, part.data(), blocks, 2 * C); });
         launch(dim3(1), 256, 0, o,
                [&] { column_partials_add(ddw.data(), sums.data(), splits, C, 2 * C); });
         launch(dim3(1), 256, 0, o,

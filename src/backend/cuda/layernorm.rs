@@ -110,7 +110,7 @@ pub(super) fn layernorm_backward(
             I32(c as i32),
         ],
     );
-    be.column_sums_add(&[be.ptr(dweight), be.ptr(dbias)], part, blocks, 2 * c);
+    be.column_sums_add(&[be.ptr(dweight), be.ptr(dbias)], part, blocks, 2 * c, None);
 }
 
 /// Rows per block of `layernorm_backward` (LN_BACKWARD_ROWS in cuda/layernorm.cu).

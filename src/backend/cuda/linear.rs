@@ -36,13 +36,6 @@ enum Src {
     Weight(Span),
 }
 
-fn mat(ptr: u64, len: usize, trans: bool) -> Mat {
-    Mat {
-        src: Src::Act { ptr, len },
-        trans,
-    }
-}
-
 /// The first `len` activations of `span` as an operand, fp32 or bf16 as its buffer holds.
 fn act_mat(be: &CudaBackend, span: Span, len: usize, trans: bool) -> Mat {
     let src = match be.dtype_of(span) {
@@ -192,32 +185,52 @@ impl CudaBackend {
         }
     }
 
-    /// The parameter half of a dense layer's backward pass: dweight += dout^T inp,
-    /// dbias += column sums of dout.
-    fn weight_grads(
-        &self,
-        dlayer: Linear,
-        dout: u64,
-        inp: Span,
-        (n, c, oc): (usize, usize, usize),
-    ) {
-        let (dweight, dbias) = (dlayer.w.span, dlayer.b);
-        self.gemm(
-            self.ptr(dweight),
-            mat(dout, n * oc, true),
-            act_mat(self, inp, n * c, false),
-            product(oc, c, n, 1.0, 1.0),
-        );
-        if let Some(db) = dbias {
-            self.column_sums_add(&[self.ptr(db)], dout, n, oc);
+    /// A layer's output gradient dout[n, oc] as the operand of its two backward GEMMs,
+    /// with dbias += its column sums on the way. In bf16 mode one bf16 copy (in
+    /// OperandA, which neither GEMM's other operand uses) serves both GEMMs, and where
+    /// there is a bias it is written by the pass that sums it: dout is read once, not
+    /// three times (bias sum, and a copy per GEMM). fp32 mode reads dout itself.
+    fn output_grad(&self, dout: u64, dbias: Option<Span>, (n, oc): (usize, usize)) -> Src {
+        let len = n * oc;
+        let copy = match self.precision {
+            GpuPrecision::Fp32 => None,
+            GpuPrecision::Bf16 => Some(self.scratch(Slot::OperandA, 2 * len)),
+        };
+        match (dbias, copy) {
+            (Some(db), _) => self.column_sums_add(&[self.ptr(db)], dout, n, oc, copy),
+            (None, Some(_)) => return Src::Act16(self.bf16_copy(dout, len, Slot::OperandA)),
+            (None, None) => {}
+        }
+        match copy {
+            Some(c) => Src::Act16(c),
+            None => Src::Act { ptr: dout, len },
         }
     }
 
+    /// The weight half of a dense layer's backward pass: dweight += dout^T inp, dout as
+    /// `output_grad` made it.
+    fn weight_grads(&self, dweight: Span, dout: Src, inp: Span, (n, c, oc): (usize, usize, usize)) {
+        let dout = Mat {
+            src: dout,
+            trans: true,
+        };
+        let inp = act_mat(self, inp, n * c, false);
+        self.gemm(self.ptr(dweight), dout, inp, product(oc, c, n, 1.0, 1.0));
+    }
+
     /// Column sums of src[rows, cols] added into `dsts`, which split the columns into
-    /// equal consecutive parts: dsts[k][j] += sum_r src[r, k w + j], w = cols / dsts.len().
+    /// equal consecutive parts: dsts[k][j] += sum_r src[r, k w + j], w = cols / dsts.len(),
+    /// and where `copy16` is given, a bf16 copy of src there in the same pass.
     /// Deterministic (cuda/matmul.cu): partial sums over fixed row ranges into scratch,
     /// then added in range order.
-    pub(super) fn column_sums_add(&self, dsts: &[u64], src: u64, rows: usize, cols: usize) {
+    pub(super) fn column_sums_add(
+        &self,
+        dsts: &[u64],
+        src: u64,
+        rows: usize,
+        cols: usize,
+        copy16: Option<u64>,
+    ) {
         if rows == 0 || cols == 0 {
             return;
         }
@@ -228,7 +241,13 @@ impl CudaBackend {
             (cols.div_ceil(32) as u32, splits as u32),
             (32, 8),
             0,
-            &[Ptr(part), Ptr(src), I32(rows as i32), I32(cols as i32)],
+            &[
+                Ptr(part),
+                Ptr(copy16.unwrap_or(0)),
+                Ptr(src),
+                I32(rows as i32),
+                I32(cols as i32),
+            ],
         );
         let w = cols / dsts.len();
         for (k, &dst) in dsts.iter().enumerate() {
@@ -284,15 +303,18 @@ pub(super) fn matmul_backward(
     let (n, c, oc) = (inp.rows, inp.cols, w.rows);
     let dinp = dinp.span;
     let (dout, inp, weight) = (dout.span, inp.span, w.span);
-    let d = be.ptr(dout);
+    let dy = be.output_grad(be.ptr(dout), dlayer.b, (n, oc));
     // dinp[n, c] = dout[n, oc] W[oc, c]
     be.gemm(
         be.ptr(dinp),
-        mat(d, n * oc, false),
+        Mat {
+            src: dy,
+            trans: false,
+        },
         weight_mat(weight, false),
         product(n, c, oc, 1.0, 0.0),
     );
-    be.weight_grads(dlayer, d, inp, (n, c, oc));
+    be.weight_grads(dlayer.w.span, dy, inp, (n, c, oc));
 }
 
 /// One GEMM: cuBLASLt's GELU_AUX_BIAS epilogue adds the bias and writes both
@@ -336,8 +358,12 @@ pub(super) fn gelu_matmul_backward(
     let (n, c, oc) = (dout.rows, w.cols, w.rows);
     let (dpre, dact) = (d.pre.span, d.out.span);
     let (dout, pre, act, weight) = (dout.span, act.pre.span, act.out.span, w.span);
-    let d = be.ptr(dout);
-    let (dy, w) = be.operands(mat(d, n * oc, false), weight_mat(weight, false));
+    let dout = be.output_grad(be.ptr(dout), dlayer.b, (n, oc));
+    let dy = Mat {
+        src: dout,
+        trans: false,
+    };
+    let (dy, w) = be.operands(dy, weight_mat(weight, false));
     let p = product(n, c, oc, 1.0, 0.0);
     let epilogue = Epilogue::DGelu { pre: be.ptr(pre) };
     let fused = gelu_epilogues(be.precision) && be.gemm_epilogue(be.ptr(dpre), dy, w, p, epilogue);
@@ -345,7 +371,7 @@ pub(super) fn gelu_matmul_backward(
         be.gemm_typed(be.dtype(), be.ptr(dact), dy, w, p);
         be.gelu_backward(dpre, pre, dact);
     }
-    be.weight_grads(dlayer, d, act, (n, c, oc));
+    be.weight_grads(dlayer.w.span, dout, act, (n, c, oc));
 }
 
 #[cfg(test)]

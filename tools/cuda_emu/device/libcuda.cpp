@@ -24,7 +24,8 @@
 // dynamic shared memory (more than 48 KiB must be opted into with
 // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES first, and at most 227 KiB), argument
 // order and types as the Rust side passes them, buffer sizes against what kernels and
-// copies touch, and everything the host does around them. What it cannot: timing, the
+// copies touch, vector accesses at addresses a GPU would fault on (built with an
+// alignment sanitizer), and everything the host does around them. What it cannot: timing, the
 // hardware's races and memory model, register limits (tests/cuda_compile.rs reads
 // ptxas's), and the real cuBLASLt's kernels.
 #include "emu.h"
@@ -208,12 +209,19 @@ emu::Order order_from_env() {
 }
 const emu::Order order = order_from_env();
 
+// HGPT_EMU_SEED=N seeds the shuffles (1 by default): two processes with different seeds
+// run blocks and threads in different orders, so a deterministic step must still give
+// them the same bits.
+const bool seeded = [] {
+    if (const char* s = getenv("HGPT_EMU_SEED")) emu::rng.seed(strtoul(s, nullptr, 10));
+    return true;
+}();
+
 // HGPT_EMU_TRACE=1: one line on stderr per launch and copy.
 const bool trace = getenv("HGPT_EMU_TRACE") != nullptr;
 
-int context_token, stream_token;  // the one context's and stream's handles point here
-CUdevice opened = 0;               // the device whose context this process uses
-size_t event_count = 0;
+int context_token;    // the one context's handle points here
+CUdevice opened = 0;  // the device whose context this process uses
 
 }  // namespace dev
 
@@ -291,36 +299,35 @@ API CUresult cuCtxSynchronize() { return CUDA_SUCCESS; }
 API CUresult cuStreamSynchronize(CUstream) { return CUDA_SUCCESS; }
 API CUresult cuStreamQuery(CUstream) { return CUDA_SUCCESS; }  // its work ran at each call
 
-API CUresult cuGetErrorString(CUresult e, const char** s) {
-    switch (e) {
-        case CUDA_SUCCESS: *s = "no error"; break;
-        case CUDA_ERROR_INVALID_VALUE: *s = "invalid argument"; break;
-        case CUDA_ERROR_OUT_OF_MEMORY: *s = "out of memory"; break;
-        case CUDA_ERROR_INVALID_DEVICE: *s = "invalid device ordinal"; break;
-        case CUDA_ERROR_INVALID_IMAGE: *s = "device kernel image is invalid"; break;
-        case CUDA_ERROR_INVALID_HANDLE: *s = "invalid resource handle"; break;
-        case CUDA_ERROR_NOT_FOUND: *s = "named symbol not found"; break;
-        case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: *s = "too many resources requested for launch"; break;
-        case CUDA_ERROR_NOT_SUPPORTED: *s = "operation not supported"; break;
-        default: *s = "unknown error"; return CUDA_ERROR_INVALID_VALUE;
-    }
-    return CUDA_SUCCESS;
+// The codes this driver returns, with the driver's names and texts for them.
+struct ErrorText {
+    CUresult code;
+    const char* name;
+    const char* text;
+};
+const ErrorText error_texts[] = {
+    {CUDA_SUCCESS, "CUDA_SUCCESS", "no error"},
+    {CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
+    {CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
+    {CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
+    {CUDA_ERROR_INVALID_IMAGE, "CUDA_ERROR_INVALID_IMAGE", "device kernel image is invalid"},
+    {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
+    {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES",
+     "too many resources requested for launch"},
+    {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
+};
+static CUresult describe(CUresult e, const char** out, bool name) {
+    for (const ErrorText& t : error_texts)
+        if (t.code == e) {
+            *out = name ? t.name : t.text;
+            return CUDA_SUCCESS;
+        }
+    *out = name ? "CUDA_ERROR_UNKNOWN" : "unknown error";
+    return CUDA_ERROR_INVALID_VALUE;
 }
-API CUresult cuGetErrorName(CUresult e, const char** s) {
-    switch (e) {
-        case CUDA_SUCCESS: *s = "CUDA_SUCCESS"; break;
-        case CUDA_ERROR_INVALID_VALUE: *s = "CUDA_ERROR_INVALID_VALUE"; break;
-        case CUDA_ERROR_OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
-        case CUDA_ERROR_INVALID_DEVICE: *s = "CUDA_ERROR_INVALID_DEVICE"; break;
-        case CUDA_ERROR_INVALID_IMAGE: *s = "CUDA_ERROR_INVALID_IMAGE"; break;
-        case CUDA_ERROR_INVALID_HANDLE: *s = "CUDA_ERROR_INVALID_HANDLE"; break;
-        case CUDA_ERROR_NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
-        case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: *s = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"; break;
-        case CUDA_ERROR_NOT_SUPPORTED: *s = "CUDA_ERROR_NOT_SUPPORTED"; break;
-        default: *s = "CUDA_ERROR_UNKNOWN"; return CUDA_ERROR_INVALID_VALUE;
-    }
-    return CUDA_SUCCESS;
-}
+API CUresult cuGetErrorString(CUresult e, const char** s) { return describe(e, s, false); }
+API CUresult cuGetErrorName(CUresult e, const char** s) { return describe(e, s, true); }
 
 // ---- memory
 
@@ -501,7 +508,6 @@ struct Event {
 };
 API CUresult cuEventCreate(void** e, unsigned) {
     *e = new Event{{}, false};
-    event_count++;
     return CUDA_SUCCESS;
 }
 API CUresult cuEventDestroy_v2(void* e) {
