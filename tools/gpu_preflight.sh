@@ -17,8 +17,9 @@
 #        its libcuda and libcublasLt into target/cuda_emu/device), stages 0, 1 and 3
 #        with a small tiny model (TINY_ARGS), 3-step determinism runs (DET_STEPS) and
 #        the parity tests sized for a GPU, and NCCL (two minutes here; the full
-#        tools/emulated_device.sh runs it), skipped (PARITY_SKIP): it must exit 0, give the bf16 and fp32 smokes, a PASS row for
-#        every other parity test and a SKIPPED row for each skipped one, name the
+#        tools/emulated_device.sh runs it), skipped (PARITY_SKIP): it must exit 0,
+#        give the bf16 and fp32 smokes, a PASS row for every other parity test and a
+#        SKIPPED row for each skipped one, name the
 #        emulated device in its summary, leave exactly its three result files, and
 #        loaded-libs.txt must name the emulated libraries. This runs the shipped
 #        binaries through the shipped script (3 to 5 minutes here; EMU_BUDGET,
