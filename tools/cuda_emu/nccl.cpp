@@ -8,7 +8,8 @@
 //   - two runs give the same bits;
 //   - the refusals: calls that differ between ranks, send and receive buffers overlapping
 //     without being in place, an unemulated type, a bad id, a rank out of range, worlds that
-//     disagree; and the ends of a wait: a peer that exits, aborts, or never calls (timeout);
+//     disagree, a communicator destroyed after its abort; and the ends of a wait: a peer
+//     that exits, aborts, or never calls (timeout);
 //   - no shared-memory segment is left behind.
 // Prints one line per check; exits non-zero if any fails.
 #define HGPT_EMU_NCCL_DATA_BYTES (96 << 10)  // small slots: operands go in many chunks
@@ -298,6 +299,13 @@ void refusals(int w) {
     });
     all_fail("ncclGroupEnd without ncclGroupStart: ncclInvalidUsage", ncclInvalidUsage,
              [](Rank&) { return ncclGroupEnd(); });
+    all_fail("ncclCommDestroy after ncclCommAbort: ncclInvalidArgument", ncclInvalidArgument,
+             [](Rank& k) {
+                 ncclCommAbort(k.c);
+                 const ncclResult_t r = ncclCommDestroy(k.c);
+                 k.c = nullptr;
+                 return r;
+             });
     {
         // The parent's own refusals: their lines on stderr are expected too.
         const int saved = dup(2), null = open("/dev/null", O_WRONLY);

@@ -20,6 +20,8 @@
 // flag ends every wait; a peer whose process is gone, or that does not arrive within
 // HGPT_EMU_NCCL_TIMEOUT_S seconds (default 300), is named on stderr. Once a call fails the
 // communicator keeps that error (ncclCommGetAsyncError returns it; later calls fail too).
+// A call on a communicator already destroyed or aborted (NCCL has freed it) is refused
+// with a line on stderr.
 //
 // Semantics, from NVIDIA's NCCL documentation (collectives and in-place operations), read
 // independently of hgpt's calls:
@@ -60,6 +62,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <set>
 
 #define API extern "C" __attribute__((visibility("default")))
 
@@ -221,6 +225,19 @@ ncclResult_t barrier(ncclComm* c, const char* what) {
     }
 }
 
+// The communicators this process holds: a call on one destroyed or aborted (its memory
+// freed, in NCCL too) is refused rather than followed.
+std::mutex live_lock;
+std::set<const ncclComm*> live;
+
+bool usable(const ncclComm* c, const char* what) {
+    std::lock_guard<std::mutex> g(live_lock);
+    if (live.count(c)) return true;
+    fprintf(stderr, "emulated NCCL: %s on %s\n", what,
+            c ? "a communicator already destroyed or aborted" : "a null communicator");
+    return false;
+}
+
 size_t type_bytes(ncclDataType_t t) { return t == FLOAT32 ? 4 : t == FLOAT64 ? 8 : 0; }
 const char* type_name(ncclDataType_t t) {
     return t == FLOAT32 ? "float32" : t == FLOAT64 ? "float64" : "an unemulated type";
@@ -262,10 +279,7 @@ void describe(char* out, size_t n, const Call& k) {
 ncclResult_t check(ncclComm* c, const Call& k, const void* send, size_t sends, void* recv,
                    size_t recvs, const void* in_place_recv) {
     const char* what = KIND_NAMES[k.kind];
-    if (!c) {
-        fprintf(stderr, "emulated NCCL: %s on a null communicator\n", what);
-        return ncclInvalidArgument;
-    }
+    if (!usable(c, what)) return ncclInvalidArgument;
     if (c->error != ncclSuccess) {
         fprintf(stderr, "emulated NCCL: rank %d: %s on a communicator that already failed\n",
                 c->rank, what);
@@ -480,12 +494,18 @@ API ncclResult_t ncclCommInitRank(ncclComm_t* out, int world, ncclUniqueId uid, 
         delete c;
         return r;
     }
+    std::lock_guard<std::mutex> g(live_lock);
+    live.insert(c);
     *out = c;
     return ncclSuccess;
 }
 
 API ncclResult_t ncclCommDestroy(ncclComm_t c) {
-    if (!c) return ncclInvalidArgument;
+    if (!usable(c, "ncclCommDestroy")) return ncclInvalidArgument;
+    {
+        std::lock_guard<std::mutex> g(live_lock);
+        live.erase(c);
+    }
     munmap(c->h, HEADER_BYTES + DATA_BYTES);
     delete c;
     return ncclSuccess;
@@ -493,26 +513,26 @@ API ncclResult_t ncclCommDestroy(ncclComm_t c) {
 
 // Ends this rank's part in the group: peers waiting in a collective fail at once.
 API ncclResult_t ncclCommAbort(ncclComm_t c) {
-    if (!c) return ncclInvalidArgument;
+    if (!usable(c, "ncclCommAbort")) return ncclInvalidArgument;
     c->h->failed.store(1);
     ring(&c->h->bell);
     return ncclCommDestroy(c);
 }
 
 API ncclResult_t ncclCommGetAsyncError(ncclComm_t c, ncclResult_t* state) {
-    if (!c) return ncclInvalidArgument;
+    if (!usable(c, "ncclCommGetAsyncError")) return ncclInvalidArgument;
     *state = c->error;
     return ncclSuccess;
 }
 
 API ncclResult_t ncclCommCount(const ncclComm_t c, int* count) {
-    if (!c) return ncclInvalidArgument;
+    if (!usable(c, "ncclCommCount")) return ncclInvalidArgument;
     *count = c->world;
     return ncclSuccess;
 }
 
 API ncclResult_t ncclCommUserRank(const ncclComm_t c, int* rank) {
-    if (!c) return ncclInvalidArgument;
+    if (!usable(c, "ncclCommUserRank")) return ncclInvalidArgument;
     *rank = c->rank;
     return ncclSuccess;
 }
