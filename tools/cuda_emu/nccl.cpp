@@ -212,9 +212,11 @@ bool quiet = false;  // the refusals' lines on stderr are expected: not shown
 
 // Forks `world` ranks running body(rank) after joining the group (unless join is false);
 // returns each rank's report (a rank that crashed reports a failed check).
-std::vector<Report> run(int world, std::function<void(Rank&)> body, bool join = true) {
+std::vector<Report> run(int world, std::function<void(Rank&)> body, bool join = true,
+                        ncclUniqueId* made = nullptr) {
     ncclUniqueId id;
     if (ncclGetUniqueId(&id) != 0) exit(1);
+    if (made) *made = id;
     Report* reports = (Report*)mmap(nullptr, sizeof(Report) * world, PROT_READ | PROT_WRITE,
                                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     memset(reports, 0, sizeof(Report) * world);
@@ -365,14 +367,19 @@ void refusals(int w) {
               0.9, 1.9, [](Rank&) { usleep(2000 * 1000); });
     unsetenv("HGPT_EMU_NCCL_TIMEOUT_S");
     {
+        ncclUniqueId made;
         auto reports = run(w, [](Rank& k) {
             const double t0 = now();
             const ncclResult_t got =
                 ncclCommInitRank(&k.c, k.r == 0 ? k.world + 1 : k.world, k.id, k.r);
             k.record("ranks that disagree on the world size: every rank refused within 2 s",
                      got != ncclSuccess && !k.c && seconds_since(t0) < 2.0);
-        }, false);
+        }, false, &made);
         report(w, reports);
+        // Where rank 0 set the group up for one rank more, the segment waits for it.
+        Id id;
+        memcpy(&id, made.internal, sizeof id);
+        shm_unlink(id.name);
     }
 }
 

@@ -9,7 +9,7 @@
 // a fresh segment name and a random token into the 128-byte id; ncclCommInitRank(world, id,
 // rank) opens (or creates) that segment, checks the token, the world size and that the rank
 // is new, records its process id, and waits for the others; once all have joined, the name
-// is unlinked (the mappings stay), so a crashed run leaves nothing behind. Every call is
+// is unlinked (the mappings stay), so a run that crashes later leaves nothing behind. Every call is
 // synchronous, as the emulated device's stream is: a collective copies this rank's operand
 // into its slot of the segment with the call's description, waits for every rank, checks
 // that all made the same call (kind, count, type, op, root), computes its own output from
@@ -110,7 +110,8 @@ struct Call {
 
 // The segment's header; the slots follow at HEADER_BYTES.
 struct Header {
-    std::atomic<uint32_t> state;  // 0 new, 1 being set up, 2 ready
+    std::atomic<uint32_t> state;   // 0 new, 1 being set up, 2 ready
+    std::atomic<uint32_t> opened;  // ranks that have mapped it
     int32_t world;
     uint64_t token;
     std::atomic<uint32_t> bell;    // rung (futex-woken) on every arrival and failure
@@ -453,6 +454,7 @@ API ncclResult_t ncclCommInitRank(ncclComm_t* out, int world, ncclUniqueId uid, 
         shm_unlink(id.name);
         return ncclSystemError;
     }
+    ((Header*)m)->opened.fetch_add(1);
     ncclComm* c = new ncclComm;
     memcpy(c->name, id.name, sizeof c->name);
     c->h = (Header*)m;
@@ -487,8 +489,10 @@ API ncclResult_t ncclCommInitRank(ncclComm_t* out, int world, ncclUniqueId uid, 
         r = meet(c, h->call[rank]);
         if (r == ncclSuccess) r = barrier(c, "join");
     }
-    // Every rank has the segment mapped (or the group failed): its name is no longer needed.
-    shm_unlink(id.name);
+    // Once every rank has mapped the segment its name is no longer needed. A group that
+    // failed before then keeps it, so the ranks still to come find the failure rather
+    // than a new group (where a rank claimed more ranks than exist, it stays behind).
+    if (r == ncclSuccess || h->opened.load() >= (uint32_t)h->world) shm_unlink(id.name);
     if (r != ncclSuccess) {
         munmap(c->h, HEADER_BYTES + DATA_BYTES);
         delete c;
