@@ -108,7 +108,10 @@ awk -v a="$(estimate "$work/llc-cpu.json")" -v b="$(estimate "$work/llc-cuda.jso
 # 2-rank run resumes under a launcher's variables (each rank sees both devices and takes
 # its LOCAL_RANK's), as the 1-rank run resumes.
 dp=("${small[@]}" --set train.batch_size=2 --set train.precision=fp32)
-HGPT_EMU_DEVICES=2 "$bin" train --device cuda --ranks 2 --steps 2 --out "$work/dp2" "${dp[@]}"
+HGPT_EMU_DEVICES=2 "$bin" train --device cuda --ranks 2 --steps 2 --out "$work/dp2" "${dp[@]}" |
+    tee "$work/dp2.out"
+# Every rank logs the same global step: only rank 0 prints it.
+[ "$(grep -c '^step ' "$work/dp2.out")" -eq 2 ] || { echo "step lines printed by more than rank 0"; exit 1; }
 "$bin" train --device cuda --steps 2 --out "$work/dp1" --set train.grad_accum=2 "${dp[@]}"
 close_losses "$work/dp1" "1 rank" "$work/dp2" "2 ranks (NCCL)" 1e-6 2
 pids=()

@@ -257,7 +257,10 @@ fn one_rank(args: &TrainArgs, l: &Launch) -> Result<()> {
         eprintln!("error: {line}");
         std::process::exit(1);
     });
-    let mut view = TrainView::new(&config, place.world);
+    let mut view = TrainView {
+        shows_steps: place.rank == 0,
+        ..TrainView::new(&config, place.world)
+    };
     let result = train_rank(
         &config,
         job_of(args, &out),
@@ -339,6 +342,9 @@ struct TrainView {
     /// The MFU denominator, TFLOP/s: H100 dense bf16 on a GPU in bf16, as `hgpt
     /// bench` has it; None where no fixed peak applies (the CPU, fp32 on a GPU).
     peak_tflops: Option<f64>,
+    /// Whether this process prints the step and validation lines: every rank logs the
+    /// same global figures, so only rank 0 of a multi-process run does.
+    shows_steps: bool,
 }
 
 impl TrainView {
@@ -353,6 +359,7 @@ impl TrainView {
             tokens_per_step: t.batch_size * t.seq_len * t.grad_accum * ranks,
             flops_per_token: flops_per_token(config, params),
             peak_tflops: None,
+            shows_steps: true,
         }
     }
 
@@ -407,6 +414,9 @@ impl TrainObserver for TrainView {
     }
 
     fn logged(&mut self, r: &TrainRecord) {
+        if !self.shows_steps {
+            return;
+        }
         let line = self.line(r);
         // A closed stdout (its reader has quit) does not stop training.
         let print = || {
@@ -424,6 +434,9 @@ impl TrainObserver for TrainView {
     }
 
     fn evaluated(&mut self, r: &EvalRecord) {
+        if !self.shows_steps {
+            return;
+        }
         let line = format!(
             "step {:>6}/{} | val loss {:.4}",
             r.step, self.max_steps, r.val_loss

@@ -13,6 +13,7 @@
 //! waiting for a host result, as the communicator's asynchronous error, which aborts
 //! the communicator and ends the rank with one line.
 
+use std::cell::Cell;
 use std::ffi::{CStr, c_void};
 use std::ops::Range;
 use std::sync::Arc;
@@ -48,6 +49,9 @@ pub struct Nccl {
     comm: sys::ncclComm_t,
     stream: Arc<CudaStream>,
     place: Place,
+    /// Set once `ncclCommAbort` has freed `comm` (a peer failed): it must not be
+    /// destroyed again when dropped.
+    aborted: Cell<bool>,
 }
 
 impl Nccl {
@@ -73,6 +77,7 @@ impl Nccl {
             comm,
             stream: backend.stream().clone(),
             place,
+            aborted: Cell::new(false),
         })
     }
 
@@ -101,6 +106,7 @@ impl Nccl {
             if state != ncclResult_t::ncclSuccess && state != ncclResult_t::ncclInProgress {
                 // SAFETY: as above; abort is the documented way out of a failed group.
                 unsafe { sys::ncclCommAbort(self.comm) };
+                self.aborted.set(true);
                 bail!(
                     "rank {}: the NCCL group failed ({}); a peer rank ended or lost its connection",
                     self.place.rank,
@@ -124,6 +130,10 @@ impl Nccl {
 
 impl Drop for Nccl {
     fn drop(&mut self) {
+        // Abort freed it already (NCCL: a communicator is destroyed or aborted, once).
+        if self.aborted.get() {
+            return;
+        }
         // SAFETY: the communicator was made by ncclCommInitRank and is not used again.
         unsafe {
             sys::ncclCommDestroy(self.comm);
