@@ -191,6 +191,16 @@ impl Drop for Both {
     }
 }
 
+/// One step's input tokens and the next one (batch_size x seq_len + 1), uniform over
+/// the model's vocabulary, drawn from `seed`: `tokens[..b t]` in, `tokens[1..]` targets.
+pub fn random_step_tokens(config: &Config, seed: u64) -> Vec<u32> {
+    let (b, t) = (config.train.batch_size, config.train.seq_len);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..b * t + 1)
+        .map(|_| rng.random_range(0..config.model.vocab_size as u32))
+        .collect()
+}
+
 /// A small model: 2 layers, 4 heads, 64 channels, vocabulary 261 (odd, so tensor
 /// offsets in the flat buffers are not multiples of 4; above the built-in corpus's 257
 /// tokens, which training on it needs).

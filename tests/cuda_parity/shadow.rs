@@ -2,9 +2,6 @@
 //! writes, fills, copies), the model computes what a fresh backend computes from the
 //! same fp32 values.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
 use hgpt::backend::GpuPrecision;
 use hgpt::backend::cuda::CudaBackend;
 use hgpt::backend::{Backend, SgldStep};
@@ -12,7 +9,7 @@ use hgpt::data;
 use hgpt::model::{Gpt, idx};
 use hgpt::train::Trainer;
 
-use super::harness::{open_gpu, rel_err, small_config};
+use super::harness::{open_gpu, random_step_tokens, rel_err, small_config};
 
 /// In bf16 mode GEMMs read weights from bf16 shadows that AdamW writes and that any
 /// other write to the parameters makes stale. Whatever happened to the parameters,
@@ -25,10 +22,7 @@ fn bf16_weight_shadows_follow_adamw_sgld_and_every_write() {
     let data = data::builtin(&data::DataSpec::of(&config)).unwrap();
     let mut tr = Trainer::new(&config, gpu, data).unwrap();
     let (b, t) = (config.train.batch_size, config.train.seq_len);
-    let mut rng = ChaCha8Rng::seed_from_u64(23);
-    let tokens: Vec<u32> = (0..b * t + 1)
-        .map(|_| rng.random_range(0..config.model.vocab_size as u32))
-        .collect();
+    let tokens = random_step_tokens(&config, 23);
     let (inp, tgt) = (&tokens[..b * t], &tokens[1..]);
     let loss_and_grads = |m: &mut Gpt<CudaBackend>| {
         m.zero_grads();

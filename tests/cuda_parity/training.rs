@@ -12,7 +12,7 @@ use hgpt::data;
 use hgpt::model::Gpt;
 use hgpt::train::Trainer;
 
-use super::harness::{MODES, open_gpu, rel_err, small_config};
+use super::harness::{MODES, open_gpu, random_step_tokens, rel_err, small_config};
 
 /// The loss and every gradient of one step, against the CPU computing in f64: the GPU
 /// within the mode's tolerance, or at least as close as the CPU computing in f32 (the
@@ -32,10 +32,7 @@ fn model_loss_and_every_gradient_match_the_cpu() {
             f32_ref.init(5);
             gpu.init(5);
             let (b, t) = (config.train.batch_size, config.train.seq_len);
-            let mut rng = ChaCha8Rng::seed_from_u64(3);
-            let tokens: Vec<u32> = (0..b * t + 1)
-                .map(|_| rng.random_range(0..config.model.vocab_size as u32))
-                .collect();
+            let tokens = random_step_tokens(&config, 3);
             let (inp, tgt) = (&tokens[..b * t], &tokens[1..]);
             let l64 = f64_ref.loss_and_head_grad(inp, tgt, b, t, 1.0);
             let l32 = f32_ref.loss_and_head_grad(inp, tgt, b, t, 1.0);

@@ -192,18 +192,18 @@ impl CudaBackend {
     /// three times (bias sum, and a copy per GEMM). fp32 mode reads dout itself.
     fn output_grad(&self, dout: u64, dbias: Option<Span>, (n, oc): (usize, usize)) -> Src {
         let len = n * oc;
-        let copy = match self.precision {
-            GpuPrecision::Fp32 => None,
-            GpuPrecision::Bf16 => Some(self.scratch(Slot::OperandA, 2 * len)),
-        };
-        match (dbias, copy) {
-            (Some(db), _) => self.column_sums_add(&[self.ptr(db)], dout, n, oc, copy),
-            (None, Some(_)) => return Src::Act16(self.bf16_copy(dout, len, Slot::OperandA)),
-            (None, None) => {}
-        }
-        match copy {
-            Some(c) => Src::Act16(c),
-            None => Src::Act { ptr: dout, len },
+        match (self.precision, dbias) {
+            (GpuPrecision::Fp32, Some(db)) => {
+                self.column_sums_add(&[self.ptr(db)], dout, n, oc, None);
+                Src::Act { ptr: dout, len }
+            }
+            (GpuPrecision::Fp32, None) => Src::Act { ptr: dout, len },
+            (GpuPrecision::Bf16, Some(db)) => {
+                let copy = self.scratch(Slot::OperandA, 2 * len);
+                self.column_sums_add(&[self.ptr(db)], dout, n, oc, Some(copy));
+                Src::Act16(copy)
+            }
+            (GpuPrecision::Bf16, None) => Src::Act16(self.bf16_copy(dout, len, Slot::OperandA)),
         }
     }
 
